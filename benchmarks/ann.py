@@ -1,0 +1,255 @@
+"""ANN benchmark: the engine's vector index against exact search, in one run.
+
+Builds the index exactly as ``build-index`` does (``VectorIndex.build`` with
+record ids 0..N-1 and a raw-vector lookup for re-ranking), then reports
+recall@1 / recall@10 against exact inner-product search, QPS for one batch of
+all queries and for one query at a time, the same two QPS figures for exact
+flat search measured in the same process, build / train time and index bytes
+per vector. ``sweep=True`` adds a recall-vs-QPS curve over nprobe, with and
+without re-ranking, one curve per spec, as JSON and PNG in benchmarks/results/.
+
+    python -m benchmarks.synthetic --n 1000000 --queries 1000 --out data/ann1m
+    python -m benchmarks.ann --base data/ann1m/base.npy --queries data/ann1m/queries.npy --sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from relsearch.index import IndexConfig, VectorIndex, recall_at
+from relsearch.index._faiss import import_faiss
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+#: Exact one-query-at-a-time search on 1M vectors takes ~0.1-0.3 s per query, so
+#: it is timed on as many queries as fit in this budget (at least 5).
+EXACT_SINGLE_BUDGET_S = 20.0
+
+
+def _load(path: str, what: str) -> np.ndarray:
+    x = np.load(path, mmap_mode="r")
+    if x.ndim != 2:
+        raise ValueError(f"{what} {path} must be a 2-D array, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _time_batched(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = search(queries)
+    return out, len(queries) / (time.perf_counter() - t0)
+
+
+def _time_single(
+    search: Callable[[np.ndarray], Any], queries: np.ndarray, budget_s: float | None = None
+) -> tuple[float, int]:
+    """QPS of one query per call; stops after ``budget_s`` (at least 5 queries)."""
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(len(queries)):
+        search(queries[i : i + 1])
+        done += 1
+        if budget_s is not None and done >= 5 and time.perf_counter() - t0 > budget_s:
+            break
+    return done / (time.perf_counter() - t0), done
+
+
+def _file_bytes(index: VectorIndex) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "index.faiss")
+        index.save(path)
+        return os.path.getsize(path)
+
+
+def _sweep_curve(
+    index: VectorIndex,
+    queries: np.ndarray,
+    true_ids: np.ndarray,
+    k: int,
+    lookup: Callable[[np.ndarray], np.ndarray],
+) -> list[dict[str, Any]]:
+    """Recall@k and batched QPS for nprobe in 1, 2, 4, ... nlist, re-ranking off and on."""
+    saved = (index.nprobe, index.rerank)
+    rerank_on = index.rerank or 100
+    points = []
+    nprobe = 1
+    while nprobe <= min(index.nlist, 1024):
+        for rerank in (0, rerank_on):
+            index.nprobe, index.rerank = nprobe, rerank
+            (_, ids), qps = _time_batched(lambda q: index.search(q, k, vector_lookup=lookup), queries)
+            points.append(
+                {"nprobe": nprobe, "rerank": rerank, "recall_at_10": recall_at(ids, true_ids, 10), "qps": qps}
+            )
+        nprobe *= 2
+    index.nprobe, index.rerank = saved
+    return points
+
+
+def _plot(sweep: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for spec, points in sweep["curves"].items():
+        for rerank in sorted({p["rerank"] for p in points}):
+            pts = [p for p in points if p["rerank"] == rerank]
+            label = f"{spec} rerank {rerank}" if rerank else f"{spec} no rerank"
+            ax.plot([p["recall_at_10"] for p in pts], [p["qps"] for p in pts], marker="o", label=label)
+            for p in pts:
+                ax.annotate(str(p["nprobe"]), (p["recall_at_10"], p["qps"]), fontsize=7, alpha=0.7)
+    ax.axhline(sweep["exact_qps_batched"], color="grey", linestyle="--", label="exact flat (batched)")
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@10 vs exact")
+    ax.set_ylabel("queries / s (batched, log)")
+    ax.set_title(f"N={sweep['n']:,} d={sweep['d']}  (labels: nprobe)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_ann(
+    base: np.ndarray,
+    queries: np.ndarray,
+    k: int = 10,
+    spec: str = "auto",
+    out: str | None = None,
+    sweep: bool = False,
+    results_dir: str = RESULTS_DIR,
+) -> dict[str, Any]:
+    """Benchmark the engine's index on ``base`` with ``queries``; returns the report dict.
+
+    ``out`` saves the returned ids (``[Q, k]`` int64 .npy). With ``sweep`` the
+    curve is written to ``results_dir/ann_sweep.json`` and ``ann_sweep.png``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if base.ndim != 2 or queries.ndim != 2 or base.shape[1] != queries.shape[1] or not len(queries):
+        raise ValueError(f"need base [N, d] and queries [Q, d], got {base.shape} and {queries.shape}")
+    n, d = base.shape
+    kk = max(k, 10)  # recall@10 is always reported
+    faiss = import_faiss()
+
+    def lookup(ids: np.ndarray) -> np.ndarray:
+        return base[ids]
+
+    # Exact flat search: the ground truth and the speed baseline, same process.
+    flat = faiss.IndexFlatIP(d)
+    flat.add(base)
+    (_, true_ids), exact_qps = _time_batched(lambda q: flat.search(q, kk), queries)
+    exact_single_qps, exact_single_n = _time_single(
+        lambda q: flat.search(q, kk), queries, EXACT_SINGLE_BUDGET_S
+    )
+    flat.reset()  # free the copy of the base before building the index
+
+    config = IndexConfig(spec=spec)
+    t0 = time.perf_counter()
+    index = VectorIndex.build(base, np.arange(n, dtype=np.int64), config, vector_lookup=lookup)
+    build_s = time.perf_counter() - t0
+    info = index.info()
+
+    (_, ids), qps = _time_batched(lambda q: index.search(q, kk, vector_lookup=lookup), queries)
+    single_qps, _ = _time_single(lambda q: index.search(q, kk, vector_lookup=lookup), queries)
+    file_bytes = _file_bytes(index)
+
+    report: dict[str, Any] = {
+        "n": n,
+        "d": d,
+        "queries": len(queries),
+        "k": k,
+        "spec": index.spec,
+        "requested_spec": spec,
+        "nlist": index.nlist,
+        "nprobe": index.nprobe,
+        "rerank": index.rerank,
+        "recall_at_1": recall_at(ids, true_ids, 1),
+        "recall_at_10": recall_at(ids, true_ids, 10),
+        f"recall_at_{k}": recall_at(ids, true_ids, k),
+        "qps_batched": qps,
+        "qps_single": single_qps,
+        "exact_qps_batched": exact_qps,
+        "exact_qps_single": exact_single_qps,
+        "exact_single_queries_timed": exact_single_n,
+        "speedup_batched": qps / exact_qps,
+        "speedup_single": single_qps / exact_single_qps,
+        "build_s": build_s,
+        "train_s": info["timings"].get("train_s", 0.0),
+        "add_s": info["timings"].get("add_s", 0.0),
+        "tune_s": info["timings"].get("tune_s", 0.0),
+        "trained_on": info["trained_on"],
+        "tuned_recall": info["tuned_recall"],
+        "index_file_bytes": file_bytes,
+        "bytes_per_vector": file_bytes / n,
+        "threads": faiss.omp_get_max_threads(),
+    }
+    if out:
+        np.save(out, np.ascontiguousarray(ids[:, :k], dtype=np.int64))
+        report["out"] = out
+
+    if sweep and index.is_ivf:
+        curves = {index.spec: _sweep_curve(index, queries, true_ids, kk, lookup)}
+        if config.is_auto is False:
+            auto = VectorIndex.build(base, np.arange(n, dtype=np.int64), IndexConfig(), vector_lookup=lookup)
+            if auto.is_ivf and auto.spec not in curves:
+                curves[auto.spec] = _sweep_curve(auto, queries, true_ids, kk, lookup)
+        doc = {"n": n, "d": d, "queries": len(queries), "exact_qps_batched": exact_qps, "curves": curves}
+        os.makedirs(results_dir, exist_ok=True)
+        json_path = os.path.join(results_dir, "ann_sweep.json")
+        png_path = os.path.join(results_dir, "ann_sweep.png")
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        _plot(doc, png_path)
+        report["sweep"] = {"json": json_path, "png": png_path, "curves": curves}
+    return report
+
+
+def _summary(r: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"N={r['n']:,} d={r['d']} queries={r['queries']} spec={r['spec']} nprobe={r['nprobe']} rerank={r['rerank']}",
+            f"recall@1 {r['recall_at_1']:.4f}  recall@10 {r['recall_at_10']:.4f}",
+            f"QPS batched {r['qps_batched']:,.0f} (exact {r['exact_qps_batched']:,.1f}, x{r['speedup_batched']:.1f})",
+            f"QPS single  {r['qps_single']:,.0f} (exact {r['exact_qps_single']:,.1f}, x{r['speedup_single']:.1f})",
+            f"build {r['build_s']:.1f} s (train {r['train_s']:.1f} s on {r['trained_on']:,}, "
+            f"add {r['add_s']:.1f} s, tune {r['tune_s']:.1f} s)",
+            f"index {r['index_file_bytes']:,} bytes = {r['bytes_per_vector']:.1f} bytes/vector",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.ann", description="ANN recall/speed vs exact search"
+    )
+    p.add_argument("--base", required=True, help="float32 [N, d] .npy, L2-normalised")
+    p.add_argument("--queries", required=True, help="float32 [Q, d] .npy")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--spec", default="auto", help="auto or a FAISS factory string")
+    p.add_argument("--out", default=None, help="write returned ids [Q, k] int64 here")
+    p.add_argument("--sweep", action="store_true", help="also write the recall/QPS curve over nprobe")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    report = run_ann(_load(a.base, "base"), _load(a.queries, "queries"), a.k, a.spec, a.out, a.sweep)
+    if a.json:
+        print(json.dumps(report, indent=1, default=float))
+    else:
+        print(_summary(report), file=sys.stdout)
+        if "sweep" in report:
+            print(f"sweep: {report['sweep']['json']} {report['sweep']['png']}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""``build_index``: scan a folder, embed what is new, commit FAISS + LMDB atomically.
+
+Order of writes, chosen so that an interrupted build never leaves an unusable index:
+
+1. path/record removals and re-pointings (one LMDB txn; removed ids are tombstoned);
+2. new content embedded in chunks, each chunk one LMDB txn (records, paths, raw
+   vectors, ``pending`` marks) -- a killed build keeps every finished chunk, and the
+   next run only embeds what is still missing;
+3. per encoder, a FAISS file for generation G+1 (tombstones removed, pending added,
+   or rebuilt from the raw vectors), each written atomically beside generation G;
+4. one LMDB txn switching ``generation`` to G+1 and clearing pending/tombstones;
+5. the manifest, atomically; then old-generation FAISS files are deleted.
+
+Until step 4 commits, queries keep using generation G.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relsearch.collection import FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
+from relsearch.encoders.base import EncoderSpec, parse_encoder_list
+from relsearch.errors import RelsearchError
+from relsearch.indexdir import (
+    FAISS_DIR,
+    MANIFEST,
+    STORE_DIR,
+    EncoderEntry,
+    Manifest,
+    build_lock,
+    check_fingerprint,
+    default_index_path,
+    ensure_writable,
+    faiss_path,
+    read_manifest,
+    write_manifest,
+)
+from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store
+
+#: images per LMDB commit while embedding: the most work a kill can lose.
+CHUNK = 256
+
+
+@dataclass
+class BuildOptions:
+    encoders: str | None = None  # "a,b@src"; None: the index's own, or the default pair
+    index_spec: str | None = None  # FAISS factory string forcing the index type
+    batch_size: int = 32
+    workers: int | None = None
+    device: str | None = None
+    progress: bool = True
+    recall_target: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if not 0.0 < self.recall_target <= 1.0:
+            raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target!r}")
+
+
+@dataclass
+class BuildReport:
+    index: str
+    scanned: int = 0
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    encoders: list[str] = field(default_factory=list)
+    embedded: int = 0
+    generation: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Work:
+    """One unique content to embed (or an existing record missing some encoders)."""
+
+    sha256: str
+    paths: list[str]
+    entries: list[FileEntry]
+    record_id: int | None = None  # existing record lacking vectors
+    missing: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+def _resolve_encoders(
+    requested: str | None, manifest: Manifest | None, index: Path, device: str | None
+) -> tuple[list[EncoderSpec], list[Encoder]]:
+    try:
+        specs = parse_encoder_list(requested or DEFAULT_ENCODERS) if (requested or not manifest) else []
+    except ValueError as exc:
+        raise RelsearchError(str(exc)) from exc
+    if manifest:
+        # An existing index keeps every encoder it has, so each new image gets every vector;
+        # --encoders can only add encoders to it.
+        asked = {s.name for s in specs}
+        specs = [EncoderSpec.parse(e.spec) for e in manifest.encoders.values() if e.name not in asked] + specs
+    for spec in specs:  # unknown names fail before any weights load
+        resolve_factory(spec.name)
+    encoders = [get_encoder(spec, device=device) for spec in specs]
+    if manifest:
+        for spec, enc in zip(specs, encoders):
+            entry = manifest.encoders.get(spec.name)
+            if entry is not None:
+                check_fingerprint(entry, enc.fingerprint, index)
+    return specs, encoders
+
+
+def _hash_many(paths: list[str], workers: int) -> dict[str, str | Exception]:
+    def one(p: str) -> str | Exception:
+        try:
+            return sha256_file(p)
+        except OSError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled or total == 0,
+                dynamic_ncols=True, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+def build_index(
+    collection: str | os.PathLike[str],
+    index: str | os.PathLike[str] | None = None,
+    options: BuildOptions | None = None,
+) -> BuildReport:
+    """Index (or incrementally update) the images under ``collection``."""
+    opts = options or BuildOptions()
+    t0 = time.perf_counter()
+    root = Path(collection)
+    if not root.exists():
+        raise RelsearchError(f"collection folder {root} does not exist")
+    if not root.is_dir():
+        raise RelsearchError(f"collection path {root} is not a folder")
+    index_path = Path(index) if index is not None else default_index_path(root)
+    if index_path.exists() and not index_path.is_dir():
+        raise RelsearchError(f"index path {index_path} exists and is not a folder")
+    exists = (index_path / MANIFEST).exists()
+    if not exists and index_path.is_dir() and any(index_path.iterdir()):
+        if not (index_path / STORE_DIR).exists():
+            raise RelsearchError(f"{index_path} is a non-empty folder that is not a relsearch index; choose another --index")
+    manifest = read_manifest(index_path) if exists else None
+    if manifest and Path(manifest.collection) != root.resolve():
+        raise RelsearchError(
+            f"index {index_path} holds collection {manifest.collection}, not {root.resolve()}; use another --index"
+        )
+    ensure_writable(index_path)
+
+    scanned = scan(root)
+    if not scanned.files:
+        raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
+    specs, encoders = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
+    report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[e.name for e in encoders])
+    report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
+    report.seconds["scan"] = time.perf_counter() - t0
+
+    with build_lock(index_path):
+        store = Store.open(index_path / STORE_DIR, create=True)
+        try:
+            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest)
+        finally:
+            store.close()
+    report.seconds["total"] = time.perf_counter() - t0
+    return report
+
+
+def _update(
+    store: Store,
+    root: Path,
+    files: list[FileEntry],
+    specs: list[EncoderSpec],
+    encoders: list[Encoder],
+    opts: BuildOptions,
+    report: BuildReport,
+    index_path: Path,
+    manifest: Manifest | None,
+) -> None:
+    t = time.perf_counter()
+    enc_names = [e.name for e in encoders]
+    all_enc_names = sorted(set(enc_names) | set(manifest.encoders if manifest else ()))
+    known = store.all_paths()
+    seen = {f.path for f in files}
+    candidates: list[FileEntry] = []
+    for f in files:
+        old = known.get(f.path)
+        if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
+            report.unchanged += 1
+        else:
+            candidates.append(f)
+    deleted = [p for p in known if p not in seen]
+
+    hashes = _hash_many([f.path for f in candidates], workers=4)
+    work: dict[str, _Work] = {}
+
+    def stage(txn: Any) -> None:
+        # 1. detach deleted/changed paths from their records
+        def detach(path: str) -> None:
+            entry = known[path]
+            rec = store.txn_record(txn, entry.id)
+            store.delete_path(txn, path)
+            if rec is None:
+                return
+            rec.paths = [p for p in rec.paths if p != path]
+            if rec.paths:
+                store.put_record(txn, rec)
+            else:
+                store.delete_record(txn, rec, all_enc_names)
+
+        for path in deleted:
+            detach(path)
+            report.removed += 1
+        for f in candidates:
+            digest = hashes[f.path]
+            if isinstance(digest, Exception):
+                report.failed.append({"path": f.path, "error": f"unreadable: {digest.strerror or digest}"})
+                continue
+            old = known.get(f.path)
+            if old is not None:
+                old_rec = store.txn_record(txn, old.id)
+                if old_rec is not None and old_rec.sha256 == digest:
+                    # touched but same bytes: refresh size/mtime only
+                    store.put_path(txn, f.path, PathEntry(old.id, f.size, f.mtime_ns))
+                    report.unchanged += 1
+                    continue
+                detach(f.path)
+                report.updated += 1
+            else:
+                report.added += 1
+            existing = store.txn_id_for_hash(txn, digest)
+            if existing is not None:
+                rec = store.txn_record(txn, existing)
+                if rec is not None:
+                    rec.paths = sorted(set(rec.paths) | {f.path})
+                    store.put_record(txn, rec)
+                    store.put_path(txn, f.path, PathEntry(existing, f.size, f.mtime_ns))
+                    continue
+            w = work.setdefault(digest, _Work(digest, [], [], missing=list(enc_names)))
+            w.paths.append(f.path)
+            w.entries.append(f)
+
+    store.write(stage)
+    # existing records missing a vector for a requested encoder (new encoder, or a crash)
+    have = {name: store.vector_ids(name) for name in enc_names}
+    for rec in store.iter_records():
+        missing = [n for n in enc_names if rec.id not in have[n]]
+        if missing:
+            work[rec.sha256] = _Work(rec.sha256, rec.paths, [], record_id=rec.id, missing=missing)
+    report.seconds["diff"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _embed(store, list(work.values()), encoders, opts, report)
+    report.seconds["embed"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _commit(store, root, specs, encoders, opts, report, index_path, manifest)
+    report.seconds["index"] = time.perf_counter() - t
+
+
+def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: BuildOptions,
+           report: BuildReport) -> None:
+    if not work:
+        return
+    by_name = {e.name: e for e in encoders}
+    paths = [w.paths[0] for w in work]
+    bar = _progress(len(work), opts.progress, "embedding")
+    decoded = iter_decoded(paths, max_side=512, workers=opts.workers)
+    chunk: list[tuple[_Work, Any, dict[str, np.ndarray]]] = []
+
+    def flush() -> None:
+        if not chunk:
+            return
+        items = list(chunk)
+        chunk.clear()
+
+        def txn_fn(txn: Any) -> None:
+            new = [it for it in items if it[0].record_id is None]
+            ids = iter(store.allocate_ids(txn, len(new)))
+            now = time.time()
+            for w, d, vecs in items:
+                if w.record_id is None:
+                    rid = next(ids)
+                    rec = Record(rid, w.sha256, sorted(w.paths), w.entries[0].size, d.width, d.height, now)
+                    store.put_record(txn, rec)
+                    for e in w.entries:
+                        store.put_path(txn, e.path, PathEntry(rid, e.size, e.mtime_ns))
+                else:
+                    rid = w.record_id
+                for name, v in vecs.items():
+                    store.put_vector(txn, name, rid, v)
+                store.mark(txn, "pending", [rid])
+
+        store.write(txn_fn)
+
+    try:
+        for batch in iter_batches(_with_failures(decoded, work, report), opts.batch_size):
+            images = [d.image for d in batch]
+            group: dict[tuple[str, ...], list[int]] = {}
+            for j, d in enumerate(batch):
+                group.setdefault(tuple(work[d.index].missing), []).append(j)
+            vec_rows: list[dict[str, np.ndarray]] = [{} for _ in batch]
+            for names, rows in group.items():
+                for name in names:
+                    out = by_name[name].embed([images[j] for j in rows])
+                    for j, row in zip(rows, out):
+                        vec_rows[j][name] = row
+            for d, vecs in zip(batch, vec_rows):
+                chunk.append((work[d.index], d, vecs))
+                d.image = None  # free decoded pixels early: the build streams
+            report.embedded += len(batch)
+            bar.update(len(batch))
+            if len(chunk) >= CHUNK:
+                flush()
+        flush()
+    finally:
+        bar.close()
+
+
+def _with_failures(decoded: Iterator[Any], work: list[_Work], report: BuildReport) -> Iterator[Any]:
+    for d in decoded:
+        if d.error is not None:
+            for p in work[d.index].paths:
+                report.failed.append({"path": p, "error": d.error})
+            bar_skip = work[d.index]
+            bar_skip.missing = []
+            continue
+        yield d
+
+
+def _commit(
+    store: Store,
+    root: Path,
+    specs: list[EncoderSpec],
+    encoders: list[Encoder],
+    opts: BuildOptions,
+    report: BuildReport,
+    index_path: Path,
+    manifest: Manifest | None,
+) -> None:
+    from relsearch.index import IndexConfig, VectorIndex
+
+    gen = store.generation
+    pending = np.asarray(store.marked("pending"), dtype=np.int64)
+    tombstones = np.asarray(store.marked("tombstones"), dtype=np.int64)
+    entries = dict(manifest.encoders) if manifest else {}
+    loaded = {enc.name: (spec, enc) for spec, enc in zip(specs, encoders)}
+
+    def stale(name: str) -> bool:
+        entry = entries.get(name)
+        if entry is None or manifest is None or not faiss_path(index_path, name, gen).exists():
+            return True
+        return bool(opts.index_spec) and entry.faiss.get("requested") != opts.index_spec
+
+    if not len(pending) and not len(tombstones) and not any(stale(n) for n in loaded):
+        report.generation = gen
+        return
+
+    new_gen = gen + 1
+    (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
+    for name, (spec, enc) in loaded.items():
+        entry = entries.get(name)
+        dim = enc.dim
+        requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
+        config = IndexConfig(spec=requested, recall_target=opts.recall_target)
+        lookup = _lookup(store, name, dim)
+        index: VectorIndex | None = None
+        if not stale(name):
+            index = VectorIndex.load(faiss_path(index_path, name, gen))
+            if index.needs_rebuild(index.ntotal - len(tombstones) + len(pending)):
+                index = None
+        if index is None:
+            ids, vecs = store.all_vectors(name, dim)
+            if len(ids) == 0:
+                raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
+            index = VectorIndex.build(vecs, ids, config, vector_lookup=lookup)
+        else:
+            if len(tombstones):
+                index.remove(tombstones)
+            if len(pending):
+                index.add(store.get_vectors(name, pending, dim), pending)
+        index.save(faiss_path(index_path, name, new_gen))
+        faiss_info = {**index.info(), "requested": requested}
+        entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
+                                     getattr(enc, "kind", "attribute"), faiss_info)
+
+    def switch(txn: Any) -> None:
+        store.put_meta(txn, "generation", new_gen)
+        store.clear(txn, "pending")
+        store.clear(txn, "tombstones")
+
+    store.write(switch)
+    new_manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        collection=str(root.resolve()),
+        encoders=entries,
+        generation=new_gen,
+        created=manifest.created if manifest else time.time(),
+        count=store.count("records"),
+    )
+    write_manifest(index_path, new_manifest)
+    report.generation = new_gen
+    for old in (index_path / FAISS_DIR).glob("*"):
+        if not old.name.startswith(".") and f".{new_gen}." not in old.name:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _lookup(store: Store, name: str, dim: int) -> Any:
+    return lambda ids: store.get_vectors(name, np.asarray(ids), dim)

@@ -1,0 +1,52 @@
+"""The typer application and the error boundary shared by every command module.
+
+Command modules (``core``, ``train``, ``bench``, ``view``...) import ``app`` /
+``bench_app`` from here and register their commands; ``relsearch.cli`` imports
+them all. Commands parse and print; the work is done by library functions that
+return data.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from relsearch.errors import RelsearchError
+
+app = typer.Typer(
+    name="relsearch",
+    help="Relational image retrieval: relational neighbours next to attribute neighbours.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks (ANN recall/speed, relational precision, throughput).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`RelsearchError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RelsearchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

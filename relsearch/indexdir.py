@@ -1,0 +1,194 @@
+"""The index directory: a self-describing artifact.
+
+::
+
+    <index>/
+      manifest.json          schema, encoders (+ fingerprints, dims, FAISS specs), package versions
+      meta.lmdb/             records, paths, hashes, raw vectors (relsearch.store)
+      faiss/<enc>.<gen>.faiss (+ sidecar)   one FAISS index per encoder, generation-numbered
+      .build.lock            held while a build writes
+
+The manifest is written last, atomically, after the LMDB commit that switches the
+generation; readers trust the LMDB generation, the manifest describes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from relsearch.errors import IndexMismatchError, RelsearchError
+from relsearch.store import SCHEMA_VERSION, Store
+
+MANIFEST = "manifest.json"
+STORE_DIR = "meta.lmdb"
+FAISS_DIR = "faiss"
+LOCK = ".build.lock"
+_PACKAGES = ("relsearch", "torch", "faiss-cpu", "faiss-gpu", "lmdb", "numpy", "transformers", "peft")
+
+
+def default_index_path(collection: str | os.PathLike[str]) -> Path:
+    """``indexes/<name of DIR>`` under the working directory."""
+    name = Path(collection).resolve().name or "root"
+    return Path.cwd() / "indexes" / name
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+@dataclass
+class EncoderEntry:
+    name: str
+    spec: str  # NAME or NAME@SOURCE, as needed to reload it
+    fingerprint: str
+    dim: int
+    kind: str
+    faiss: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    schema_version: int
+    collection: str
+    encoders: dict[str, EncoderEntry]
+    generation: int = 0
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    packages: dict[str, str] = field(default_factory=package_versions)
+    count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["encoders"] = {k: dict(v.__dict__) for k, v in self.encoders.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        try:
+            encs = {k: EncoderEntry(**v) for k, v in d["encoders"].items()}
+            return cls(**{**d, "encoders": encs})
+        except (KeyError, TypeError) as exc:
+            raise RelsearchError(f"corrupt manifest: missing or unexpected field ({exc})") from exc
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same dir + fsync + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_manifest(index: Path) -> Manifest:
+    path = index / MANIFEST
+    if not path.exists():
+        raise RelsearchError(f"no index at {index} (missing {MANIFEST}); build one with: relsearch build-index DIR")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RelsearchError(f"corrupt manifest {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RelsearchError(f"corrupt manifest {path}: not a JSON object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise IndexMismatchError(
+            f"index {index} has schema version {version}, this relsearch reads {SCHEMA_VERSION}; rebuild it"
+        )
+    return Manifest.from_dict(data)
+
+
+def write_manifest(index: Path, manifest: Manifest) -> None:
+    manifest.updated = time.time()
+    atomic_write_bytes(index / MANIFEST, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+
+
+def faiss_path(index: Path, encoder: str, generation: int) -> Path:
+    return index / FAISS_DIR / f"{encoder}.{generation}.faiss"
+
+
+def check_fingerprint(entry: EncoderEntry, fingerprint: str, index: Path) -> None:
+    if entry.fingerprint != fingerprint:
+        raise IndexMismatchError(
+            f"index {index} was built with encoder {entry.spec!r} of weights {entry.fingerprint}, "
+            f"but the loaded weights are {fingerprint}; rebuild into a new --index path"
+        )
+
+
+def ensure_writable(index: Path) -> None:
+    """Fail early (before touching anything) if ``index`` cannot be created or written."""
+    probe = index
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RelsearchError(f"index path {index} is not usable: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RelsearchError(f"index path {index} is not writable (no write permission on {probe})")
+
+
+@contextlib.contextmanager
+def build_lock(index: Path) -> Iterator[None]:
+    """Exclusive lock so two builds never interleave their writes."""
+    index.mkdir(parents=True, exist_ok=True)
+    with open(index / LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RelsearchError(f"another build is writing {index}; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass
+class OpenIndex:
+    """A read-only view of an index directory: manifest, store and per-encoder FAISS."""
+
+    path: Path
+    manifest: Manifest
+    store: Store
+    generation: int
+
+    def faiss_file(self, encoder: str) -> Path:
+        return faiss_path(self.path, encoder, self.generation)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> OpenIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_index(path: str | os.PathLike[str]) -> OpenIndex:
+    """Open an existing index read-only; clear one-line errors when absent or corrupt."""
+    index = Path(path)
+    if not index.is_dir():
+        raise RelsearchError(f"no index at {index}; build one with: relsearch build-index DIR --index {index}")
+    manifest = read_manifest(index)
+    store = Store.open(index / STORE_DIR, readonly=True)
+    return OpenIndex(index, manifest, store, store.generation)

@@ -1,0 +1,208 @@
+"""``query``: relational and attribute neighbours of one image (or caption), side by side.
+
+A :class:`Searcher` keeps the encoders and FAISS indexes of one index directory
+loaded, so a server or a benchmark pays the model load once and each query is
+embed + search + LMDB lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relsearch.encoders import get_encoder, resolve_factory
+from relsearch.errors import RelsearchError
+from relsearch.indexdir import OpenIndex, check_fingerprint, open_index
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    path: str
+    id: int
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QueryResult:
+    query: str
+    results: dict[str, list[Hit]]
+    kinds: dict[str, str] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "results": {name: [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in hits]
+                        for name, hits in self.results.items()},
+        }
+
+    def ordered(self) -> list[str]:
+        """Encoder names, relational columns first."""
+        return sorted(self.results, key=lambda n: (self.kinds.get(n) != "relational",))
+
+
+class Searcher:
+    """Loaded encoders + FAISS indexes of one index directory."""
+
+    def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None) -> None:
+        from relsearch.index import VectorIndex
+
+        self.opened: OpenIndex = open_index(index)
+        manifest = self.opened.manifest
+        names = list(manifest.encoders)
+        if encoders:
+            asked = [e.strip() for e in encoders.split(",") if e.strip()]
+            for name in asked:
+                base = name.partition("@")[0]
+                resolve_factory(base)  # unknown name -> the registry's message
+                if base not in manifest.encoders:
+                    raise RelsearchError(
+                        f"index {index} has no {base!r} column; it was built with: {', '.join(names)}"
+                    )
+            names = [n.partition("@")[0] for n in asked]
+        self.encoders: dict[str, Any] = {}
+        self.indexes: dict[str, Any] = {}
+        for name in names:
+            entry = manifest.encoders[name]
+            path = self.opened.faiss_file(name)
+            if not path.exists():
+                raise RelsearchError(f"index {index} is missing its FAISS file {path.name}; rebuild it")
+            self.indexes[name] = VectorIndex.load(path)
+            self.encoders[name] = entry
+        self._loaded: dict[str, Any] = {}
+        self.device = device
+
+    def encoder(self, name: str) -> Any:
+        if name not in self._loaded:
+            entry = self.opened.manifest.encoders[name]
+            enc = get_encoder(entry.spec, device=self.device)
+            check_fingerprint(entry, enc.fingerprint, self.opened.path)
+            self._loaded[name] = enc
+        return self._loaded[name]
+
+    def close(self) -> None:
+        self.opened.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------
+    def search_vectors(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        entry = self.opened.manifest.encoders[name]
+        store = self.opened.store
+        index = self.indexes[name]
+        scores, ids = index.search(
+            np.ascontiguousarray(vectors, dtype=np.float32), k,
+            vector_lookup=lambda ids: store.get_vectors(name, np.asarray(ids), entry.dim),
+        )
+        records = store.get_records(int(i) for i in ids.ravel() if i >= 0)
+        out = []
+        for row_s, row_i in zip(scores, ids):
+            hits: list[Hit] = []
+            for s, i in zip(row_s, row_i):
+                rec = records.get(int(i))
+                if rec is None:  # removed since this FAISS generation was written
+                    continue
+                hits.append(Hit(len(hits) + 1, float(s), rec.path, int(i), list(rec.paths)))
+            out.append(hits)
+        return out
+
+    def query_image(self, image: Any, k: int = 20, label: str = "") -> QueryResult:
+        result = QueryResult(query=label, results={})
+        for name, entry in self.encoders.items():
+            t = time.perf_counter()
+            vec = self.encoder(name).embed([image])
+            t_embed = time.perf_counter()
+            result.results[name] = self.search_vectors(name, vec, k)[0]
+            result.kinds[name] = entry.kind
+            result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
+            result.timings_ms[f"{name}.search+lookup"] = (time.perf_counter() - t_embed) * 1e3
+        return result
+
+    def query_text(self, text: str, k: int = 20) -> QueryResult:
+        """Search every relational column through its caption (text) tower."""
+        result = QueryResult(query=text, results={})
+        for name, entry in self.encoders.items():
+            enc = self.encoder(name)
+            if not hasattr(enc, "embed_text"):
+                continue
+            vec = enc.embed_text([text])
+            result.results[name] = self.search_vectors(name, vec, k)[0]
+            result.kinds[name] = entry.kind
+        if not result.results:
+            raise RelsearchError(
+                "text queries need a relational encoder with a caption tower (e.g. relsim-mini); "
+                f"this index has: {', '.join(self.encoders)}"
+            )
+        return result
+
+
+def load_query_image(path: str | os.PathLike[str]) -> Any:
+    from relsearch.collection import DecodeError, load_image
+
+    p = Path(path)
+    if not p.exists():
+        raise RelsearchError(f"query image {p} does not exist")
+    if p.is_dir():
+        raise RelsearchError(f"query image {p} is a folder, not an image")
+    try:
+        return load_image(p, max_side=512)
+    except DecodeError as exc:
+        raise RelsearchError(f"query image {p} is not a readable image: {exc}") from exc
+
+
+def query(
+    image: str | os.PathLike[str] | None,
+    index: str | os.PathLike[str],
+    k: int = 20,
+    encoders: str | None = None,
+    text: str | None = None,
+    device: str | None = None,
+) -> QueryResult:
+    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``."""
+    if k < 1:
+        raise RelsearchError(f"-k must be at least 1, got {k}")
+    if (image is None) == (text is None):
+        raise RelsearchError("give exactly one of an image path or --text")
+    img = load_query_image(image) if image is not None else None
+    with Searcher(index, encoders=encoders, device=device) as searcher:
+        if text is not None:
+            return searcher.query_text(text, k)
+        return searcher.query_image(img, k, label=str(image))
+
+
+def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an index holds: collection, counts, encoders, FAISS specs, sizes on disk."""
+    with open_index(index) as opened:
+        m = opened.manifest
+        size = sum(f.stat().st_size for f in Path(index).rglob("*") if f.is_file())
+        return {
+            "index": str(index),
+            "collection": m.collection,
+            "schema_version": m.schema_version,
+            "generation": opened.generation,
+            "images": opened.store.count("records"),
+            "paths": opened.store.count("paths"),
+            "bytes_on_disk": size,
+            "encoders": {name: asdict(e) for name, e in m.encoders.items()},
+            "packages": m.packages,
+            "updated": m.updated,
+        }
+
+
+def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
+    """Index directories directly under ``root`` (the default ``indexes/`` home)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "manifest.json").exists())

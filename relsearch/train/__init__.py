@@ -1,0 +1,1 @@
+"""Training of relational encoders: data, losses, trainer loop and retrieval metrics."""

@@ -1,0 +1,491 @@
+"""Contrastive training of a relational image encoder into the MiniLM caption space.
+
+One loop for any :class:`~relsearch.encoders.base.TrainableEncoder` (relsim-mini,
+relsim): image -> caption InfoNCE (see :mod:`relsearch.train.loss`), AdamW,
+warmup + cosine, gradient clipping, atomic checkpoints with everything needed to
+resume bit-for-bit (trainable weights, optimizer, scheduler, step, RNG), a
+validation pass per epoch, metrics as JSONL.
+
+The data order is a pure function of ``(seed, epoch)``, so a run resumed at step
+``s`` sees exactly the batches an uninterrupted run would have seen.
+
+Encoders that expose ``cache_features(batch)`` (relsim-mini: its frozen trunk)
+get those features computed once per image and augmented view and cached in
+the output folder; each step then only runs the trainable part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from relsearch.encoders.base import TrainableEncoder
+from relsearch.errors import RelsearchError
+from relsearch.train.data import CaptionRecord, load_image, read_dataset
+from relsearch.train.loss import LossConfig, contrastive_loss, positive_mask
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CACHE_NAME = "feature_cache.pt"
+ARGS_NAME = "train_args.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; written to ``train_args.json`` in the output folder."""
+
+    data: str
+    out: str
+    encoder: str = "relsim-mini"
+    val: str | None = None
+    image_dir: str | None = None
+    epochs: int = 10
+    #: total optimisation steps; None means ``epochs`` full passes.
+    steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    grad_clip: float = 1.0
+    temperature: float = 0.07
+    symmetric: bool = False
+    loss_mode: str = "multipos"
+    pos_threshold: float = 0.9
+    #: also treat captions of the same ``family`` label as positives (labelled data only).
+    family_positives: bool = False
+    checkpoint_every: int = 100
+    #: frozen-feature views per image (view 0 clean, others augmented); 0 = no cache.
+    cache_views: int = 3
+    seed: int = 0
+    device: str | None = None
+    threads: int | None = None
+    resume: bool = False
+    progress: bool = True
+    #: architecture overrides for a fresh relsim-mini (e.g. {"d_model": 128}).
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("weight_decay must be >= 0 and grad_clip > 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+        if self.family_positives and self.loss_mode != "multipos":
+            raise ValueError("family_positives needs loss_mode 'multipos'")
+        if self.cache_views < 0:
+            raise ValueError(f"cache_views must be >= 0, got {self.cache_views!r}")
+        self.loss_config()  # validates temperature / mode / threshold
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(temperature=self.temperature, symmetric=self.symmetric,
+                          mode=self.loss_mode, pos_threshold=self.pos_threshold)
+
+
+@dataclass
+class TrainResult:
+    out: str
+    steps: int
+    final_loss: float
+    val: dict[str, Any] | None
+    seconds: float
+
+
+# -- encoder construction ---------------------------------------------------------------
+
+
+def build_encoder(spec: str, device: str | None, model_args: dict[str, Any]) -> TrainableEncoder:
+    """A trainable encoder for ``NAME`` or ``NAME@SOURCE``.
+
+    ``relsim-mini`` without a source starts from a fresh head (ImageNet backbone,
+    zero LoRA): training reproduces the shipped weights rather than tuning them.
+    """
+    from relsearch.encoders import EncoderSpec, resolve_factory
+
+    try:
+        parsed = EncoderSpec.parse(spec)
+    except ValueError as exc:
+        raise RelsearchError(str(exc)) from exc
+    if parsed.name == "relsim-mini" and parsed.source is None:
+        from relsearch.encoders.relsim_mini import RelsimMiniConfig, RelsimMiniEncoder
+
+        try:
+            config = RelsimMiniConfig(**model_args)
+        except (TypeError, ValueError) as exc:
+            raise RelsearchError(f"bad relsim-mini model args: {exc}") from exc
+        return RelsimMiniEncoder(config, device=device)
+    if model_args:
+        raise RelsearchError("model args only apply to a fresh relsim-mini")
+    encoder = resolve_factory(parsed.name)(source=parsed.source, device=device)
+    if not isinstance(encoder, TrainableEncoder):
+        raise RelsearchError(f"encoder {parsed.name!r} cannot be trained (no train_module/forward_train)")
+    return encoder
+
+
+# -- schedule, checkpoint ---------------------------------------------------------------
+
+
+def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    """Linear warmup to 1, then cosine to 0 at ``total``."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write then rename: a kill mid-write leaves the previous file intact."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, config: TrainConfig) -> None:
+    trainable = {k: v.detach().cpu().clone() for k, v in module.named_parameters() if v.requires_grad}
+    atomic_torch_save({
+        "step": step,
+        "trainable": trainable,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "config": asdict(config),
+    }, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise RelsearchError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Item ids of global ``step``: a per-epoch permutation, last partial batch dropped."""
+    per_epoch = n // batch_size
+    epoch, b = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[b * batch_size : (b + 1) * batch_size]
+
+
+def batch_views(idx: np.ndarray, views: int, seed: int, step: int) -> np.ndarray:
+    return np.random.default_rng([seed, step, 1]).integers(0, views, size=len(idx))
+
+
+def prepare_batch(encoder: Any, images: list, train: bool,
+                  generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """``encoder.prepare``, passing our seeded generator to encoders that take one
+    (so augmentations replay exactly on resume); others use their own randomness."""
+    import inspect
+
+    if generator is not None and "generator" in inspect.signature(encoder.prepare).parameters:
+        return encoder.prepare(images, train=train, generator=generator)
+    return encoder.prepare(images, train=train)
+
+
+def _records_key(records: list[CaptionRecord]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(r.image.encode())
+        try:
+            st = os.stat(r.image)
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def build_feature_cache(encoder: Any, records: list[CaptionRecord], views: int, seed: int,
+                        path: Path | None, progress: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Frozen features for every image and view: ``{key: [views, N, ...]}``, reused from ``path``."""
+    # Only the frozen part matters: runs with other heads or seeds share the cache.
+    fp = getattr(encoder, "cache_fingerprint", None) or getattr(encoder, "fingerprint", "")
+    key = f"{fp}:{_records_key(records)}:{views}:{seed}"
+    if path is not None and path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=False)
+        if cached.get("key") == key:
+            return cached["features"]
+    from tqdm import tqdm
+
+    per_view: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(views)]
+    bar = tqdm(total=views * len(records), desc="caching frozen features", unit="img",
+               disable=not progress, file=sys.stderr)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        images = [load_image(r.image) for r in chunk]
+        for v in range(views):
+            rng = np.random.default_rng([seed, v, start])
+            feats = encoder.cache_features(prepare_batch(encoder, images, v > 0, rng))
+            for name, t in feats.items():
+                per_view[v].setdefault(name, []).append(t)
+            bar.update(len(chunk))
+    bar.close()
+    features = {name: torch.stack([torch.cat(pv[name]) for pv in per_view]) for name in per_view[0]}
+    if path is not None:
+        atomic_torch_save({"key": key, "features": features}, path)
+    return features
+
+
+class BatchSource:
+    """Batches by global step, from cached features or freshly prepared images."""
+
+    def __init__(self, encoder: Any, records: list[CaptionRecord], text_emb: torch.Tensor,
+                 config: TrainConfig, features: dict[str, torch.Tensor] | None,
+                 groups: torch.Tensor | None = None) -> None:
+        self.groups = groups
+        self.encoder = encoder
+        self.records = records
+        self.text_emb = text_emb
+        self.config = config
+        self.features = features
+
+    def __call__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        cfg = self.config
+        idx = batch_indices(len(self.records), cfg.batch_size, cfg.seed, step)
+        if self.features is not None:
+            views = next(iter(self.features.values())).shape[0]
+            v = torch.from_numpy(batch_views(idx, views, cfg.seed, step))
+            ii = torch.from_numpy(idx)
+            batch = {name: t[v, ii] for name, t in self.features.items()}
+        else:
+            rng = np.random.default_rng([cfg.seed, step, 2])
+            images = [load_image(self.records[i].image) for i in idx]
+            batch = prepare_batch(self.encoder, images, True, rng)
+        ii = torch.from_numpy(idx)
+        return batch, self.text_emb[ii], None if self.groups is None else self.groups[ii]
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def embed_for_eval(encoder: Any, records: list[CaptionRecord], features: dict[str, torch.Tensor] | None,
+                   batch_size: int = 64) -> np.ndarray:
+    """Eval-mode embeddings through ``forward_train`` (no LoRA merge, so training can go on)."""
+    module = encoder.train_module()
+    was_training = module.training
+    module.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(records), batch_size):
+            if features is not None:
+                batch = {k: t[0, start : start + batch_size] for k, t in features.items()}
+            else:
+                images = [load_image(r.image) for r in records[start : start + batch_size]]
+                batch = encoder.prepare(images, train=False)
+            out.append(encoder.forward_train(batch).float().cpu())
+    module.train(was_training)
+    emb = torch.cat(out).numpy()
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+def validate(image_emb: np.ndarray, records: list[CaptionRecord], text_emb: np.ndarray,
+             pos_threshold: float, k: int = 10) -> dict[str, Any]:
+    """Image -> caption recall@1/5 (a hit is any caption positive for the row), plus, when
+    the rows carry family labels, relational precision@k, leakage@k and caption -> image
+    precision@k over the distinct captions."""
+    caps = sorted({r.caption for r in records})
+    cap_id = {c: i for i, c in enumerate(caps)}
+    first = {}
+    for i, r in enumerate(records):
+        first.setdefault(r.caption, i)
+    uniq = np.stack([text_emb[first[c]] for c in caps])
+    own = np.array([cap_id[r.caption] for r in records])
+    positive = positive_mask(torch.from_numpy(uniq), pos_threshold).numpy()[own]  # [N, C]
+    ranked = np.argsort(-(image_emb @ uniq.T), axis=1, kind="stable")
+    report: dict[str, Any] = {}
+    for kk in (1, 5):
+        top = ranked[:, :kk]
+        report[f"i2t_recall@{kk}"] = float(np.take_along_axis(positive, top, 1).any(1).mean())
+    families = [r.family for r in records]
+    if all(families):
+        from relsearch.train import metrics
+
+        objects = [r.objects for r in records]
+        rel = metrics.retrieval_report(image_emb, families, objects if all(objects) else None, k=k)
+        report[f"precision@{k}"] = rel["precision_at_k"]
+        if "leakage_at_k" in rel:
+            report[f"leakage@{k}"] = rel["leakage_at_k"]
+        cap_family = {}
+        for r in records:
+            cap_family.setdefault(r.caption, r.family)
+        t2i = metrics.text_to_image_precision(uniq, [cap_family[c] for c in caps], image_emb, families, k=k)
+        report[f"t2i_precision@{k}"] = t2i["precision_at_k"]
+    return report
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def text_embeddings(records: list[CaptionRecord], device: str | None) -> torch.Tensor:
+    """MiniLM embedding of every record's caption (each distinct caption embedded once)."""
+    from relsearch.encoders.text import text_tower
+
+    caps = sorted({r.caption for r in records})
+    emb = text_tower(device).embed_tensor(caps)
+    pos = {c: i for i, c in enumerate(caps)}
+    return emb[torch.tensor([pos[r.caption] for r in records])]
+
+
+def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns a summary and prints nothing on stdout.
+
+    ``on_step(step, loss)`` is called after every optimiser step (tests use it to
+    stop a run mid-way, as a kill would).
+    """
+    started = time.time()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if ckpt_path.exists() and not config.resume:
+        raise RelsearchError(f"{ckpt_path} exists: pass --resume to continue it, or pick another --out")
+    if config.resume and not ckpt_path.exists():
+        raise RelsearchError(f"--resume given but no checkpoint at {ckpt_path}")
+
+    records = read_dataset(config.data, image_dir=config.image_dir)
+    if len(records) < config.batch_size:
+        raise RelsearchError(f"{len(records)} training pairs is fewer than one batch of {config.batch_size}")
+    val_records = read_dataset(config.val) if config.val else None
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    encoder = build_encoder(config.encoder, config.device, dict(config.model_args))
+    device = getattr(encoder, "device", config.device)
+    module = encoder.train_module()
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise RelsearchError(f"encoder {config.encoder!r} has no trainable parameters")
+
+    text_emb = text_embeddings(records, device)
+    val_text = text_embeddings(val_records, device).numpy() if val_records else None
+
+    can_cache = config.cache_views > 0 and hasattr(encoder, "cache_features")
+    features = val_features = None
+    if can_cache:
+        features = build_feature_cache(encoder, records, config.cache_views, config.seed,
+                                       out / CACHE_NAME, config.progress)
+        if val_records:
+            val_features = build_feature_cache(encoder, val_records, 1, config.seed,
+                                               out / ("val_" + CACHE_NAME), config.progress)
+    groups = None
+    if config.family_positives:
+        if not all(r.family for r in records):
+            raise RelsearchError("--family-positives needs a 'family' on every row (train on labels.jsonl)")
+        names = {f: i for i, f in enumerate(sorted({r.family for r in records}))}
+        groups = torch.tensor([names[r.family] for r in records])
+    source = BatchSource(encoder, records, text_emb, config, features, groups)
+
+    steps_per_epoch = len(records) // config.batch_size
+    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
+    warmup = max(1, int(round(config.warmup_frac * total)))
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
+    loss_cfg = config.loss_config()
+
+    step = 0
+    if config.resume:
+        state = load_checkpoint(ckpt_path)
+        named = dict(module.named_parameters())
+        missing = sorted(set(state["trainable"]) - set(named))
+        if missing:
+            raise RelsearchError(f"checkpoint {ckpt_path} does not match the encoder (e.g. {missing[0]})")
+        with torch.no_grad():
+            for k, v in state["trainable"].items():
+                named[k].copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step = int(state["step"])
+    else:
+        (out / ARGS_NAME).write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
+    log = _Log(out / METRICS_NAME)
+    log.write({"event": "start", "step": step, "total_steps": total, "train_pairs": len(records),
+               "steps_per_epoch": steps_per_epoch, "cached_views": config.cache_views if can_cache else 0})
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not config.progress,
+               file=sys.stderr)
+    module.train()
+    loss_value = float("nan")
+    val_report = None
+    while step < total:
+        batch, targets, batch_groups = source(step)
+        image_emb = encoder.forward_train(batch)
+        loss = contrastive_loss(image_emb.float(), targets.to(image_emb.device), loss_cfg,
+                                None if batch_groups is None else batch_groups.to(image_emb.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_value = float(loss.detach())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        log.write({"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": loss_value,
+                   "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                   "time": round(time.time() - started, 2)})
+        if step % config.checkpoint_every == 0 or step == total:
+            save_checkpoint(ckpt_path, step, module, optimizer, scheduler, config)
+        if val_records and (step % steps_per_epoch == 0 or step == total):
+            val_emb = embed_for_eval(encoder, val_records, val_features)
+            val_report = validate(val_emb, val_records, val_text, config.pos_threshold)
+            log.write({"step": step, "epoch": (step - 1) // steps_per_epoch, "val": val_report})
+            bar.write(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in val_report.items()),
+                      file=sys.stderr)
+        if on_step is not None:
+            on_step(step, loss_value)
+    bar.close()
+    module.eval()
+    encoder.save(str(out))
+    log.write({"event": "done", "step": step, "loss": loss_value, "time": round(time.time() - started, 2)})
+    return TrainResult(out=str(out), steps=step, final_loss=loss_value, val=val_report,
+                       seconds=time.time() - started)

@@ -1,0 +1,23 @@
+"""Shared test set-up: offline, CPU-only, and a cheap deterministic test encoder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+from relsearch import encoders as _enc  # noqa: E402
+
+# A real (if crude) encoder for engine tests: colour layout of a 4x4 thumbnail.
+# Registered under a name users never see; the engine treats it like any other.
+_enc.REGISTRY.setdefault("tinycolor", "engine_helpers:load_tinycolor")
+
+
+@pytest.fixture(autouse=True)
+def _clean_encoder_cache():
+    yield
+    _enc._CACHE.clear()

@@ -1,0 +1,55 @@
+"""Helpers for engine tests: a cheap encoder and a tiny image collection."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from relsearch.encoders.base import l2_normalize
+
+
+class TinyColorEncoder:
+    """4x4 RGB thumbnail (48-d), mean-centred; ``source`` changes the 'weights'."""
+
+    name = "tinycolor"
+    kind = "attribute"
+    dim = 48
+
+    def __init__(self, source: str | None = None) -> None:
+        self.source = source or "v1"
+        self.calls = 0
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()[:16]
+
+    def embed(self, images):
+        self.calls += len(images)
+        rows = [np.asarray(im.convert("RGB").resize((4, 4), Image.BILINEAR), dtype=np.float32).ravel()
+                for im in images]
+        x = np.stack(rows) / 255.0 - 0.5
+        if self.source != "v1":
+            x = x[:, ::-1].copy()
+        return l2_normalize(x + 1e-3)
+
+
+def load_tinycolor(source: str | None = None, device: str | None = None) -> TinyColorEncoder:
+    return TinyColorEncoder(source)
+
+
+def make_collection(root: Path, n: int = 12, seed: int = 0, size: int = 32) -> list[Path]:
+    """``n`` distinct small PNGs (coloured blocks) under ``root`` and a subfolder."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        sub = root / ("sub" if i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        arr = (rng.random((4, 4, 3)) * 255).astype(np.uint8)
+        img = Image.fromarray(arr).resize((size, size), Image.NEAREST)
+        p = sub / f"img_{i:03d}.png"
+        img.save(p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,173 @@
+"""The CLIP and DINO attribute baselines on tiny random-init models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+open_clip = pytest.importorskip("open_clip")
+pytest.importorskip("transformers")
+
+import tiny_models as tm  # noqa: E402
+import torch  # noqa: E402
+
+from relsearch.encoders import Encoder, clip, dino, get_encoder  # noqa: E402
+from relsearch.errors import MissingWeightsError, RelsearchError  # noqa: E402
+
+TINY_CLIP = "relsearch_tiny_clip"
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_name(tmp_path_factory) -> str:
+    # open_clip names a config file's model after the file's stem.
+    path = tmp_path_factory.mktemp("clip_cfg") / f"{TINY_CLIP}.json"
+    path.write_text(json.dumps(TINY_CLIP_CFG))
+    open_clip.add_model_config(str(path))
+    return TINY_CLIP
+
+
+@pytest.fixture(scope="session")
+def images():
+    return tm.tiny_images(4)
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ~/.cache/clip
+    monkeypatch.delenv("RELSEARCH_ALLOW_DOWNLOAD", raising=False)
+    return tmp_path
+
+
+# ---------------------------------------------------------------------- CLIP
+def test_clip_random_init_shape_norm_determinism(tiny_clip_name, images):
+    enc = get_encoder(f"clip@{tiny_clip_name}/none", device="cpu")
+    assert isinstance(enc, Encoder) and (enc.name, enc.kind, enc.dim) == ("clip", "attribute", 32)
+    a, b = enc.embed(images), enc.embed(images)
+    assert a.shape == (4, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a[0] - a[1]).max() > 1e-4
+    assert enc.embed([]).shape == (0, 32)
+
+
+def test_clip_checkpoint_file_round_trip(tiny_clip_name, images, tmp_path):
+    from safetensors.torch import save_file
+
+    enc = clip.load(f"{tiny_clip_name}/none", device="cpu")
+    ckpt = tmp_path / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(ckpt))
+    again = clip.load(f"{tiny_clip_name}/{ckpt}", device="cpu")
+    np.testing.assert_allclose(again.embed(images), enc.embed(images), atol=1e-6)
+    assert again.fingerprint == enc.fingerprint
+    with pytest.raises(RelsearchError, match="needs its architecture"):
+        clip.load(str(ckpt), device="cpu")
+
+
+def test_clip_local_dir_brings_its_own_preprocessing(tiny_clip_name, images, tmp_path):
+    from safetensors.torch import save_file
+
+    enc = clip.load(f"{tiny_clip_name}/none", device="cpu")
+    folder = tmp_path / "hub_layout"
+    folder.mkdir()
+    preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
+                      "resize_mode": "squash"}
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": preprocess_cfg}))
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    local = clip.load(str(folder), device="cpu")
+    norm = [t for t in local.preprocess.transforms if type(t).__name__ == "Normalize"][0]
+    assert tuple(norm.mean) == (0.5, 0.5, 0.5) and tuple(norm.std) == (0.25, 0.25, 0.25)
+    vecs = local.embed(images)
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # same weights, different preprocessing: different vectors
+    assert np.abs(vecs - enc.embed(images)).max() > 1e-4
+    (folder / "open_clip_model.safetensors").unlink()
+    with pytest.raises(MissingWeightsError, match="open_clip_model.safetensors"):
+        clip.load(str(folder), device="cpu")
+
+
+def test_clip_tag_resolves_from_local_cache_with_tag_preprocessing(empty_caches):
+    commit = "a" * 40
+    repo = empty_caches / "hf" / "models--timm--vit_large_patch14_clip_224.openai"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "open_clip_model.safetensors").write_bytes(b"placeholder")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    kwargs, identity = clip._resolve("ViT-L-14/openai", open_clip)
+    assert identity == "ViT-L-14/openai"
+    assert kwargs["pretrained"] == str(snap / "open_clip_model.safetensors")
+    # OpenAI weights were trained with QuickGELU and their own mean/std.
+    assert kwargs["force_quick_gelu"] is True
+    assert tuple(kwargs["image_mean"]) == open_clip.OPENAI_DATASET_MEAN
+    assert kwargs["image_interpolation"] == "bicubic"
+
+
+def test_clip_missing_weights_and_bad_specs(empty_caches):
+    with pytest.raises(MissingWeightsError) as err:
+        clip.load(None, device="cpu")
+    msg = str(err.value)
+    assert "hf download timm/vit_large_patch14_clip_224.openai" in msg
+    assert "open_clip_model.safetensors" in msg and str(empty_caches / "hf") in msg
+    with pytest.raises(RelsearchError, match="valid tags"):
+        clip.load("ViT-B-32/no-such-tag", device="cpu")
+    with pytest.raises(RelsearchError, match="unknown open_clip model"):
+        clip.load("NoSuchNet/none", device="cpu")
+
+
+# ---------------------------------------------------------------------- DINO
+@pytest.fixture(scope="session")
+def tiny_dino(tmp_path_factory) -> Path:
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    folder = tmp_path_factory.mktemp("tiny_dino")
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=56, patch_size=14)
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder
+
+
+def test_dino_cls_shape_norm_determinism(tiny_dino, images):
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    enc = get_encoder(f"dino@{tiny_dino}", device="cpu")
+    assert isinstance(enc, Encoder) and (enc.name, enc.kind, enc.dim) == ("dino", "attribute", 32)
+    a, b = enc.embed(images), enc.embed(images)
+    assert a.shape == (4, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(a, b)
+    # The CLS token (index 0) of the last hidden state, with the saved processor.
+    model = Dinov2Model.from_pretrained(tiny_dino).eval()
+    pixels = AutoImageProcessor.from_pretrained(tiny_dino)(images=images, return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == (56, 56)
+    with torch.no_grad():
+        cls = torch.nn.functional.normalize(model(pixel_values=pixels).last_hidden_state[:, 0], dim=-1)
+    np.testing.assert_allclose(a, cls.numpy(), atol=1e-5)
+
+
+def test_dino_missing_weights(tiny_dino, empty_caches, tmp_path):
+    with pytest.raises(MissingWeightsError, match="hf download facebook/dinov2-large"):
+        dino.load(None, device="cpu")
+    partial = tmp_path / "no_weights"
+    partial.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (partial / name).write_text((tiny_dino / name).read_text())
+    with pytest.raises(MissingWeightsError, match="model.safetensors or pytorch_model.bin"):
+        dino.load(str(partial), device="cpu")
+    with pytest.raises(MissingWeightsError, match="no such directory"):
+        dino.load(str(tmp_path / "nowhere"), device="cpu")

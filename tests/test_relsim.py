@@ -1,0 +1,324 @@
+"""relsim on a tiny random-init Qwen2.5-VL in the released checkpoint layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+import tiny_models as tm  # noqa: E402
+import torch  # noqa: E402
+
+from relsearch.encoders import relsim as R  # noqa: E402
+from relsearch.encoders.base import Encoder, TrainableEncoder  # noqa: E402
+from relsearch.errors import MissingWeightsError, RelsearchError  # noqa: E402
+
+
+class _NotATensor:
+    """Stands in for an arbitrary pickled object inside a projection file."""
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory) -> Path:
+    return tm.make_tiny_relsim(tmp_path_factory.mktemp("tiny_relsim"))
+
+
+@pytest.fixture(scope="session")
+def encoder(release):
+    return R.load(str(release), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def images():
+    return tm.tiny_images(5)
+
+
+def _copy_release(release: Path, dst: Path) -> Path:
+    shutil.copytree(release, dst)
+    return dst
+
+
+def test_shape_unit_norm_and_protocols(encoder, images):
+    vecs = encoder.embed(images)
+    assert vecs.shape == (5, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(vecs).all()
+    assert isinstance(encoder, Encoder) and isinstance(encoder, TrainableEncoder)
+    assert (encoder.name, encoder.kind, encoder.dim) == ("relsim", "relational", 384)
+    assert len(encoder.fingerprint) == 16
+    # distinct random images give distinct vectors
+    assert np.abs(vecs[0] - vecs[1]).max() > 1e-4
+
+
+def test_prompt_is_one_user_turn_image_then_query(encoder):
+    prompt = encoder.prompt()
+    assert prompt.count(R.QUERY_TOKEN) == 1
+    assert prompt.index("<|image_pad|>") < prompt.index(R.QUERY_TOKEN)
+    assert prompt.count("<|im_start|>user") == 1 and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_same_image_alone_or_in_batch(encoder, images):
+    batched = encoder.embed(images)
+    alone = np.concatenate([encoder.embed([img]) for img in images])
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+    # micro-batching splits the list without changing results
+    small = R.RelsimOptions(micro_batch_size=2)
+    old = encoder.options
+    encoder.options = small
+    try:
+        np.testing.assert_allclose(encoder.embed(images), batched, atol=1e-5)
+    finally:
+        encoder.options = old
+
+
+def test_adapter_changes_output_and_base_is_frozen(encoder, images):
+    with_adapter = encoder.embed(images[:2])
+    with encoder.module.backbone.disable_adapter():
+        without = encoder.embed(images[:2])
+    assert np.abs(with_adapter - without).max() > 1e-3
+    lora_names = [n for n, _ in encoder.module.named_parameters() if "lora_" in n]
+    assert lora_names and all("language_model" in n for n in lora_names)
+    assert all(("q_proj" in n or "v_proj" in n) for n in lora_names)
+    frozen = [n for n, p in encoder.module.named_parameters() if "lora_" not in n and "projection" not in n]
+    assert frozen and not any(p.requires_grad for n, p in encoder.module.named_parameters() if n in frozen)
+
+
+def test_similarity_call_and_public_factory(release, images):
+    import relsearch
+
+    model, preprocess = relsearch.relsim(str(release), device="cpu")
+    a, b = preprocess(images[0]), preprocess(images[1])
+    assert model(a, a) == pytest.approx(1.0, abs=1e-5)
+    vecs = model.embed([a, b])
+    assert model(a, b) == pytest.approx(float(vecs[0] @ vecs[1]), abs=1e-5)
+    assert preprocess([images[0]])[0].mode == "RGB"
+
+
+def test_registry_loads_relsim_at_dir(release, encoder, images):
+    from relsearch.encoders import get_encoder
+
+    enc = get_encoder(f"relsim@{release}", device="cpu")
+    assert isinstance(enc, Encoder) and enc.name == "relsim"
+    np.testing.assert_allclose(enc.embed(images[:2]), encoder.embed(images[:2]), atol=1e-6)
+    assert enc.fingerprint == encoder.fingerprint
+
+
+def test_image_size_cap():
+    from PIL import Image
+
+    img = Image.new("RGB", (1000, 500), "red")
+    assert max(R.RelsimEncoder.preprocess(_Stub(448), img).size) == 448
+    assert R.RelsimEncoder.preprocess(_Stub(None), img).size == (1000, 500)
+    small = Image.new("L", (100, 50))
+    assert R.RelsimEncoder.preprocess(_Stub(448), small).size == (100, 50)
+    with pytest.raises(ValueError, match="max_image_size"):
+        R.RelsimOptions(max_image_size=0)
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        R.RelsimOptions(micro_batch_size=0)
+    with pytest.raises(RelsearchError, match="max_image_size"):
+        R.relsim("unused", max_image_size=3)
+
+
+class _Stub:
+    def __init__(self, cap):
+        self.options = R.RelsimOptions(max_image_size=cap)
+
+    _fit = R.RelsimEncoder._fit
+
+
+def test_save_load_round_trip(encoder, images, tmp_path):
+    out = tmp_path / "saved"
+    encoder.save(str(out))
+    for name in R.RELEASE_FILES + ["tokenizer.json"]:
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == encoder.base_source
+    assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (16, 32, 0.05)
+    again = R.load(str(out), device="cpu")
+    np.testing.assert_allclose(again.embed(images), encoder.embed(images), atol=1e-6)
+    assert again.fingerprint == encoder.fingerprint
+
+
+def test_adapter_with_pre_v5_key_names_loads(release, encoder, images, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    old = _copy_release(release, tmp_path / "old_keys")
+    state = load_file(str(old / "adapter_model.safetensors"))
+    renamed = {k.replace("model.language_model.layers.", "model.layers."): v for k, v in state.items()}
+    assert renamed.keys() != state.keys()
+    save_file(renamed, str(old / "adapter_model.safetensors"))
+    enc = R.load(str(old), device="cpu")
+    np.testing.assert_allclose(enc.embed(images[:2]), encoder.embed(images[:2]), atol=1e-6)
+
+
+def test_training_path_gradients_and_fingerprint(release, images, tmp_path):
+    enc = R.load(str(release), device="cpu")
+    before = enc.fingerprint
+    module = enc.train_module()
+    module.train()
+    trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n) or n.startswith("projection.") for n in trainable)
+    batch = enc.prepare(images[:3], train=True)
+    out = enc.forward_train(batch)
+    assert out.shape == (3, 384) and out.requires_grad
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+    (out @ out.T).sum().backward()
+    no_grad = [n for n, p in trainable.items() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not no_grad, no_grad
+    with torch.no_grad():
+        for p in trainable.values():
+            p.add_(p.grad, alpha=-0.1)
+    assert enc.fingerprint != before
+    enc.save(str(tmp_path / "trained"))
+    assert R.load(str(tmp_path / "trained"), device="cpu").fingerprint == enc.fingerprint
+
+
+def test_new_from_base_saves_a_loadable_release(release, images, tmp_path):
+    fresh = R.new(str(release.parent / "base"), device="cpu", seed=3)
+    assert R.QUERY_TOKEN in fresh.processor.tokenizer.get_vocab()
+    out = tmp_path / "fresh"
+    fresh.save(str(out))
+    loaded = R.load(str(out), device="cpu")
+    np.testing.assert_allclose(loaded.embed(images[:2]), fresh.embed(images[:2]), atol=1e-6)
+    assert loaded.fingerprint == fresh.fingerprint
+
+
+def test_missing_query_token_is_a_clear_error(release, tmp_path):
+    bad = _copy_release(release, tmp_path / "no_query")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (bad / f).unlink()
+    tm.tiny_processor(with_query=False).save_pretrained(bad)
+    with pytest.raises(RelsearchError, match=r"no <\|query\|> token"):
+        R.load(str(bad), device="cpu")
+
+
+@pytest.mark.parametrize("template_edit, count", [
+    (lambda t: t.replace("You are a helpful assistant.", "<|query|>"), 2),
+    (lambda t: t.replace("{{ part['text'] }}", ""), 0),
+])
+def test_query_token_must_occur_exactly_once(release, images, tmp_path, template_edit, count):
+    bad = _copy_release(release, tmp_path / "template")
+    template = template_edit(tm.CHAT_TEMPLATE)
+    assert template != tm.CHAT_TEMPLATE
+    (bad / "chat_template.jinja").write_text(template)
+    enc = R.load(str(bad), device="cpu")
+    with pytest.raises(RelsearchError, match=f"exactly once; sample 0 has it {count} times"):
+        enc.embed(images[:1])
+
+
+def test_pickled_object_in_projection_file_is_refused(release, tmp_path):
+    bad = _copy_release(release, tmp_path / "pickled")
+    blob = torch.load(bad / R.PROJECTION_FILE, weights_only=True)
+    blob["extra"] = _NotATensor()
+    torch.save(blob, bad / R.PROJECTION_FILE)
+    with pytest.raises(RelsearchError, match="refusing"):
+        R.load(str(bad), device="cpu")
+
+
+def test_projection_query_id_must_match_tokenizer(release, tmp_path):
+    bad = _copy_release(release, tmp_path / "qid")
+    blob = torch.load(bad / R.PROJECTION_FILE, weights_only=True)
+    blob["query_token_id"] = 3
+    torch.save(blob, bad / R.PROJECTION_FILE)
+    with pytest.raises(RelsearchError, match="query_token_id=3"):
+        R.load(str(bad), device="cpu")
+
+
+def test_missing_weights_messages(release, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("RELSEARCH_ALLOW_DOWNLOAD", raising=False)
+    with pytest.raises(MissingWeightsError) as err:
+        R.load("someone/relsim-not-cached", device="cpu")
+    msg = str(err.value)
+    for part in ("adapter_config.json", "adapter_model.safetensors", "projection_and_config.pt",
+                 str(tmp_path / "empty_cache"), "hf download someone/relsim-not-cached"):
+        assert part in msg
+    assert "\n" not in msg
+
+    partial = _copy_release(release, tmp_path / "partial")
+    (partial / R.PROJECTION_FILE).unlink()
+    with pytest.raises(MissingWeightsError, match=f"projection_and_config.pt in {partial}"):
+        R.load(str(partial), device="cpu")
+
+    # The base is named by a hub id that is not in the cache.
+    no_base = _copy_release(release, tmp_path / "no_base")
+    cfg = json.loads((no_base / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-VL-7B-Instruct"
+    (no_base / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MissingWeightsError, match="hf download Qwen/Qwen2.5-VL-7B-Instruct"):
+        R.load(str(no_base), device="cpu")
+
+
+def test_hub_ids_resolve_from_the_local_cache(release, encoder, images, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for repo, src in (("tiny/relsim-release", release), ("tiny/qwen-base", release.parent / "base")):
+        repo_dir = cache / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(src, repo_dir / "snapshots" / commit)
+        (repo_dir / "refs").mkdir()
+        (repo_dir / "refs" / "main").write_text(commit)
+    snap = cache / "models--tiny--relsim-release" / "snapshots" / commit
+    cfg = json.loads((snap / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "tiny/qwen-base"
+    (snap / "adapter_config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    enc = R.load("tiny/relsim-release", device="cpu")
+    assert enc.base_source == "tiny/qwen-base"
+    np.testing.assert_allclose(enc.embed(images[:2]), encoder.embed(images[:2]), atol=1e-6)
+    assert enc.fingerprint == encoder.fingerprint
+
+
+def test_release_with_transformers_4_processor_files_loads(release, encoder, images, tmp_path):
+    legacy = _copy_release(release, tmp_path / "legacy")
+    tm.to_legacy_processor_layout(legacy)
+    assert (legacy / "preprocessor_config.json").exists() and not (legacy / "processor_config.json").exists()
+    enc = R.load(str(legacy), device="cpu")
+    np.testing.assert_allclose(enc.embed(images[:2]), encoder.embed(images[:2]), atol=1e-6)
+    assert enc.fingerprint == encoder.fingerprint
+
+
+def test_embeddings_saved_in_the_adapter_replace_the_base_rows(release, encoder, images, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    carried = _copy_release(release, tmp_path / "with_embeddings")
+    state = load_file(str(carried / "adapter_model.safetensors"))
+    rows = len(encoder.processor.tokenizer)
+    embed = torch.randn(rows, tm.TEXT_HIDDEN, generator=torch.Generator().manual_seed(7))
+    state["base_model.model.model.embed_tokens.weight"] = embed  # pre-v5 name, as releases have it
+    save_file(state, str(carried / "adapter_model.safetensors"))
+    enc = R.load(str(carried), device="cpu")
+    torch.testing.assert_close(enc.module.backbone.get_input_embeddings().weight, embed)
+    assert np.abs(enc.embed(images[:2]) - encoder.embed(images[:2])).max() > 1e-4
+    assert enc.fingerprint != encoder.fingerprint
+
+    state["base_model.model.model.embed_tokens.weight"] = embed[:-1]
+    save_file(state, str(carried / "adapter_model.safetensors"))
+    with pytest.raises(RelsearchError, match="embed_tokens.weight has shape"):
+        R.load(str(carried), device="cpu")
+
+
+def test_growing_the_vocabulary_saves_the_new_rows(images, tmp_path):
+    # No spare row in the base: <|query|> gets a freshly initialised embedding,
+    # which only survives a round trip if the adapter carries the embeddings.
+    base = tm.make_tiny_qwen_base(tmp_path / "base", vocab_size=len(tm.tiny_tokenizer(with_query=False)))
+    fresh = R.new(str(base), device="cpu", seed=1)
+    assert fresh.query_token_id == fresh.module.base_vocab_size
+    fresh.save(str(tmp_path / "grown"))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "grown" / "adapter_model.safetensors"), "pt") as f:
+        assert any(k.endswith("embed_tokens.weight") for k in f.keys())
+    loaded = R.load(str(tmp_path / "grown"), device="cpu")
+    np.testing.assert_allclose(loaded.embed(images[:2]), fresh.embed(images[:2]), atol=1e-6)
+    assert loaded.fingerprint == fresh.fingerprint

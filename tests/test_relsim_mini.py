@@ -1,0 +1,181 @@
+"""relsim-mini: architecture invariants on a tiny config, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from relsearch.encoders.base import Encoder, TrainableEncoder
+from relsearch.encoders.relsim_mini import (
+    CONFIG_NAME,
+    WEIGHTS_DIR,
+    WEIGHTS_NAME,
+    RelsimMiniConfig,
+    RelsimMiniEncoder,
+    load,
+)
+from relsearch.errors import MissingWeightsError
+
+TINY = RelsimMiniConfig(image_size=64, d_model=32, n_layers=1, n_heads=2, lora_rank=2,
+                        lora_convs=("_expand_conv", "_project_conv"), trunk_blocks=14,
+                        dropout=0.0)
+
+
+def images(n: int = 3, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    sizes = [(80, 60), (50, 90), (64, 64), (120, 40)]
+    return [Image.fromarray(rng.integers(0, 256, (sizes[i % 4][1], sizes[i % 4][0], 3), dtype=np.uint8))
+            for i in range(n)]
+
+
+def tiny_encoder(seed: int = 0) -> RelsimMiniEncoder:
+    torch.manual_seed(seed)
+    enc = RelsimMiniEncoder(TINY, device="cpu")
+    enc.bf16 = False  # exact comparisons below
+    return enc
+
+
+def _perturb_lora(enc: RelsimMiniEncoder, scale: float = 0.5) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in enc.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def test_protocols_shapes_and_unit_norm() -> None:
+    enc = tiny_encoder()
+    assert isinstance(enc, Encoder) and isinstance(enc, TrainableEncoder)
+    assert enc.kind == "relational" and enc.dim == 384
+    emb = enc.embed(images(3))
+    assert emb.shape == (3, 384) and emb.dtype == np.float32
+    assert np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert enc.embed([]).shape == (0, 384)
+
+
+def test_only_lora_and_head_train_and_all_get_gradients() -> None:
+    enc = tiny_encoder()
+    module = enc.train_module()
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    assert not any(p.requires_grad for p in module.trunk.parameters())
+    _perturb_lora(enc)  # with B = 0 (peft's init) A gets no gradient
+    module.train()
+    batch = enc.prepare(images(4), train=True, generator=np.random.default_rng(0))
+    out = enc.forward_train(batch)
+    assert out.shape == (4, 384)
+    (out @ torch.randn(384)).sum().backward()
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_cached_trunk_features_give_the_same_output() -> None:
+    enc = tiny_encoder()
+    enc.model.eval()
+    batch = enc.prepare(images(2))
+    with torch.no_grad():
+        direct = enc.forward_train(batch)
+        cached = enc.forward_train(enc.cache_features(batch))
+    # the cache stores float16: close, not identical
+    torch.testing.assert_close(direct, cached, atol=5e-3, rtol=0)
+
+
+def test_lora_changes_output_and_merge_keeps_it() -> None:
+    enc = tiny_encoder()
+    enc.model.eval()
+    x = enc.prepare(images(2))["pixels"]
+    with torch.no_grad():
+        before = enc.model(x)
+        _perturb_lora(enc)
+        after = enc.model(x)
+    assert (before - after).abs().max() > 1e-3
+    emb = enc.embed(images(2))  # merges LoRA and folds BatchNorm
+    np.testing.assert_allclose(emb, after.numpy(), atol=1e-4)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    enc = tiny_encoder()
+    _perturb_lora(enc)
+    enc.save(str(tmp_path))
+    cfg = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert cfg["d_model"] == 32 and cfg["lora_convs"] == ["_expand_conv", "_project_conv"]
+    back = load(source=str(tmp_path), device="cpu")
+    back.bf16 = False
+    assert back.fingerprint == enc.fingerprint
+    np.testing.assert_allclose(back.embed(images(2)), enc.embed(images(2)), atol=1e-5)
+    other = tiny_encoder(seed=1)
+    assert other.fingerprint != enc.fingerprint
+
+
+def test_load_reports_missing_or_mismatched_weights(tmp_path: Path) -> None:
+    with pytest.raises(MissingWeightsError, match="not found"):
+        load(source=str(tmp_path / "nowhere"))
+    enc = tiny_encoder()
+    enc.save(str(tmp_path))
+    cfg = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**cfg, "d_model": 64}))
+    with pytest.raises(MissingWeightsError, match="shape"):
+        load(source=str(tmp_path))
+
+
+@pytest.mark.parametrize("bad", [{"image_size": 100}, {"trunk_blocks": 16}, {"d_model": 30, "n_heads": 4},
+                                 {"lora_convs": ("_depthwise_conv",)}, {"dropout": 1.0}])
+def test_config_rejects_bad_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        RelsimMiniConfig(**bad)
+
+
+# -- the shipped weights ------------------------------------------------------------
+
+
+def test_shipped_weights_load_and_embed() -> None:
+    assert (WEIGHTS_DIR / WEIGHTS_NAME).is_file(), "relsim-mini weights are missing from the package"
+    assert (WEIGHTS_DIR / WEIGHTS_NAME).stat().st_size <= 50 * 1024 * 1024
+    assert (WEIGHTS_DIR / "MODEL_CARD.md").is_file()
+    enc = load(device="cpu")
+    imgs = images(3)
+    emb = enc.embed(imgs)
+    assert emb.shape == (3, 384) and np.isfinite(emb).all()
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(enc.embed(imgs[::-1])[::-1], emb, atol=1e-3)  # order/batch independent
+    np.testing.assert_array_equal(enc.embed(imgs), emb)  # deterministic
+    assert len(enc.fingerprint) == 16
+    text = enc.embed_text(["{Object}s arranged in a ring around a central {Center}"])
+    assert text.shape == (1, 384)
+
+
+def test_shipped_relsim_mini_beats_imagenet_on_unseen_objects(tmp_path: Path) -> None:
+    """Relational precision on a small grouped set of test-split objects (fixed seed).
+
+    Each group renders one object set on one background in every family, so an
+    attribute encoder is drawn to the group's twins and a relational one to the
+    same family in other groups.
+    """
+    pytest.importorskip("relsearch.corpus.compose")
+    from relsearch.corpus.art import OPENCLIPART_DIR
+    from relsearch.corpus.compose import compose
+    from relsearch.encoders.imagenet import load as load_imagenet
+    from relsearch.train import metrics
+    from relsearch.train.data import load_image, read_caption_jsonl
+
+    if not OPENCLIPART_DIR.is_dir():
+        pytest.skip("openclipart-png is not installed")
+    compose(tmp_path, n_per_family=0, split="test", seed=11, grouped=True, n_groups=6,
+            size_range=(192, 256))
+    recs = read_caption_jsonl(tmp_path / "labels.jsonl")
+    imgs = [load_image(r.image) for r in recs]
+    families = [r.family for r in recs]
+    objects = [r.objects for r in recs]
+    k = 5  # each query has 5 same-family scenes (the other groups)
+    mini = metrics.retrieval_report(load(device="cpu").embed(imgs), families, objects, k=k)
+    base = metrics.retrieval_report(load_imagenet(device="cpu").embed(imgs), families, objects, k=k)
+    assert mini["precision_at_k"] >= base["precision_at_k"] + PRECISION_MARGIN, (mini, base)
+    assert mini["leakage_at_k"] < base["leakage_at_k"], (mini, base)

@@ -1,0 +1,226 @@
+"""Tiny random-init checkpoints in the layouts the real encoders load.
+
+Nothing here downloads anything: every model is built from a config with
+random weights, every tokenizer with the ``tokenizers`` library. Used by the
+encoder tests and by ``benchmarks/relsim_gpu.py`` (so it imports no pytest).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+QUERY_TOKEN = "<|query|>"
+
+# Qwen's chat and vision special tokens, in the order the real tokenizer has them.
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# A Qwen2.5-VL style chat template (system default, vision block per image,
+# generation prompt), small enough to read.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+TEXT_HIDDEN = 64
+# Like the real checkpoint, the embedding matrix is padded past the tokenizer
+# length, so resizing to the tokenizer shrinks it and `<|query|>` keeps a row
+# that already exists in the base.
+TINY_VOCAB = 280
+
+
+def tiny_tokenizer(with_query: bool = True):
+    """Byte-level BPE over the 256 byte symbols plus Qwen's special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = QWEN_SPECIAL_TOKENS + ([QUERY_TOKEN] if with_query else [])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        padding_side="right",
+    )
+
+
+def tiny_processor(with_query: bool = True, chat_template: str = CHAT_TEMPLATE):
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    # Small pixel budget: a 64x48 image becomes a 2x2 grid of merged tokens.
+    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56 * 4)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=28 * 28, max_pixels=56 * 56 * 4)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer(with_query=with_query),
+        video_processor=video_processor,
+        chat_template=chat_template,
+    )
+
+
+def tiny_qwen_config(tokenizer, vocab_size: int = TINY_VOCAB):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": TEXT_HIDDEN,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        # head_dim 16 -> 8 rotary frequencies split over (t, h, w)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": TEXT_HIDDEN,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+    }
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+def make_tiny_qwen_base(out_dir: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB) -> Path:
+    """A random-init Qwen2.5-VL in HF format plus its processor (no `<|query|>`).
+
+    ``vocab_size`` equal to the tokenizer length leaves no spare embedding row,
+    so adding `<|query|>` has to grow the matrix.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    processor = tiny_processor(with_query=False)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_qwen_config(processor.tokenizer, vocab_size))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def make_tiny_relsim(out_dir: str | Path, seed: int = 0, with_query: bool = True,
+                     lora_scale: float = 0.5) -> Path:
+    """A relsim release for a tiny base, in the released checkpoint layout.
+
+    ``out_dir/base`` holds the base model; ``out_dir/relsim`` holds
+    ``adapter_config.json`` (naming the base by path), ``adapter_model.safetensors``,
+    the processor files with ``<|query|>`` and ``projection_and_config.pt``.
+    ``lora_B`` is filled with non-zero values so the adapter changes the output.
+    Returns the release directory.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    root = Path(out_dir)
+    base_dir = make_tiny_qwen_base(root / "base", seed=seed)
+    release = root / "relsim"
+    release.mkdir(parents=True, exist_ok=True)
+
+    processor = tiny_processor(with_query=True)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+    model.resize_token_embeddings(len(processor.tokenizer))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none",
+                      target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(model, lora)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * lora_scale)
+    peft_model.save_pretrained(release)
+    # The release names its base as given at training time; here, a local path.
+    cfg_path = release / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base_dir)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    if with_query:
+        processor.save_pretrained(release)
+    else:
+        tiny_processor(with_query=False).save_pretrained(release)
+    projection = torch.nn.Linear(TEXT_HIDDEN, 384)
+    torch.nn.init.normal_(projection.weight, std=0.2, generator=gen)
+    query_id = processor.tokenizer.convert_tokens_to_ids(QUERY_TOKEN)
+    torch.save({"projection": projection.state_dict(), "query_token_id": int(query_id)},
+               release / "projection_and_config.pt")
+    return release
+
+
+def to_legacy_processor_layout(release: str | Path) -> None:
+    """Rewrite processor files the way transformers 4.x saved them.
+
+    Released checkpoints carry ``preprocessor_config.json`` (flat, with
+    ``min_pixels``/``max_pixels``) and ``chat_template.json`` instead of one
+    ``processor_config.json`` and ``chat_template.jinja``.
+    """
+    folder = Path(release)
+    nested = json.loads((folder / "processor_config.json").read_text())
+    image = dict(nested["image_processor"])
+    size = image.pop("size")
+    image.update(min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"],
+                 processor_class="Qwen2_5_VLProcessor")
+    (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    (folder / "processor_config.json").unlink()
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    (folder / "chat_template.jinja").unlink()
+
+
+def tiny_images(n: int = 4, seed: int = 0) -> list:
+    """Small RGB images of varied sizes and content."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = [(64, 48), (40, 72), (96, 96), (50, 30), (120, 80), (33, 57)]
+    out = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        out.append(Image.fromarray(arr, mode="RGB"))
+    return out

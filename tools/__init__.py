@@ -1,0 +1,1 @@
+"""Standalone project tools (corpus composition), runnable as ``python -m tools.<name>``."""
