@@ -373,6 +373,8 @@ def _commit(
         return bool(opts.index_spec) and entry.faiss.get("requested") != opts.index_spec
 
     if not len(pending) and not len(tombstones) and not any(stale(n) for n in loaded):
+        for name in loaded:  # nothing to write, but a corrupt FAISS file must not pass silently
+            VectorIndex.load(faiss_path(index_path, name, gen))
         report.generation = gen
         return
 

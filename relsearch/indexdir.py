@@ -136,6 +136,10 @@ def check_fingerprint(entry: EncoderEntry, fingerprint: str, index: Path) -> Non
         )
 
 
+def _can_write(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def ensure_writable(index: Path) -> None:
     """Fail early (before touching anything) if ``index`` cannot be created or written."""
     probe = index
@@ -143,7 +147,7 @@ def ensure_writable(index: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise RelsearchError(f"index path {index} is not usable: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not _can_write(probe):
         raise RelsearchError(f"index path {index} is not writable (no write permission on {probe})")
 
 

@@ -55,6 +55,15 @@ class Searcher:
         from relsearch.index import VectorIndex
 
         self.opened: OpenIndex = open_index(index)
+        try:
+            self._load(index, encoders, VectorIndex)
+        except BaseException:
+            self.opened.close()
+            raise
+        self._loaded: dict[str, Any] = {}
+        self.device = device
+
+    def _load(self, index: str | os.PathLike[str], encoders: str | None, VectorIndex: Any) -> None:
         manifest = self.opened.manifest
         names = list(manifest.encoders)
         if encoders:
@@ -76,8 +85,6 @@ class Searcher:
                 raise RelsearchError(f"index {index} is missing its FAISS file {path.name}; rebuild it")
             self.indexes[name] = VectorIndex.load(path)
             self.encoders[name] = entry
-        self._loaded: dict[str, Any] = {}
-        self.device = device
 
     def encoder(self, name: str) -> Any:
         if name not in self._loaded:

@@ -109,14 +109,24 @@ def test_registry_loads_relsim_at_dir(release, encoder, images):
     assert enc.fingerprint == encoder.fingerprint
 
 
-def test_image_size_cap():
+def test_image_size_cap_and_patch_grid(encoder):
     from PIL import Image
 
-    img = Image.new("RGB", (1000, 500), "red")
-    assert max(R.RelsimEncoder.preprocess(_Stub(448), img).size) == 448
-    assert R.RelsimEncoder.preprocess(_Stub(None), img).size == (1000, 500)
-    small = Image.new("L", (100, 50))
-    assert R.RelsimEncoder.preprocess(_Stub(448), small).size == (100, 50)
+    cap = R.RelsimEncoder.preprocess(_Stub(448), Image.new("RGB", (1000, 500), "red"))
+    assert cap.size == (448, 224)
+    assert R.RelsimEncoder.preprocess(_Stub(None), Image.new("RGB", (100, 50))).size == (100, 50)
+    # The tiny processor's pixel budget is 784..12544 with 28-pixel cells.
+    old = encoder.options
+    try:
+        encoder.options = R.RelsimOptions(max_image_size=448)
+        fitted = encoder.preprocess(Image.new("L", (100, 50)))
+        assert fitted.mode == "RGB" and fitted.size == (112, 56)
+        assert all(side % 28 == 0 for side in encoder.preprocess(Image.new("RGB", (1000, 500))).size)
+        encoder.options = R.RelsimOptions(max_image_size=None)
+        big = encoder.preprocess(Image.new("RGB", (1000, 500)))
+        assert big.width * big.height <= 12544 and big.width % 28 == 0 and big.height % 28 == 0
+    finally:
+        encoder.options = old
     with pytest.raises(ValueError, match="max_image_size"):
         R.RelsimOptions(max_image_size=0)
     with pytest.raises(ValueError, match="micro_batch_size"):
@@ -126,10 +136,15 @@ def test_image_size_cap():
 
 
 class _Stub:
+    """The cap alone, without a processor's patch grid."""
+
     def __init__(self, cap):
         self.options = R.RelsimOptions(max_image_size=cap)
 
     _fit = R.RelsimEncoder._fit
+
+    def _snap_to_grid(self, img):
+        return img
 
 
 def test_save_load_round_trip(encoder, images, tmp_path):
@@ -174,7 +189,13 @@ def test_training_path_gradients_and_fingerprint(release, images, tmp_path):
     with torch.no_grad():
         for p in trainable.values():
             p.add_(p.grad, alpha=-0.1)
-    assert enc.fingerprint != before
+    after_one_step = enc.fingerprint
+    assert after_one_step != before
+    with torch.no_grad():
+        module.projection.bias.add_(0.01)
+    assert enc.fingerprint != after_one_step
+    # embedding for validation mid-training leaves the module in training mode
+    assert enc.embed(images[:1]).shape == (1, 384) and module.training
     enc.save(str(tmp_path / "trained"))
     assert R.load(str(tmp_path / "trained"), device="cpu").fingerprint == enc.fingerprint
 
@@ -322,3 +343,17 @@ def test_growing_the_vocabulary_saves_the_new_rows(images, tmp_path):
     loaded = R.load(str(tmp_path / "grown"), device="cpu")
     np.testing.assert_allclose(loaded.embed(images[:2]), fresh.embed(images[:2]), atol=1e-6)
     assert loaded.fingerprint == fresh.fingerprint
+
+
+def test_captions_go_to_the_shared_text_space(encoder, monkeypatch):
+    import relsearch.encoders.text as text
+
+    seen = {}
+
+    def fake_embed_text(texts, device=None):
+        seen.update(texts=texts, device=device)
+        return np.ones((len(texts), 384), dtype=np.float32)
+
+    monkeypatch.setattr(text, "embed_text", fake_embed_text)
+    assert encoder.embed_text(["a cat chasing a mouse"]).shape == (1, 384)
+    assert seen == {"texts": ["a cat chasing a mouse"], "device": "cpu"}

@@ -177,19 +177,23 @@ class RelsimEncoder:
         self.base_source = base_source
         self._base_identity = base_identity
         self._fingerprint = fingerprint
+        self._training_started = False
         self._prompt: str | None = None
 
     # ----------------------------------------------------------------- Encoder
     @property
     def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = _fingerprint(
-                _lora_state(self.module.backbone).items(),
-                self.module.projection.state_dict().items(),
-                self.module.query_token_id,
-                self._base_identity,
-            )
-        return self._fingerprint
+        if self._fingerprint is not None:
+            return self._fingerprint
+        current = _fingerprint(
+            _lora_state(self.module.backbone).items(),
+            self.module.projection.state_dict().items(),
+            self.module.query_token_id,
+            self._base_identity,
+        )
+        if not self._training_started:  # weights can no longer change under us
+            self._fingerprint = current
+        return current
 
     @property
     def query_token_id(self) -> int:
@@ -212,13 +216,17 @@ class RelsimEncoder:
             images = [images]
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        was_training = self.module.training  # embed may run mid-training (validation)
         self.module.eval()
         step = self.options.micro_batch_size
         parts = []
-        with torch.inference_mode():
-            for i in range(0, len(images), step):
-                out = self.forward_train(self.prepare(images[i : i + step]))
-                parts.append(out.float().cpu().numpy())
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(images), step):
+                    out = self.forward_train(self.prepare(images[i : i + step]))
+                    parts.append(out.float().cpu().numpy())
+        finally:
+            self.module.train(was_training)
         return l2_normalize(np.concatenate(parts, axis=0))
 
     def __call__(self, img1: Image.Image, img2: Image.Image) -> float:
@@ -234,8 +242,9 @@ class RelsimEncoder:
 
     # --------------------------------------------------------- TrainableEncoder
     def train_module(self) -> Any:
-        # The weights may change from here on: recompute the fingerprint when asked.
+        # The weights may change from here on: the fingerprint is recomputed on each access.
         self._fingerprint = None
+        self._training_started = True
         return self.module
 
     def prepare(self, images: list[Image.Image], train: bool = False,
@@ -307,6 +316,31 @@ class RelsimEncoder:
         if cap is not None and max(img.size) > cap:
             img = img.copy()
             img.thumbnail((cap, cap), Image.LANCZOS)
+        return self._snap_to_grid(img)
+
+    def _snap_to_grid(self, img: Image.Image) -> Image.Image:
+        """Resize in PIL to the patch grid the processor would pick.
+
+        The reference pipeline sizes images this way (bicubic, to multiples of
+        patch x merge within the processor's pixel budget) before the processor
+        sees them, so the processor's own resize becomes a no-op.
+        """
+        from PIL import Image
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        ip = self.processor.image_processor
+        size = ip.size
+        min_px = getattr(size, "shortest_edge", None) or getattr(ip, "min_pixels", None)
+        max_px = getattr(size, "longest_edge", None) or getattr(ip, "max_pixels", None)
+        if not min_px or not max_px:
+            return img
+        factor = int(ip.patch_size) * int(ip.merge_size)
+        try:
+            height, width = smart_resize(img.height, img.width, factor=factor, min_pixels=min_px, max_pixels=max_px)
+        except ValueError as exc:
+            raise RelsearchError(f"relsim: cannot use a {img.width}x{img.height} image: {exc}") from exc
+        if (width, height) != img.size:
+            img = img.resize((width, height), Image.BICUBIC)
         return img
 
     def _model_dtype(self) -> torch.dtype:
@@ -368,7 +402,7 @@ def new(base: str = DEFAULT_BASE, device: str | None = None, options: RelsimOpti
     release layout that :func:`load` reads.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     options = options or RelsimOptions()
     device = pick_device(device)
@@ -382,7 +416,7 @@ def new(base: str = DEFAULT_BASE, device: str | None = None, options: RelsimOpti
     base_vocab = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tokenizer))
     torch.manual_seed(seed)
-    backbone = get_peft_model(model, LoraConfig(**LORA_SETTINGS))
+    backbone = _peft_wrap(model, LoraConfig(**LORA_SETTINGS))
     hidden = model.config.get_text_config().hidden_size
     projection = torch.nn.Linear(hidden, EMBED_DIM)
     module = relsim_module_class()(backbone, projection, query_id, base_vocab)
@@ -513,7 +547,7 @@ def _load_base(base_source: str, dtype: torch.dtype, device: str) -> tuple[Any, 
 
 
 def _attach_lora(model: Any, adapter_cfg: dict[str, Any]) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     fields = set(LoraConfig.__dataclass_fields__)
     kwargs = {k: v for k, v in adapter_cfg.items() if k in fields and k not in {"peft_type", "task_type"}}
@@ -526,7 +560,18 @@ def _attach_lora(model: Any, adapter_cfg: dict[str, Any]) -> Any:
         config = LoraConfig(**kwargs)
     except (TypeError, ValueError) as exc:
         raise RelsearchError(f"relsim: invalid {ADAPTER_CONFIG}: {exc}") from exc
-    return get_peft_model(model, config)
+    return _peft_wrap(model, config)
+
+
+def _peft_wrap(model: Any, config: Any) -> Any:
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # peft asks transformers a deprecated question; users cannot act on the warning.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _lora_state(backbone: Any) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ File format (one file, replaced atomically)::
 
     b"RSFAISS\\n"                 magic, 8 bytes
     uint64 little-endian L        length of the header
+    32 bytes                      sha256 of the header
     L bytes of UTF-8 JSON         format, spec, nprobe, rerank, build facts,
                                   payload length and sha256
     payload                       faiss.serialize_index of the CPU index
@@ -88,26 +89,32 @@ def rerank_exact(
     queries: np.ndarray, candidates: np.ndarray, lookup: VectorLookup, k: int, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Re-score candidate ids exactly with the raw vectors and keep the best ``k``."""
-    nq = queries.shape[0]
+    nq, d = queries.shape
     out_s = np.full((nq, k), -np.inf, dtype=np.float32)
     out_i = np.full((nq, k), -1, dtype=np.int64)
+    kk = min(k, candidates.shape[1])
     for s in range(0, nq, chunk):
         cand = candidates[s : s + chunk]
         valid = cand >= 0
         if not valid.any():
             continue
+        # Each distinct id is fetched once per chunk (the engine's lookup reads a store).
         uniq, inv = np.unique(cand[valid], return_inverse=True)
         vecs = np.asarray(lookup(uniq), dtype=np.float32)
-        if vecs.shape != (len(uniq), queries.shape[1]):
-            raise ValueError(
-                f"vector_lookup returned shape {vecs.shape}, expected {(len(uniq), queries.shape[1])}"
-            )
-        rows = np.nonzero(valid)[0]
-        scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-        scores[valid] = np.einsum("ij,ij->i", queries[s : s + chunk][rows], vecs[inv])
-        kk = min(k, cand.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
-        out_s[s : s + chunk, :kk] = np.take_along_axis(scores, top, axis=1)
+        if vecs.shape != (len(uniq), d):
+            raise ValueError(f"vector_lookup returned shape {vecs.shape}, expected {(len(uniq), d)}")
+        where = np.zeros(cand.shape, dtype=np.int64)
+        where[valid] = inv
+        # [c, R, d] @ [c, d, 1]: one small matrix-vector product per query.
+        scores = np.matmul(vecs[where], queries[s : s + chunk, :, None])[..., 0]
+        scores[~valid] = -np.inf
+        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < scores.shape[1] else None
+        if top is None:
+            top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        out_s[s : s + chunk, :kk] = np.take_along_axis(top_scores, order, axis=1)
         ids = np.take_along_axis(cand, top, axis=1)
         ids[~np.isfinite(out_s[s : s + chunk, :kk])] = -1
         out_i[s : s + chunk, :kk] = ids
@@ -126,7 +133,7 @@ class VectorIndex:
         # Use build() or load(); this stores already-validated state.
         self._index = index
         self._spec = spec
-        self._ivf = _faiss.import_faiss().try_extract_index_ivf(index)
+        self._ivf = _extract_ivf(_faiss.import_faiss(), index)
         self._nprobe = int(meta.get("nprobe", 1))
         self._rerank = int(meta.get("rerank", 0))
         self._meta = dict(meta)
@@ -161,7 +168,7 @@ class VectorIndex:
         faiss = _faiss.import_faiss()
         spec = auto_spec(n, d, config) if config.is_auto else config.spec
         index = _make_index(faiss, d, spec)
-        ivf = faiss.try_extract_index_ivf(index)
+        ivf = _extract_ivf(faiss, index)
         if config.rerank is not None:
             rerank = config.rerank
         else:
@@ -485,6 +492,7 @@ class VectorIndex:
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC)
                 f.write(struct.pack("<Q", len(header)))
+                f.write(hashlib.sha256(header).digest())
                 f.write(header)
                 f.write(payload.data)
                 f.flush()
@@ -513,14 +521,17 @@ class VectorIndex:
         def corrupt(why: str) -> RelsearchError:
             return RelsearchError(f"corrupt index file {path}: {why}; rebuild the index")
 
-        if len(blob) < len(MAGIC) + 8 or blob[: len(MAGIC)] != MAGIC:
+        if len(blob) < len(MAGIC) + 8 + 32 or blob[: len(MAGIC)] != MAGIC:
             raise corrupt("not a relsearch index (bad magic)")
         (hlen,) = struct.unpack_from("<Q", blob, len(MAGIC))
-        start = len(MAGIC) + 8
+        start = len(MAGIC) + 8 + 32
         if start + hlen > len(blob):
             raise corrupt("truncated header")
+        header = blob[start : start + hlen]
+        if hashlib.sha256(header).digest() != blob[start - 32 : start]:
+            raise corrupt("header checksum mismatch")
         try:
-            meta = json.loads(blob[start : start + hlen].decode("utf-8"))
+            meta = json.loads(header.decode("utf-8"))
             if not isinstance(meta, dict):
                 raise ValueError("header is not an object")
             if meta.get("format") != FORMAT_VERSION:
@@ -563,7 +574,7 @@ def _make_index(faiss: Any, d: int, spec: str) -> Any:
         raise RelsearchError(
             f"invalid FAISS index spec {spec!r} for dimension {d}: {_first_line(e)}"
         ) from None
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf = _extract_ivf(faiss, index)
     if ivf is not None:
         # Unit vectors: spherical k-means keeps centroids on the sphere, so a
         # tight cluster's centroid does not out-score a loose one by norm alone.
@@ -582,6 +593,12 @@ def _make_index(faiss: Any, d: int, spec: str) -> Any:
             pq.cp.max_points_per_centroid = 64
             pq.cp.niter = 20
     return index
+
+
+def _extract_ivf(faiss: Any, index: Any) -> Any | None:
+    """The IVF layer of ``index`` as its concrete class (IndexIVFPQ...), or None."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else faiss.downcast_index(ivf)
 
 
 def _train(faiss: Any, index: Any, ivf: Any, sample: np.ndarray) -> None:

@@ -1,0 +1,160 @@
+"""Static HTML page of a :class:`~relsearch.query.QueryResult`: the query, then one row per encoder.
+
+Thumbnails are embedded as small JPEG data URIs, so the page still works when it is
+moved or mailed; each thumbnail links to the original file (``file://``). The same
+row markup serves the local ``serve`` page, where thumbnails come from the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+#: Longest side of an embedded thumbnail, in pixels. At JPEG quality 70 one thumbnail
+#: is 3-6 kB, so a k=20 page with two encoders stays around a quarter of a megabyte.
+THUMB_PX = 128
+THUMB_QUALITY = 70
+QUERY_PX = 256
+
+#: Shown for a hit whose file has gone or no longer decodes (grey box with a cross).
+MISSING_SRC = "data:image/svg+xml;base64," + base64.b64encode(
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="128" height="128">'
+    b'<rect width="128" height="128" fill="#ddd"/>'
+    b'<path d="M32 32L96 96M96 32L32 96" stroke="#999" stroke-width="6"/></svg>'
+).decode()
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:16px;background:#fafafa;color:#222}
+h1{font-size:18px;margin:0 0 8px}
+.query{display:flex;gap:16px;align-items:flex-start;margin-bottom:16px}
+.query img{max-width:256px;max-height:256px;border:1px solid #bbb;background:#fff}
+.query .label{font-size:13px;color:#555;word-break:break-all;max-width:60ch}
+.row{margin:12px 0 20px}
+.row h2{font-size:15px;margin:0 0 6px}
+.row h2 .kind{font-weight:normal;font-size:12px;padding:1px 6px;border-radius:8px;margin-left:6px}
+.row.relational h2 .kind{background:#d8ecff;color:#0b4f8a}
+.row.attribute h2 .kind{background:#eee;color:#555}
+.hits{display:flex;flex-wrap:wrap;gap:8px}
+a.hit{display:flex;flex-direction:column;align-items:center;width:132px;text-decoration:none;color:#222}
+a.hit img{width:128px;height:128px;object-fit:contain;background:#fff;border:1px solid #ccc}
+.row.relational a.hit img{border-color:#6aa7e0}
+a.hit .cap{font-size:11px;font-variant-numeric:tabular-nums;margin-top:2px}
+a.hit .name{font-size:10px;color:#777;max-width:128px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.empty{color:#888;font-size:13px}
+"""
+
+
+def encode_jpeg(image: Any, size: int) -> bytes:
+    img = image.convert("RGB")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=THUMB_QUALITY, optimize=True)
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1024)
+def thumbnail_jpeg(path: str, size: int = THUMB_PX, mtime_ns: int = 0) -> bytes | None:
+    """JPEG bytes of ``path`` shrunk to ``size`` on its longer side; None if it cannot be read.
+
+    ``mtime_ns`` is only part of the cache key, so an edited file gets a fresh thumbnail.
+    """
+    from relsearch.collection import DecodeError, load_image
+
+    try:
+        return encode_jpeg(load_image(path, max_side=max(size * 2, 64)), size)
+    except (DecodeError, OSError, ValueError):
+        return None
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def jpeg_data_uri(data: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+
+
+def file_data_uri(path: str, size: int = THUMB_PX) -> str:
+    """Thumbnail of ``path`` as a data URI (a grey placeholder when unreadable)."""
+    data = thumbnail_jpeg(path, size, _mtime(path))
+    return jpeg_data_uri(data) if data is not None else MISSING_SRC
+
+
+def file_uri(path: str) -> str:
+    return Path(os.path.abspath(path)).as_uri()
+
+
+def render_rows(
+    result: Any,
+    src: Callable[[Any], str],
+    href: Callable[[Any], str],
+    k: int | None = None,
+) -> str:
+    """HTML of one ``<section class="row">`` per encoder (relational first).
+
+    ``src(hit)`` and ``href(hit)`` give each thumbnail's image source and link target.
+    """
+    parts = []
+    for name in result.ordered():
+        kind = result.kinds.get(name, "attribute")
+        hits = result.results[name][: k if k is not None else None]
+        cells = []
+        for h in hits:
+            base = os.path.basename(h.path)
+            cells.append(
+                f'<a class="hit" href="{html.escape(href(h))}" title="{html.escape(h.path)}" target="_blank">'
+                f'<img class="thumb" alt="rank {h.rank}" loading="eager" src="{html.escape(src(h))}">'
+                f'<span class="cap">#{h.rank} &middot; {h.score:.3f}</span>'
+                f'<span class="name">{html.escape(base)}</span></a>'
+            )
+        body = "".join(cells) if cells else '<span class="empty">no neighbours</span>'
+        parts.append(
+            f'<section class="row {html.escape(kind)}" data-encoder="{html.escape(name)}" data-kind="{html.escape(kind)}">'
+            f'<h2>{html.escape(name)}<span class="kind">{html.escape(kind)}</span></h2>'
+            f'<div class="hits">{body}</div></section>'
+        )
+    return "\n".join(parts)
+
+
+def render_query(label: str, src: str | None) -> str:
+    """The query block: its image (when there is one) and its label or caption."""
+    img = f'<img class="query-img" alt="query" src="{html.escape(src)}">' if src else ""
+    what = "query image" if src else "query caption"
+    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{html.escape(label)}</div></div>')
+
+
+def render_page(result: Any, k: int | None = None, thumb_px: int = THUMB_PX) -> str:
+    """A self-contained HTML page of ``result`` (thumbnails inline, links to the files)."""
+    is_image = bool(result.query) and os.path.isfile(result.query)
+    query_src = file_data_uri(result.query, QUERY_PX) if is_image else None
+    rows = render_rows(result, src=lambda h: file_data_uri(h.path, thumb_px), href=lambda h: file_uri(h.path), k=k)
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>relsearch: {html.escape(os.path.basename(result.query) or 'query')}</title>"
+        f"<style>{STYLE}</style></head><body>"
+        "<h1>relsearch &mdash; relational neighbours beside attribute neighbours</h1>"
+        f"{render_query(result.query, query_src)}\n<main id=\"rows\">{rows}</main>"
+        "</body></html>\n"
+    )
+
+
+def write_html(result: Any, path: str | os.PathLike[str], k: int | None = None) -> Path:
+    """Write :func:`render_page` of ``result`` to ``path`` (parent folders created)."""
+    from relsearch.errors import RelsearchError
+
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_page(result, k=k), encoding="utf-8")
+    except OSError as exc:
+        raise RelsearchError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    return out

@@ -1,0 +1,272 @@
+"""Local page for browsing an index: drop or pick an image, see one row per encoder.
+
+Standard library HTTP only, no outside resources. Endpoints:
+
+- ``GET /``            the page (inline CSS and JS);
+- ``POST /query?k=N``  body = the image bytes; answers ``{"html", "result", "timings_ms"}``;
+- ``GET /thumb/ID``    JPEG thumbnail of a record of the index;
+- ``GET /file/ID``     the record's file itself.
+
+Only files that are records of the index can be read through it (by id, never by path).
+It binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import mimetypes
+import os
+import tempfile
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from relsearch.errors import RelsearchError
+from relsearch.view.html import (
+    QUERY_PX,
+    STYLE,
+    THUMB_PX,
+    encode_jpeg,
+    jpeg_data_uri,
+    render_query,
+    render_rows,
+    thumbnail_jpeg,
+)
+
+#: Largest upload accepted, in bytes: bigger than any photo, small enough to hold in memory.
+MAX_UPLOAD = 32 * 1024 * 1024
+MAX_K = 200
+
+_SCRIPT = """
+const drop = document.getElementById('drop'), pick = document.getElementById('pick');
+const rows = document.getElementById('rows'), status = document.getElementById('status');
+const kbox = document.getElementById('k');
+async function send(file) {
+  if (!file) return;
+  status.textContent = 'searching ' + file.name + ' ...';
+  try {
+    const r = await fetch('query?k=' + encodeURIComponent(kbox.value), {method: 'POST', body: file,
+      headers: {'Content-Type': 'application/octet-stream'}});
+    const data = await r.json();
+    if (!r.ok) { status.textContent = 'error: ' + data.error; return; }
+    rows.innerHTML = data.html;
+    const t = data.timings_ms || {};
+    status.textContent = file.name + ': ' + Object.keys(t).map(k => k + ' ' + t[k].toFixed(1) + ' ms').join(', ');
+  } catch (e) { status.textContent = 'error: ' + e; }
+}
+pick.addEventListener('change', () => send(pick.files[0]));
+['dragenter', 'dragover'].forEach(ev => drop.addEventListener(ev, e => {
+  e.preventDefault(); drop.classList.add('over'); }));
+['dragleave', 'drop'].forEach(ev => drop.addEventListener(ev, e => {
+  e.preventDefault(); drop.classList.remove('over'); }));
+drop.addEventListener('drop', e => send(e.dataTransfer.files[0]));
+document.addEventListener('paste', e => {
+  const f = [...(e.clipboardData || {}).files || []][0]; if (f) send(f); });
+"""
+
+_EXTRA_STYLE = """
+#drop{border:2px dashed #999;border-radius:8px;padding:18px;text-align:center;color:#555;margin-bottom:12px;background:#fff}
+#drop.over{border-color:#2e78c8;background:#eef6ff}
+#status{font-size:12px;color:#666;margin:6px 0 10px;min-height:1em}
+.meta{font-size:12px;color:#666}
+"""
+
+
+def page_html(index_label: str, encoders: dict[str, str], count: int, k: int) -> str:
+    cols = ", ".join(f"{html.escape(n)} ({html.escape(kind)})" for n, kind in encoders.items())
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<title>relsearch</title>"
+        f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>"
+        "<h1>relsearch &mdash; relational neighbours beside attribute neighbours</h1>"
+        f"<p class=\"meta\">index {html.escape(index_label)} &middot; {count} images &middot; {cols}</p>"
+        "<div id=\"drop\">Drop an image here, paste one, or "
+        "<input id=\"pick\" type=\"file\" accept=\"image/*\"> &nbsp; "
+        f"k <input id=\"k\" type=\"number\" min=\"1\" max=\"{MAX_K}\" value=\"{k}\" style=\"width:4em\"></div>"
+        "<div id=\"status\"></div><div id=\"result\"><main id=\"rows\"></main></div>"
+        f"<script>{_SCRIPT}</script></body></html>\n"
+    )
+
+
+class ViewApp:
+    """What the HTTP handler needs: a warm :class:`~relsearch.query.Searcher` behind a lock."""
+
+    def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None,
+                 k: int = 20) -> None:
+        from relsearch.query import Searcher
+
+        if not 1 <= k <= MAX_K:
+            raise RelsearchError(f"-k must be between 1 and {MAX_K}, got {k}")
+        self.index = Path(index)
+        self.k = k
+        self.searcher = Searcher(index, encoders=encoders, device=device)
+        # One query at a time: torch, FAISS and the LMDB reader are shared by all handler threads.
+        self.lock = threading.Lock()
+        for name in self.searcher.encoders:  # load weights now, not on the first upload
+            self.searcher.encoder(name)
+
+    def page(self) -> str:
+        kinds = {n: e.kind for n, e in self.searcher.encoders.items()}
+        return page_html(str(self.index), kinds, self.searcher.opened.store.count("records"), self.k)
+
+    def record_path(self, record_id: int) -> str | None:
+        with self.lock:
+            rec = self.searcher.opened.store.get_records([record_id]).get(record_id)
+        return rec.path if rec is not None else None
+
+    def query_bytes(self, data: bytes, k: int, name: str = "upload") -> dict[str, Any]:
+        """Search with an uploaded image; the answer carries the rendered rows."""
+        from relsearch.collection import DecodeError, load_image
+
+        # The decoder works on files (EXIF, modes, draft mode), so the upload takes a short
+        # trip through a private temporary folder.
+        with tempfile.TemporaryDirectory(prefix="relsearch-upload-") as tmp:
+            path = os.path.join(tmp, "query")
+            with open(path, "wb") as fh:
+                fh.write(data)
+            try:
+                image = load_image(path, max_side=512)
+            except DecodeError as exc:
+                raise RelsearchError(f"the upload is not a readable image ({exc.reason})") from exc
+        with self.lock:
+            result = self.searcher.query_image(image, k=k, label=name)
+        query_src = jpeg_data_uri(encode_jpeg(image, QUERY_PX))
+        rows = render_rows(result, src=lambda h: f"thumb/{h.id}", href=lambda h: f"file/{h.id}")
+        return {"html": render_query(name, query_src) + rows, "result": result.to_dict(),
+                "kinds": result.kinds, "timings_ms": result.timings_ms}
+
+    def close(self) -> None:
+        self.searcher.close()
+
+
+def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "relsearch"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (base-class name)
+            pass  # a quiet terminal; errors reach the page as JSON
+
+        def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: Any) -> None:
+            self._send(status, json.dumps(obj, default=str).encode(), "application/json")
+
+        def _record(self, raw: str) -> str | None:
+            try:
+                return app.record_path(int(raw))
+            except ValueError:
+                return None
+
+        def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+            url = urlsplit(self.path)
+            parts = url.path.strip("/").split("/")
+            if url.path in ("/", "/index.html"):
+                self._send(200, app.page().encode(), "text/html; charset=utf-8")
+            elif len(parts) == 2 and parts[0] in ("thumb", "file"):
+                path = self._record(parts[1])
+                if path is None:
+                    self._json(404, {"error": "no such image in this index"})
+                elif parts[0] == "thumb":
+                    data = thumbnail_jpeg(path, THUMB_PX, _mtime(path))
+                    if data is None:
+                        self._json(404, {"error": f"{path} cannot be read"})
+                    else:
+                        self._send(200, data, "image/jpeg", cache=True)
+                else:
+                    try:
+                        data = Path(path).read_bytes()
+                    except OSError:
+                        self._json(404, {"error": f"{path} cannot be read"})
+                        return
+                    self._send(200, data, mimetypes.guess_type(path)[0] or "application/octet-stream")
+            else:
+                self._json(404, {"error": f"no page {url.path}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            url = urlsplit(self.path)
+            if url.path.rstrip("/") != "/query":
+                self._json(404, {"error": f"no endpoint {url.path}"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self._json(411, {"error": "Content-Length required"})
+                return
+            if length <= 0:
+                self._json(400, {"error": "empty upload"})
+                return
+            if length > MAX_UPLOAD:
+                self._json(413, {"error": f"upload larger than {MAX_UPLOAD // 2**20} MB"})
+                return
+            data = self.rfile.read(length)
+            query = parse_qs(url.query)
+            try:
+                k = int(query.get("k", [app.k])[0])
+                if not 1 <= k <= MAX_K:
+                    raise ValueError
+            except ValueError:
+                self._json(400, {"error": f"k must be an integer between 1 and {MAX_K}"})
+                return
+            name = query.get("name", ["upload"])[0]
+            try:
+                self._json(200, app.query_bytes(data, k, name))
+            except RelsearchError as exc:
+                self._json(400, {"error": str(exc)})
+
+    return Handler
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def make_server(
+    index: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    encoders: str | None = None,
+    device: str | None = None,
+    k: int = 20,
+) -> ThreadingHTTPServer:
+    """A ready (not yet serving) HTTP server for ``index``; ``port=0`` picks a free one.
+
+    Call ``serve_forever()``; ``shutdown()`` then ``server_close()`` stop it (the latter
+    also closes the index).
+    """
+    app = ViewApp(index, encoders=encoders, device=device, k=k)
+    try:
+        server = _Server((host, port), _handler(app))
+    except OSError as exc:
+        app.close()
+        raise RelsearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    server.app = app
+    return server
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    app: ViewApp
+
+    def server_close(self) -> None:
+        super().server_close()
+        if getattr(self, "app", None) is not None:
+            self.app.close()
+            self.app = None  # type: ignore[assignment]
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
