@@ -314,20 +314,16 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
         store.write(txn_fn)
 
     try:
-        for batch in iter_batches(_with_failures(decoded, work, report), opts.batch_size):
-            images = [d.image for d in batch]
-            group: dict[tuple[str, ...], list[int]] = {}
-            for j, d in enumerate(batch):
-                group.setdefault(tuple(work[d.index].missing), []).append(j)
+        for batch, groups in _prepared(decoded, work, report, by_name, opts.batch_size):
             vec_rows: list[dict[str, np.ndarray]] = [{} for _ in batch]
-            for names, rows in group.items():
-                for name in names:
-                    out = by_name[name].embed([images[j] for j in rows])
+            for rows, prepared in groups:
+                for name, x in prepared.items():
+                    enc = by_name[name]
+                    out = enc.embed_preprocessed(x) if _pipelined(enc) else enc.embed(x)
                     for j, row in zip(rows, out):
                         vec_rows[j][name] = row
             for d, vecs in zip(batch, vec_rows):
                 chunk.append((work[d.index], d, vecs))
-                d.image = None  # free decoded pixels early: the build streams
             report.embedded += len(batch)
             bar.update(len(batch))
             if len(chunk) >= CHUNK:
@@ -335,6 +331,73 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
         flush()
     finally:
         bar.close()
+
+
+def _pipelined(enc: Encoder) -> bool:
+    return callable(getattr(enc, "preprocess", None)) and callable(getattr(enc, "embed_preprocessed", None))
+
+
+def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by_name: dict[str, Encoder],
+              batch_size: int) -> Iterator[tuple[list[Any], list[tuple[list[int], dict[str, Any]]]]]:
+    """Batches with each encoder's input already prepared, one batch ahead, in a thread.
+
+    Encoders that expose ``preprocess``/``embed_preprocessed`` get their resize and
+    normalisation done here while the previous batch runs through the model, so the
+    model is never waiting on image work; others get the PIL images.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in iter_batches(_with_failures(decoded, work, report), batch_size):
+                groups: dict[tuple[str, ...], list[int]] = {}
+                for j, d in enumerate(batch):
+                    groups.setdefault(tuple(work[d.index].missing), []).append(j)
+                out = []
+                for names, rows in groups.items():
+                    images = [batch[j].image for j in rows]
+                    out.append((rows, {n: by_name[n].preprocess(images) if _pipelined(by_name[n]) else images
+                                       for n in names}))
+                for d in batch:
+                    if _all_pipelined(by_name):
+                        d.image = None  # free decoded pixels early: the build streams
+                if not put((batch, out)):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    thread = threading.Thread(target=produce, name="relsearch-prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _all_pipelined(by_name: dict[str, Encoder]) -> bool:
+    return all(_pipelined(e) for e in by_name.values())
 
 
 def _with_failures(decoded: Iterator[Any], work: list[_Work], report: BuildReport) -> Iterator[Any]:

@@ -153,3 +153,15 @@ def test_unwritable_index_path_reported_before_any_write(tmp_path, monkeypatch):
     _assert_one_line_error(run("build-index", root, "--index", tmp_path / "ro" / "idx", "--encoders", "tinycolor"),
                            "not writable")
     assert not (tmp_path / "ro").exists()
+
+
+def test_end_to_end_with_real_imagenet_encoder(tmp_path):
+    """The shipped offline attribute encoder through the whole CLI: build, rebuild, query."""
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    paths = make_collection(root, 6, size=96)
+    out = json.loads(run("build-index", root, "--index", idx, "--encoders", "imagenet", "--json").stdout)
+    assert (out["added"], out["encoders"]) == (6, ["imagenet"])
+    res = json.loads(run("query", paths[4], "-k", "6", "--index", idx, "--json").stdout)
+    hits = res["results"]["imagenet"]
+    assert len(hits) == 6 and hits[0]["path"] == str(paths[4]) and hits[0]["score"] > 0.99
+    assert hits[-1]["score"] < hits[0]["score"]

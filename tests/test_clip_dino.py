@@ -18,18 +18,13 @@ from relsearch.encoders import Encoder, clip, dino, get_encoder  # noqa: E402
 from relsearch.errors import MissingWeightsError, RelsearchError  # noqa: E402
 
 TINY_CLIP = "relsearch_tiny_clip"
-TINY_CLIP_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="session")
 def tiny_clip_name(tmp_path_factory) -> str:
     # open_clip names a config file's model after the file's stem.
     path = tmp_path_factory.mktemp("clip_cfg") / f"{TINY_CLIP}.json"
-    path.write_text(json.dumps(TINY_CLIP_CFG))
+    path.write_text(json.dumps(tm.TINY_CLIP_CFG))
     open_clip.add_model_config(str(path))
     return TINY_CLIP
 
@@ -74,25 +69,20 @@ def test_clip_checkpoint_file_round_trip(tiny_clip_name, images, tmp_path):
         clip.load(str(ckpt), device="cpu")
 
 
-def test_clip_local_dir_brings_its_own_preprocessing(tiny_clip_name, images, tmp_path):
-    from safetensors.torch import save_file
-
-    enc = clip.load(f"{tiny_clip_name}/none", device="cpu")
-    folder = tmp_path / "hub_layout"
-    folder.mkdir()
+def test_clip_local_dir_brings_its_own_preprocessing(images, tmp_path):
+    plain = clip.load(str(tm.make_tiny_clip(tmp_path / "plain")), device="cpu")
     preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
                       "resize_mode": "squash"}
-    (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": preprocess_cfg}))
-    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()},
-              str(folder / "open_clip_model.safetensors"))
-    local = clip.load(str(folder), device="cpu")
+    folder = tm.make_tiny_clip(tmp_path / "hub_layout", preprocess_cfg=preprocess_cfg)
+    local = get_encoder(f"clip@{folder}", device="cpu")
     norm = [t for t in local.preprocess.transforms if type(t).__name__ == "Normalize"][0]
     assert tuple(norm.mean) == (0.5, 0.5, 0.5) and tuple(norm.std) == (0.25, 0.25, 0.25)
     vecs = local.embed(images)
+    assert vecs.shape == (4, 32)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    # same weights, different preprocessing: different vectors
-    assert np.abs(vecs - enc.embed(images)).max() > 1e-4
+    # same weights (same seed), different preprocessing: different vectors and fingerprints
+    assert np.abs(vecs - plain.embed(images)).max() > 1e-4
+    assert local.fingerprint != plain.fingerprint
     (folder / "open_clip_model.safetensors").unlink()
     with pytest.raises(MissingWeightsError, match="open_clip_model.safetensors"):
         clip.load(str(folder), device="cpu")
@@ -130,16 +120,7 @@ def test_clip_missing_weights_and_bad_specs(empty_caches):
 # ---------------------------------------------------------------------- DINO
 @pytest.fixture(scope="session")
 def tiny_dino(tmp_path_factory) -> Path:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("tiny_dino")
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                          image_size=56, patch_size=14)
-    Dinov2Model(config).save_pretrained(folder)
-    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    return folder
+    return tm.make_tiny_dino(tmp_path_factory.mktemp("tiny_dino"))
 
 
 def test_dino_cls_shape_norm_determinism(tiny_dino, images):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from relsearch.errors import IndexMismatchError, RelsearchError
-from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store
-from relsearch.store import lmdb_store
+from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store, lmdb_store
 
 
 def _rec(i: int, digest: str, path: str) -> Record:

@@ -211,6 +211,47 @@ def to_legacy_processor_layout(release: str | Path) -> None:
     (folder / "chat_template.jinja").unlink()
 
 
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def make_tiny_clip(out_dir: str | Path, seed: int = 0, preprocess_cfg: dict | None = None) -> Path:
+    """A random-init CLIP in open_clip's hub layout, loadable as ``clip@DIR``."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP_CFG)
+    cfg = {"model_cfg": TINY_CLIP_CFG}
+    if preprocess_cfg is not None:
+        cfg["preprocess_cfg"] = preprocess_cfg
+    (out / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    return out
+
+
+def make_tiny_dino(out_dir: str | Path, seed: int = 0) -> Path:
+    """A random-init Dinov2 with its image processor, loadable as ``dino@DIR``."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          image_size=56, patch_size=14)
+    Dinov2Model(config).save_pretrained(out)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56},
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(out)
+    return out
+
+
 def tiny_images(n: int = 4, seed: int = 0) -> list:
     """Small RGB images of varied sizes and content."""
     import numpy as np

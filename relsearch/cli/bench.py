@@ -1,2 +1,133 @@
-"""CLI commands: bench."""
-from relsearch.cli.app import app, bench_app, print_json, user_errors  # noqa: F401
+"""CLI commands: bench ann, bench relational, bench throughput.
+
+The benchmark code lives in the repository's ``benchmarks/`` package (never imported
+by the engine); these commands parse, call it and print.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from relsearch.cli.app import bench_app, print_json, user_errors
+from relsearch.errors import RelsearchError
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
+ResultsOpt = typer.Option(None, "--results-dir",
+                          help="Where the JSON + PNG go (default: benchmarks/results of the checkout).")
+
+
+def _bench_module(name: str) -> Any:
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ImportError as exc:
+        raise RelsearchError(
+            f"benchmarks.{name} is not importable ({exc}); run `relsearch bench` from the repository checkout"
+        ) from exc
+
+
+def load_matrix(path: Path, what: str) -> Any:
+    """A 2-D float32 array from ``path`` (.npy); one-line errors for anything else."""
+    import numpy as np
+
+    if not path.is_file():
+        raise RelsearchError(f"{what} file {path} does not exist")
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RelsearchError(f"{what} file {path} is not a .npy array ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or 0 in x.shape:
+        shape = getattr(x, "shape", "?")
+        raise RelsearchError(f"{what} {path} must be a non-empty 2-D array [N, d], got shape {shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise RelsearchError(f"{what} {path} must hold numbers, got dtype {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@bench_app.command("ann")
+@user_errors
+def ann_cmd(
+    base: Path = typer.Option(..., "--base", help="float32 [N, d] .npy (L2-normalised vectors)."),
+    queries: Path = typer.Option(..., "--queries", help="float32 [Q, d] .npy."),
+    k: int = typer.Option(10, "-k", "--k", min=1),
+    spec: str = typer.Option("auto", "--spec", help="auto or a FAISS factory string, e.g. IVF1024,PQ48."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the returned ids [Q, k] int64 here (.npy)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Also write recall@10 vs QPS over nprobe (JSON + PNG)."),
+    results_dir: Optional[Path] = ResultsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """ANN recall/speed of the engine's index against exact search."""
+    ann = _bench_module("ann")
+    b = load_matrix(base, "base")
+    q = load_matrix(queries, "queries")
+    if b.shape[1] != q.shape[1]:
+        raise RelsearchError(f"base vectors are {b.shape[1]}-d but queries are {q.shape[1]}-d")
+    if k > b.shape[0]:
+        raise RelsearchError(f"-k {k} is more than the {b.shape[0]} base vectors")
+    if out is not None and not out.parent.is_dir():
+        raise RelsearchError(f"folder of --out {out} does not exist")
+    try:
+        report = ann.run_ann(b, q, k=k, spec=spec, out=str(out) if out else None, sweep=sweep,
+                             results_dir=str(results_dir or ann.RESULTS_DIR))
+    except (ValueError, RuntimeError) as exc:
+        raise RelsearchError(f"cannot build index {spec!r}: {str(exc).strip().splitlines()[-1]}") from exc
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(ann._summary(report))
+    if "sweep" in report:
+        typer.echo(f"sweep: {report['sweep']['json']} {report['sweep']['png']}")
+    elif sweep:
+        typer.echo(f"no sweep: {report['spec']} is not an IVF index (nothing to sweep)")
+
+
+@bench_app.command("relational")
+@user_errors
+def relational_cmd(
+    collection: Path = typer.Option(..., "--collection", help="Labelled collection folder."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="labels.jsonl (default: COLLECTION/labels.jsonl)."),
+    encoders: Optional[str] = typer.Option(None, "--encoders", help="Comma-separated encoders (default pair)."),
+    k: int = typer.Option(10, "-k", "--k", min=1),
+    index: Optional[Path] = typer.Option(None, "--index", help="Build into / reuse this index (default: temporary)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write neighbours, one JSON line per query and encoder."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    results_dir: Optional[Path] = ResultsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Relational precision/mAP/recall@k and attribute leakage@k of each encoder."""
+    rel = _bench_module("relational")
+    report = rel.run_relational(collection, labels=labels, encoders=encoders, k=k, index=index, out=out,
+                                device=device, results_dir=results_dir or rel.RESULTS_DIR)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(rel.format_table(report))
+    typer.echo(f"wrote {report['json']} {report['png']}" + (f" {report['out']}" if out else ""))
+
+
+@bench_app.command("throughput")
+@user_errors
+def throughput_cmd(
+    collection: Optional[Path] = typer.Option(None, "--collection", help="Images to use (default: synthetic photos)."),
+    encoders: str = typer.Option("imagenet", "--encoders", help="Comma-separated encoders."),
+    n: int = typer.Option(256, "--n", min=1, help="Images to embed and index."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    queries: int = typer.Option(100, "--queries", min=1, help="Queries timed one at a time."),
+    k: int = typer.Option(10, "-k", "--k", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    results_dir: Optional[Path] = ResultsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Images/s of embedding, build-index time by phase, query latency by step."""
+    tp = _bench_module("throughput")
+    report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
+                               workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(tp.format_table(report))
+    typer.echo(f"wrote {report['json']} {report['png']}")

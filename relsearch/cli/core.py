@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,12 +19,12 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of a
 @user_errors
 def build_index_cmd(
     directory: Path = typer.Argument(..., help="Folder of images (scanned recursively)."),
-    index: Optional[Path] = IndexOpt,
-    encoders: Optional[str] = EncodersOpt,
-    index_spec: Optional[str] = typer.Option(None, "--index-spec", help="Force a FAISS factory string, e.g. 'IVF1024,PQ48'."),
+    index: Path | None = IndexOpt,
+    encoders: str | None = EncodersOpt,
+    index_spec: str | None = typer.Option(None, "--index-spec", help="Force a FAISS factory string, e.g. 'IVF1024,PQ48'."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
-    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda, mps, then cpu)."),
+    workers: int | None = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda, mps, then cpu)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Embed a folder of images into one FAISS index per encoder, with LMDB metadata."""
@@ -56,14 +55,14 @@ def build_index_cmd(
 @app.command("query")
 @user_errors
 def query_cmd(
-    image: Optional[Path] = typer.Argument(None, help="Query image (may be outside the collection)."),
+    image: Path | None = typer.Argument(None, help="Query image (may be outside the collection)."),
     k: int = typer.Option(20, "-k", "--k", min=1, help="Neighbours per encoder."),
-    index: Optional[Path] = IndexOpt,
-    encoders: Optional[str] = typer.Option(None, "--encoders", help="Only these columns of the index."),
-    text: Optional[str] = typer.Option(None, "--text", help="Search the relational columns with an anonymous caption."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write an HTML page of the result."),
-    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Also write a PNG contact sheet of the result."),
-    device: Optional[str] = typer.Option(None, "--device"),
+    index: Path | None = IndexOpt,
+    encoders: str | None = typer.Option(None, "--encoders", help="Only these columns of the index."),
+    text: str | None = typer.Option(None, "--text", help="Search the relational columns with an anonymous caption."),
+    html: Path | None = typer.Option(None, "--html", help="Also write an HTML page of the result."),
+    sheet: Path | None = typer.Option(None, "--sheet", help="Also write a PNG contact sheet of the result."),
+    device: str | None = typer.Option(None, "--device"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Relational and attribute neighbours of IMG, one column per encoder."""
@@ -125,7 +124,7 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
 @app.command("info")
 @user_errors
 def info_cmd(
-    index: Optional[Path] = IndexOpt,
+    index: Path | None = IndexOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """What indexes exist, how big, which encoders."""

@@ -8,7 +8,7 @@ Adding an encoder means adding one line here and one module beside this file.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from relsearch.encoders.base import Encoder, EncoderSpec, l2_normalize, parse_encoder_list
 from relsearch.errors import RelsearchError

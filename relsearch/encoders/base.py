@@ -8,8 +8,9 @@ set of weights refuses to be queried with another.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,8 +33,14 @@ class Encoder(Protocol):
     @property
     def fingerprint(self) -> str: ...
 
-    def embed(self, images: "list[Image.Image]") -> np.ndarray:
-        """Return float32 ``[len(images), dim]``, each row L2-normalised."""
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """Return float32 ``[len(images), dim]``, each row L2-normalised.
+
+        Optional, for pipelined builds: ``preprocess(images) -> batch`` (CPU work,
+        thread-safe, run one batch ahead in a helper thread) and
+        ``embed_preprocessed(batch) -> np.ndarray``, with
+        ``embed(x) == embed_preprocessed(preprocess(x))``.
+        """
         ...
 
 
@@ -51,7 +58,7 @@ class EncoderSpec:
             raise ValueError(f"empty source in encoder spec {self.name!r}@")
 
     @classmethod
-    def parse(cls, text: str) -> "EncoderSpec":
+    def parse(cls, text: str) -> EncoderSpec:
         text = text.strip()
         name, sep, source = text.partition("@")
         return cls(name=name.strip(), source=source.strip() if sep else None)
@@ -79,7 +86,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def fingerprint_tensors(named: "Iterable[tuple[str, torch.Tensor]]", extra: str = "") -> str:
+def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]], extra: str = "") -> str:
     """sha256 over parameter names, shapes, dtypes and bytes (first 16 hex chars).
 
     Hashing the actual bytes (not file names or mtimes) means two copies of the
@@ -124,15 +131,15 @@ class TrainableEncoder(Protocol):
     name: str
     dim: int
 
-    def train_module(self) -> "torch.nn.Module":
+    def train_module(self) -> torch.nn.Module:
         """The module whose ``requires_grad`` parameters are optimised (LoRA + head)."""
         ...
 
-    def prepare(self, images: "list[Image.Image]", train: bool = False) -> "dict[str, torch.Tensor]":
+    def prepare(self, images: list[Image.Image], train: bool = False) -> dict[str, torch.Tensor]:
         """CPU preprocessing into a batch (runs in data-loader workers)."""
         ...
 
-    def forward_train(self, batch: "dict[str, torch.Tensor]") -> "torch.Tensor":
+    def forward_train(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Differentiable forward: ``[B, dim]`` L2-normalised embeddings."""
         ...
 

@@ -98,18 +98,22 @@ def rerank_exact(
         valid = cand >= 0
         if not valid.any():
             continue
-        # Each distinct id is fetched once per chunk (the engine's lookup reads a store).
-        uniq, inv = np.unique(cand[valid], return_inverse=True)
-        vecs = np.asarray(lookup(uniq), dtype=np.float32)
-        if vecs.shape != (len(uniq), d):
-            raise ValueError(f"vector_lookup returned shape {vecs.shape}, expected {(len(uniq), d)}")
-        where = np.zeros(cand.shape, dtype=np.int64)
-        where[valid] = inv
+        # One lookup per chunk, in candidate order: the rows land directly in the
+        # [c, R, d] layout the batched product wants (no second gather).
+        vecs = np.asarray(lookup(cand[valid]), dtype=np.float32)
+        if vecs.shape != (int(valid.sum()), d):
+            raise ValueError(f"vector_lookup returned shape {vecs.shape}, expected {(int(valid.sum()), d)}")
+        if valid.all():
+            stacked = vecs.reshape(cand.shape[0], cand.shape[1], d)
+        else:
+            stacked = np.zeros((cand.shape[0], cand.shape[1], d), dtype=np.float32)
+            stacked[valid] = vecs
         # [c, R, d] @ [c, d, 1]: one small matrix-vector product per query.
-        scores = np.matmul(vecs[where], queries[s : s + chunk, :, None])[..., 0]
+        scores = np.matmul(stacked, queries[s : s + chunk, :, None])[..., 0]
         scores[~valid] = -np.inf
-        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < scores.shape[1] else None
-        if top is None:
+        if kk < scores.shape[1]:
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        else:
             top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
         top_scores = np.take_along_axis(scores, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")

@@ -34,8 +34,10 @@ def _thumb(path: str, size: int) -> Image.Image:
 
     try:
         img = load_image(path, max_side=size * 2).convert("RGB")
-        img.thumbnail((size, size))
-        return img
+        # fit the cell both ways: small images are enlarged so every row reads alike
+        scale = size / max(img.width, img.height)
+        return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                          Image.Resampling.LANCZOS)
     except (DecodeError, OSError, ValueError):
         box = Image.new("RGB", (size, size), (221, 221, 221))
         d = ImageDraw.Draw(box)
@@ -53,7 +55,8 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     width = max(width, 560)
     query_px = 2 * CELL
     is_image = bool(result.query) and os.path.isfile(result.query)
-    top = PAD + (query_px if is_image else 3 * HEADER) + PAD
+    q = _thumb(result.query, query_px) if is_image else None
+    top = PAD + (q.height if q is not None else 3 * HEADER) + PAD
     bands = []
     for n in names:
         lines = max(1, -(-len(rows[n]) // cols))
@@ -64,11 +67,10 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     big, small = _font(15), _font(11)
 
     x_text = PAD
-    if is_image:
-        q = _thumb(result.query, query_px)
+    if q is not None:
         sheet.paste(q, (PAD, PAD))
         draw.rectangle((PAD - 1, PAD - 1, PAD + q.width, PAD + q.height), outline=(120, 120, 120))
-        x_text = PAD + query_px + PAD
+        x_text = PAD + q.width + PAD
     draw.text((x_text, PAD), "query image" if is_image else "query caption", fill=(0, 0, 0), font=big)
     chars = max(20, (width - x_text - PAD) // 7)
     for i, line in enumerate(textwrap.wrap(result.query, chars)[:6]):

@@ -1,0 +1,336 @@
+"""Throughput benchmark: embedding speed, build-index time by phase, query latency by step.
+
+Per encoder:
+
+* raw forward rate: images/s of ``encoder.embed`` on pre-decoded batches of the build's
+  batch size (decode excluded, model already warm);
+* build-index on the same images into a fresh index, its wall time split into scan
+  (walk + hash + diff), decode (time the build waited for the decoder pool), embed
+  (inside ``encoder.embed``), metadata (LMDB writes while embedding) and index (FAISS
+  build + commit); the build's images/s over the raw forward rate is the share of the
+  model's speed the pipeline keeps;
+* query latency with a warm :class:`~relsearch.query.Searcher`, p50 / p95 of decode,
+  embed, search (FAISS) and metadata lookup (LMDB records), over many queries.
+
+The phase split is measured by wrapping the decoder stream, ``Store.write`` and the
+encoder's ``embed`` for the duration of the run only, so the build itself carries no
+extra timers.
+
+    relsearch bench throughput --encoders imagenet            # synthetic photos
+    relsearch bench throughput --collection data/bench --encoders imagenet
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relsearch.errors import RelsearchError
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def synthetic_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = (480, 360)) -> list[Path]:
+    """``n`` JPEGs of gradients and shapes, sized like small photos (decode cost included)."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for i in range(n):
+        a, b = rng.random(3) * 255, rng.random(3) * 255
+        t = ((xx / w) * rng.random() + (yy / h) * rng.random())[..., None] / 2
+        img = Image.fromarray((a * (1 - t) + b * t).astype(np.uint8))
+        d = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(3, 9))):
+            x0, y0 = rng.integers(0, w - 40), rng.integers(0, h - 40)
+            x1, y1 = x0 + rng.integers(20, w // 2), y0 + rng.integers(20, h // 2)
+            fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+            (d.ellipse if rng.random() < 0.5 else d.rectangle)((x0, y0, x1, y1), fill=fill)
+        p = root / f"photo_{i:05d}.jpg"
+        img.save(p, quality=88)
+        out.append(p)
+    return out
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.decode_wait = 0.0
+        self.embed = 0.0
+        self.metadata = 0.0
+        self.in_embed_phase = False
+
+
+@contextlib.contextmanager
+def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
+    """Time the build's decoder waits, LMDB writes and forward passes, then undo the wrapping."""
+    import relsearch.build as build_mod
+    from relsearch.store import Store
+
+    orig_iter, orig_write, orig_phase = build_mod.iter_decoded, Store.write, build_mod._embed
+    had_embed = "embed" in vars(encoder)
+    orig_embed = encoder.embed
+
+    def iter_decoded(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        it = orig_iter(*args, **kwargs)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                timers.decode_wait += time.perf_counter() - t
+                return
+            timers.decode_wait += time.perf_counter() - t
+            yield item
+
+    def write(self: Any, fn: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return orig_write(self, fn)
+        finally:
+            if timers.in_embed_phase:
+                timers.metadata += time.perf_counter() - t
+
+    def embed(images: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return orig_embed(images)
+        finally:
+            timers.embed += time.perf_counter() - t
+
+    def embed_phase(*args: Any, **kwargs: Any) -> Any:
+        timers.in_embed_phase = True
+        try:
+            return orig_phase(*args, **kwargs)
+        finally:
+            timers.in_embed_phase = False
+
+    build_mod.iter_decoded = iter_decoded
+    build_mod._embed = embed_phase
+    Store.write = write  # type: ignore[method-assign]
+    encoder.embed = embed
+    try:
+        yield
+    finally:
+        build_mod.iter_decoded = orig_iter
+        build_mod._embed = orig_phase
+        Store.write = orig_write  # type: ignore[method-assign]
+        if had_embed:
+            encoder.embed = orig_embed
+        else:
+            del encoder.embed
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "mean_ms": float(a.mean())}
+
+
+def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, float]:
+    """images/s of ``encoder.embed`` on pre-decoded batches (first batch is a warm-up)."""
+    encoder.embed(images[:batch_size])
+    t = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        encoder.embed(images[i : i + batch_size])
+    s = time.perf_counter() - t
+    return {"images": len(images), "seconds": s, "images_per_s": len(images) / s}
+
+
+def query_latency(index: Path, name: str, paths: list[str], k: int, device: str | None) -> dict[str, Any]:
+    """p50/p95 of decode, embed, search and metadata lookup, one query at a time, warm."""
+    from relsearch.query import Searcher, load_query_image
+
+    parts: dict[str, list[float]] = {"decode": [], "embed": [], "search": [], "metadata": [], "total": []}
+    with Searcher(index, encoders=name, device=device) as s:
+        enc = s.encoder(name)
+        entry = s.opened.manifest.encoders[name]
+        vindex, store = s.indexes[name], s.opened.store
+
+        def lookup(ids: np.ndarray) -> np.ndarray:
+            return store.get_vectors(name, np.asarray(ids), entry.dim)
+
+        for warm, p in enumerate([*paths[:3], *paths]):
+            t0 = time.perf_counter()
+            img = load_query_image(p)
+            t1 = time.perf_counter()
+            vec = enc.embed([img])
+            t2 = time.perf_counter()
+            _, ids = vindex.search(vec, k, vector_lookup=lookup)
+            t3 = time.perf_counter()
+            store.get_records(int(i) for i in ids.ravel() if i >= 0)
+            t4 = time.perf_counter()
+            if warm < 3:
+                continue
+            for key, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                parts[key].append(v)
+    return {"queries": len(paths), "k": k, **{key: _pct(v) for key, v in parts.items()}}
+
+
+def run_throughput(
+    collection: str | os.PathLike[str] | None = None,
+    encoders: str = "imagenet",
+    n: int = 256,
+    batch_size: int = 32,
+    queries: int = 100,
+    k: int = 10,
+    workers: int | None = None,
+    device: str | None = None,
+    results_dir: str | os.PathLike[str] | None = RESULTS_DIR,
+) -> dict[str, Any]:
+    """Measure every encoder of ``encoders``; returns the report (JSON + PNG in ``results_dir``).
+
+    Without ``collection``, ``n`` synthetic photos are written to a temporary folder; with
+    one, its first ``n`` images are used (copied nowhere: the build indexes the folder).
+    """
+    from relsearch.build import BuildOptions, build_index
+    from relsearch.collection import load_image, scan
+    from relsearch.encoders import get_encoder, get_encoders
+
+    if n < 1 or batch_size < 1 or queries < 1 or k < 1:
+        raise RelsearchError("--n, --batch-size, --queries and -k must all be at least 1")
+    encs = get_encoders(encoders, device=device)  # bad names fail before any work
+    with tempfile.TemporaryDirectory(prefix="relsearch-throughput-") as tmp:
+        if collection is None:
+            root = Path(tmp) / "photos"
+            synthetic_photos(root, n)
+            source = f"{n} synthetic 480x360 JPEGs"
+        else:
+            root = Path(collection)
+            if not root.is_dir():
+                raise RelsearchError(f"collection folder {root} does not exist")
+            files = scan(root).files
+            if not files:
+                raise RelsearchError(f"no images found under {root}")
+            if len(files) > n:  # index exactly the first n: link them into one folder
+                root = Path(tmp) / "subset"
+                root.mkdir()
+                for i, f in enumerate(files[:n]):
+                    os.symlink(f.path, root / f"{i:06d}{Path(f.path).suffix}")
+            source = f"{min(n, len(files))} images of {Path(collection).resolve()}"
+        paths = [f.path for f in scan(root).files]
+        decoded = [load_image(p, max_side=512) for p in paths]
+        report: dict[str, Any] = {"source": source, "images": len(paths), "batch_size": batch_size,
+                                  "device": device or "auto", "cpus": os.cpu_count(), "encoders": {}}
+        import torch
+
+        report["torch_threads"] = torch.get_num_threads()
+        for enc in encs:
+            name = enc.name
+            raw = raw_forward_rate(enc, decoded, batch_size)
+            timers = _Timers()
+            index = Path(tmp) / f"index-{name}"
+            same = get_encoder(name, device=device)  # the instance build_index will use
+            with _instrumented(same, timers):
+                t = time.perf_counter()
+                b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
+                                                          device=device, progress=False))
+                wall = time.perf_counter() - t
+            sec = b.seconds
+            embed_phase = sec.get("embed", 0.0)
+            split = {
+                "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
+                "decode": timers.decode_wait,
+                "embed": timers.embed,
+                "metadata": timers.metadata,
+                "index": sec.get("index", 0.0),
+            }
+            split["other"] = max(0.0, embed_phase - timers.decode_wait - timers.embed - timers.metadata)
+            build_ips = len(paths) / wall
+            report["encoders"][name] = {
+                "kind": getattr(enc, "kind", "attribute"),
+                "dim": enc.dim,
+                "raw_forward": raw,
+                "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
+                          "embedded": b.embedded, "failed": len(b.failed)},
+                "build_over_raw": build_ips / raw["images_per_s"],
+                "query": query_latency(index, name, paths[:queries], k, device),
+            }
+    if results_dir is not None:
+        out = Path(results_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        report["json"], report["png"] = str(out / "throughput.json"), str(out / "throughput.png")
+        Path(report["json"]).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        plot(report, report["png"])
+    return report
+
+
+PHASES = ("scan", "decode", "embed", "metadata", "index", "other")
+STEPS = ("decode", "embed", "search", "metadata")
+
+
+def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Stacked build phases, images/s (raw vs build), stacked query latency p50."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["encoders"])
+    enc = report["encoders"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    y = np.arange(len(names))
+    left = np.zeros(len(names))
+    for phase in PHASES:
+        vals = np.array([enc[n]["build"]["split_s"][phase] for n in names])
+        axes[0].barh(y, vals, left=left, label=phase)
+        left += vals
+    axes[0].set_yticks(y, names)
+    axes[0].set_xlabel("seconds")
+    axes[0].set_title(f"build-index, {report['images']} images")
+    axes[0].legend(fontsize=7, ncol=3)
+    w = 0.38
+    raw = [enc[n]["raw_forward"]["images_per_s"] for n in names]
+    bld = [enc[n]["build"]["images_per_s"] for n in names]
+    b1 = axes[1].bar(y - w / 2, raw, w, label="raw forward (pre-decoded)")
+    b2 = axes[1].bar(y + w / 2, bld, w, label="build-index")
+    axes[1].bar_label(b1, fmt="%.1f", fontsize=7)
+    axes[1].bar_label(b2, fmt="%.1f", fontsize=7)
+    axes[1].set_xticks(y, names)
+    axes[1].set_ylabel("images / s")
+    axes[1].set_title("embedding throughput")
+    axes[1].legend(fontsize=7)
+    left = np.zeros(len(names))
+    for step in STEPS:
+        vals = np.array([enc[n]["query"][step]["p50_ms"] for n in names])
+        axes[2].barh(y, vals, left=left, label=step)
+        left += vals
+    for i, n in enumerate(names):
+        axes[2].plot(enc[n]["query"]["total"]["p95_ms"], i, "k|", markersize=14)
+    axes[2].set_yticks(y, names)
+    axes[2].set_xlabel("ms (bars p50 by step, | total p95)")
+    axes[2].set_title("query latency, warm")
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    lines = [f"{report['source']}, batch {report['batch_size']}, torch threads {report['torch_threads']}"]
+    head = (f"{'encoder':<12}{'raw img/s':>10}{'build img/s':>12}{'ratio':>7}  build s: "
+            + " ".join(f"{p:>8}" for p in PHASES))
+    lines += [head, "-" * len(head)]
+    for name, r in report["encoders"].items():
+        s = r["build"]["split_s"]
+        lines.append(f"{name:<12}{r['raw_forward']['images_per_s']:>10.1f}{r['build']['images_per_s']:>12.1f}"
+                     f"{r['build_over_raw']:>7.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
+    head = f"{'encoder':<12}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
+    lines += ["", head, "-" * len(head)]
+    for name, r in report["encoders"].items():
+        q = r["query"]
+        lines.append(f"{name:<12}" + "".join(f"{q[st]['p50_ms']:>14.2f} / {q[st]['p95_ms']:>7.2f}"
+                                             for st in (*STEPS, "total")))
+    return "\n".join(lines)
