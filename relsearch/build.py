@@ -101,7 +101,7 @@ class _Work:
 # --------------------------------------------------------------------------------------------
 def _resolve_encoders(
     requested: str | None, manifest: Manifest | None, index: Path, device: str | None
-) -> tuple[list[EncoderSpec], list[Encoder]]:
+) -> list[EncoderSpec]:
     try:
         specs = parse_encoder_list(requested or DEFAULT_ENCODERS) if (requested or not manifest) else []
     except ValueError as exc:
@@ -113,13 +113,18 @@ def _resolve_encoders(
         specs = [EncoderSpec.parse(e.spec) for e in manifest.encoders.values() if e.name not in asked] + specs
     for spec in specs:  # unknown names fail before any weights load
         resolve_factory(spec.name)
+    return specs
+
+
+def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: Path,
+                   device: str | None) -> list[Encoder]:
     encoders = [get_encoder(spec, device=device) for spec in specs]
     if manifest:
         for spec, enc in zip(specs, encoders):
             entry = manifest.encoders.get(spec.name)
             if entry is not None:
                 check_fingerprint(entry, enc.fingerprint, index)
-    return specs, encoders
+    return encoders
 
 
 def _hash_many(paths: list[str], workers: int) -> dict[str, str | Exception]:
@@ -171,8 +176,11 @@ def build_index(
     scanned = scan(root)
     if not scanned.files:
         raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
-    specs, encoders = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
-    report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[e.name for e in encoders])
+    specs = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
+    # A plain rebuild of an existing index loads no model unless there is work to do;
+    # otherwise weights load (and their fingerprints are checked) before anything is written.
+    encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts.device)
+    report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[s.name for s in specs])
     report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
     report.seconds["scan"] = time.perf_counter() - t0
 
@@ -191,14 +199,14 @@ def _update(
     root: Path,
     files: list[FileEntry],
     specs: list[EncoderSpec],
-    encoders: list[Encoder],
+    encoders: list[Encoder] | None,
     opts: BuildOptions,
     report: BuildReport,
     index_path: Path,
     manifest: Manifest | None,
 ) -> None:
     t = time.perf_counter()
-    enc_names = [e.name for e in encoders]
+    enc_names = [s.name for s in specs]
     all_enc_names = sorted(set(enc_names) | set(manifest.encoders if manifest else ()))
     known = store.all_paths()
     seen = {f.path for f in files}
@@ -210,6 +218,22 @@ def _update(
         else:
             candidates.append(f)
     deleted = [p for p in known if p not in seen]
+    have = {name: store.vector_ids(name) for name in enc_names}
+    n_records = store.count("records")
+    gen = store.generation
+    idle = not candidates and not deleted and not store.marked("pending") and not store.marked("tombstones") \
+        and all(len(have[n]) == n_records for n in enc_names) and not opts.index_spec \
+        and all(faiss_path(index_path, n, gen).exists() for n in enc_names)
+    if idle:
+        from relsearch.index import VectorIndex
+
+        for name in enc_names:  # nothing to write, but a corrupt FAISS file must not pass silently
+            VectorIndex.load(faiss_path(index_path, name, gen))
+        report.generation = gen
+        report.seconds["diff"] = time.perf_counter() - t
+        return
+    if encoders is None:
+        encoders = _load_encoders(specs, manifest, index_path, opts.device)
 
     hashes = _hash_many([f.path for f in candidates], workers=4)
     work: dict[str, _Work] = {}
@@ -262,7 +286,6 @@ def _update(
 
     store.write(stage)
     # existing records missing a vector for a requested encoder (new encoder, or a crash)
-    have = {name: store.vector_ids(name) for name in enc_names}
     for rec in store.iter_records():
         missing = [n for n in enc_names if rec.id not in have[n]]
         if missing:
