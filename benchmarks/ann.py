@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.errors import RelsearchError
 from relsearch.index import IndexConfig, VectorIndex, recall_at
 from relsearch.index._faiss import import_faiss
 
@@ -37,10 +38,18 @@ EXACT_SINGLE_BUDGET_S = 20.0
 SWEEP_MAX_NPROBE = 256
 
 
-def _load(path: str, what: str) -> np.ndarray:
-    x = np.load(path, mmap_mode="r")
-    if x.ndim != 2:
-        raise ValueError(f"{what} {path} must be a 2-D array, got shape {x.shape}")
+def load_vectors(path: str, what: str = "vectors") -> np.ndarray:
+    """Read a ``[N, d]`` .npy as float32; a missing or malformed file raises RelsearchError."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise RelsearchError(f"{what} file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise RelsearchError(f"cannot read {what} file {path} as .npy: {e}") from None
+    if x.ndim != 2 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
+        raise RelsearchError(
+            f"{what} file {path} must hold a non-empty numeric [N, d] array, got {x.dtype} {x.shape}"
+        )
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -136,14 +145,36 @@ def run_ann(
     curve is written to ``results_dir/ann_sweep.json`` and ``ann_sweep.png``.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise RelsearchError(f"k must be >= 1, got {k}")
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if base.ndim != 2 or queries.ndim != 2 or base.shape[1] != queries.shape[1] or not len(queries):
-        raise ValueError(f"need base [N, d] and queries [Q, d], got {base.shape} and {queries.shape}")
+    if (
+        base.ndim != 2
+        or queries.ndim != 2
+        or base.shape[1] != queries.shape[1]
+        or not len(queries)
+        or not len(base)
+    ):
+        raise RelsearchError(
+            f"need base [N, d] and queries [Q, d] with the same d, got {base.shape} and {queries.shape}"
+        )
+    try:
+        config = IndexConfig(spec=spec)
+    except ValueError as e:
+        raise RelsearchError(str(e)) from None
     n, d = base.shape
     kk = max(k, 10)  # recall@10 is always reported
     faiss = import_faiss()
+    # Fail before the long part on what can be checked up front.
+    if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise RelsearchError(f"cannot write ids to {out}: no such directory")
+    if not config.is_auto:
+        try:
+            faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise RelsearchError(
+                f"invalid FAISS index spec {spec!r} for dimension {d}: {str(e).strip().splitlines()[0]}"
+            ) from None
 
     def lookup(ids: np.ndarray) -> np.ndarray:
         return base[ids]
@@ -157,7 +188,6 @@ def run_ann(
     )
     flat.reset()  # free the copy of the base before building the index
 
-    config = IndexConfig(spec=spec)
     t0 = time.perf_counter()
     index = VectorIndex.build(base, np.arange(n, dtype=np.int64), config, vector_lookup=lookup)
     build_s = time.perf_counter() - t0
@@ -198,7 +228,10 @@ def run_ann(
         "threads": faiss.omp_get_max_threads(),
     }
     if out:
-        np.save(out, np.ascontiguousarray(ids[:, :k], dtype=np.int64))
+        try:
+            np.save(out, np.ascontiguousarray(ids[:, :k], dtype=np.int64))
+        except OSError as e:
+            raise RelsearchError(f"cannot write ids to {out}: {e.strerror or e}") from None
         report["out"] = out
 
     if sweep and index.is_ivf:
@@ -218,7 +251,8 @@ def run_ann(
     return report
 
 
-def _summary(r: dict[str, Any]) -> str:
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a few human-readable lines (what the CLI prints without --json)."""
     return "\n".join(
         [
             f"N={r['n']:,} d={r['d']} queries={r['queries']} spec={r['spec']} nprobe={r['nprobe']} rerank={r['rerank']}",
@@ -242,13 +276,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--spec", default="auto", help="auto or a FAISS factory string")
     p.add_argument("--out", default=None, help="write returned ids [Q, k] int64 here")
     p.add_argument("--sweep", action="store_true", help="also write the recall/QPS curve over nprobe")
+    p.add_argument("--results-dir", default=RESULTS_DIR, help="where --sweep writes ann_sweep.json/.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
-    report = run_ann(_load(a.base, "base"), _load(a.queries, "queries"), a.k, a.spec, a.out, a.sweep)
+    try:
+        report = run_ann(
+            load_vectors(a.base, "base"),
+            load_vectors(a.queries, "queries"),
+            a.k,
+            a.spec,
+            a.out,
+            a.sweep,
+            a.results_dir,
+        )
+    except RelsearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     if a.json:
         print(json.dumps(report, indent=1, default=float))
     else:
-        print(_summary(report), file=sys.stdout)
+        print(format_report(report))
         if "sweep" in report:
             print(f"sweep: {report['sweep']['json']} {report['sweep']['png']}")
     return report

@@ -141,6 +141,7 @@ def run_relational(
                 "families": sorted({f for f in families if f != NONE_FAMILY}),
                 "build_s": build_s,
                 "build_seconds": build.seconds,
+                "build_embedded": build.embedded,
                 "encoders": {},
             }
             # chance precision: a random neighbour is in the query's family

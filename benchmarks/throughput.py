@@ -5,15 +5,16 @@ Per encoder:
 * raw forward rate: images/s of ``encoder.embed`` on pre-decoded batches of the build's
   batch size (decode excluded, model already warm);
 * build-index on the same images into a fresh index, its wall time split into scan
-  (walk + hash + diff), decode (time the build waited for the decoder pool), embed
-  (inside ``encoder.embed``), metadata (LMDB writes while embedding) and index (FAISS
-  build + commit); the build's images/s over the raw forward rate is the share of the
-  model's speed the pipeline keeps;
+  (walk + hash + diff), decode (time the model thread waited for decoded, pre-processed
+  batches: the decode not hidden behind the forward), embed (inside the encoder's
+  forward), metadata (LMDB writes while embedding) and index (FAISS build + commit);
+  the build's images/s over the raw forward rate is the share of the model's speed the
+  pipeline keeps;
 * query latency with a warm :class:`~relsearch.query.Searcher`, p50 / p95 of decode,
   embed, search (FAISS) and metadata lookup (LMDB records), over many queries.
 
-The phase split is measured by wrapping the decoder stream, ``Store.write`` and the
-encoder's ``embed`` for the duration of the run only, so the build itself carries no
+The phase split is measured by wrapping the build's batch stream, ``Store.write`` and
+the encoder's methods for the duration of the run only, so the build itself carries no
 extra timers.
 
     relsearch bench throughput --encoders imagenet            # synthetic photos
@@ -65,33 +66,39 @@ def synthetic_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = 
 
 class _Timers:
     def __init__(self) -> None:
-        self.decode_wait = 0.0
-        self.embed = 0.0
-        self.metadata = 0.0
+        self.input_wait = 0.0  # model thread waiting for decoded (and preprocessed) batches
+        self.embed = 0.0  # inside the encoder's forward
+        self.metadata = 0.0  # LMDB writes while embedding
+        self.preprocess = 0.0  # resize/normalise, overlapped with the forward when pipelined
         self.in_embed_phase = False
+
+
+_WRAPPED = ("embed", "embed_preprocessed", "preprocess")
 
 
 @contextlib.contextmanager
 def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
-    """Time the build's decoder waits, LMDB writes and forward passes, then undo the wrapping."""
+    """Time the build's input waits, forwards and LMDB writes, then undo the wrapping."""
     import relsearch.build as build_mod
     from relsearch.store import Store
 
-    orig_iter, orig_write, orig_phase = build_mod.iter_decoded, Store.write, build_mod._embed
-    had_embed = "embed" in vars(encoder)
-    orig_embed = encoder.embed
+    orig_prepared, orig_write, orig_phase = build_mod._prepared, Store.write, build_mod._embed
+    own = {name: vars(encoder)[name] for name in _WRAPPED if name in vars(encoder)}
 
-    def iter_decoded(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        it = orig_iter(*args, **kwargs)
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                timers.decode_wait += time.perf_counter() - t
-                return
-            timers.decode_wait += time.perf_counter() - t
-            yield item
+    def prepared(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        it = orig_prepared(*args, **kwargs)
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+                finally:
+                    timers.input_wait += time.perf_counter() - t
+                yield item
+        finally:
+            it.close()
 
     def write(self: Any, fn: Any) -> Any:
         t = time.perf_counter()
@@ -101,12 +108,15 @@ def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
             if timers.in_embed_phase:
                 timers.metadata += time.perf_counter() - t
 
-    def embed(images: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return orig_embed(images)
-        finally:
-            timers.embed += time.perf_counter() - t
+    def timed(fn: Any, attr: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                setattr(timers, attr, getattr(timers, attr) + time.perf_counter() - t)
+
+        return call
 
     def embed_phase(*args: Any, **kwargs: Any) -> Any:
         timers.in_embed_phase = True
@@ -115,20 +125,24 @@ def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
         finally:
             timers.in_embed_phase = False
 
-    build_mod.iter_decoded = iter_decoded
+    build_mod._prepared = prepared
     build_mod._embed = embed_phase
     Store.write = write  # type: ignore[method-assign]
-    encoder.embed = embed
+    for name in _WRAPPED:
+        fn = getattr(encoder, name, None)
+        if callable(fn):
+            setattr(encoder, name, timed(fn, "preprocess" if name == "preprocess" else "embed"))
     try:
         yield
     finally:
-        build_mod.iter_decoded = orig_iter
+        build_mod._prepared = orig_prepared
         build_mod._embed = orig_phase
         Store.write = orig_write  # type: ignore[method-assign]
-        if had_embed:
-            encoder.embed = orig_embed
-        else:
-            del encoder.embed
+        for name in _WRAPPED:
+            if name in own:
+                setattr(encoder, name, own[name])
+            elif name in vars(encoder):
+                delattr(encoder, name)
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -137,14 +151,32 @@ def _pct(values: list[float]) -> dict[str, float]:
             "mean_ms": float(a.mean())}
 
 
-def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, float]:
-    """images/s of ``encoder.embed`` on pre-decoded batches (first batch is a warm-up)."""
-    encoder.embed(images[:batch_size])
-    t = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        encoder.embed(images[i : i + batch_size])
-    s = time.perf_counter() - t
-    return {"images": len(images), "seconds": s, "images_per_s": len(images) / s}
+def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, Any]:
+    """images/s of the model alone on pre-decoded batches (first batch is a warm-up).
+
+    For an encoder with ``preprocess``/``embed_preprocessed`` the batches are also
+    pre-processed, so this is the forward pass only; ``embed_pil`` adds the resize and
+    normalisation (``encoder.embed`` on decoded images).
+    """
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    pipelined = callable(getattr(encoder, "preprocess", None)) and callable(
+        getattr(encoder, "embed_preprocessed", None))
+
+    def rate(fn: Any, inputs: list[Any]) -> dict[str, float]:
+        fn(inputs[0])
+        t = time.perf_counter()
+        for x in inputs:
+            fn(x)
+        s = time.perf_counter() - t
+        return {"seconds": s, "images_per_s": len(images) / s}
+
+    out: dict[str, Any] = {"images": len(images), "pipelined": pipelined}
+    if pipelined:
+        out.update(rate(encoder.embed_preprocessed, [encoder.preprocess(b) for b in batches]))
+        out["embed_pil"] = rate(encoder.embed, batches)
+    else:
+        out.update(rate(encoder.embed, batches))
+    return out
 
 
 def query_latency(index: Path, name: str, paths: list[str], k: int, device: str | None) -> dict[str, Any]:
@@ -240,18 +272,19 @@ def run_throughput(
             embed_phase = sec.get("embed", 0.0)
             split = {
                 "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
-                "decode": timers.decode_wait,
+                "decode": timers.input_wait,
                 "embed": timers.embed,
                 "metadata": timers.metadata,
                 "index": sec.get("index", 0.0),
             }
-            split["other"] = max(0.0, embed_phase - timers.decode_wait - timers.embed - timers.metadata)
+            split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
             build_ips = len(paths) / wall
             report["encoders"][name] = {
                 "kind": getattr(enc, "kind", "attribute"),
                 "dim": enc.dim,
                 "raw_forward": raw,
                 "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
+                          "preprocess_overlapped_s": timers.preprocess,
                           "embedded": b.embedded, "failed": len(b.failed)},
                 "build_over_raw": build_ips / raw["images_per_s"],
                 "query": query_latency(index, name, paths[:queries], k, device),
@@ -283,7 +316,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     left = np.zeros(len(names))
     for phase in PHASES:
         vals = np.array([enc[n]["build"]["split_s"][phase] for n in names])
-        axes[0].barh(y, vals, left=left, label=phase)
+        axes[0].barh(y, vals, left=left, label=phase, height=0.5)
         left += vals
     axes[0].set_yticks(y, names)
     axes[0].set_xlabel("seconds")
@@ -303,7 +336,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     left = np.zeros(len(names))
     for step in STEPS:
         vals = np.array([enc[n]["query"][step]["p50_ms"] for n in names])
-        axes[2].barh(y, vals, left=left, label=step)
+        axes[2].barh(y, vals, left=left, label=step, height=0.5)
         left += vals
     for i, n in enumerate(names):
         axes[2].plot(enc[n]["query"]["total"]["p95_ms"], i, "k|", markersize=14)

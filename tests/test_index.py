@@ -79,7 +79,9 @@ def test_recall_does_not_fall_as_nprobe_rises(data) -> None:
     truth = _truth(base, ids, queries)
     # Exact scores inside the probed lists: more lists can only add true neighbours.
     flat = VectorIndex.build(base, ids, IndexConfig(spec="IVF32,Flat"))
-    pq = VectorIndex.build(base, ids, IndexConfig(spec="IVF32,PQ8x4", rerank=200), vector_lookup=_lookup(base, ids))
+    pq = VectorIndex.build(
+        base, ids, IndexConfig(spec="IVF32,PQ8x4", rerank=200), vector_lookup=_lookup(base, ids)
+    )
     for index, slack in ((flat, 0.0), (pq, 0.01)):
         recalls = []
         for nprobe in (1, 2, 4, 8, 16, 32):
@@ -157,6 +159,10 @@ def test_save_load_round_trip(tmp_path, data, ivfpq) -> None:
     assert info["trained_on"] == 4000 and info["is_trained"] and info["rerank"] == 37
     assert 0 < info["bytes_per_vector"] < 100
     json.dumps(info)
+    # The loaded index still knows its ids.
+    with pytest.raises(ValueError, match="already"):
+        loaded.add(base[:1], ids[:1])
+    assert loaded.remove(ids[:10]) == 10 and loaded.ntotal == len(ids) - 10
 
 
 def test_corrupt_or_missing_file_is_one_line_error(tmp_path, data) -> None:
@@ -255,5 +261,28 @@ def test_run_ann_reports_and_writes(tmp_path, data) -> None:
     assert ids.shape == (40, 5) and ids.dtype == np.int64 and ids.min() >= 0
     sweep = json.loads((tmp_path / "ann_sweep.json").read_text())
     points = sweep["curves"]["IVF16,PQ8x4"]
-    assert {p["rerank"] for p in points} == {0, r["rerank"]} and [p["nprobe"] for p in points][:4] == [1, 1, 2, 2]
+    assert {p["rerank"] for p in points} == {0, r["rerank"]}
+    assert [p["nprobe"] for p in points][:4] == [1, 1, 2, 2]
     assert os.path.getsize(tmp_path / "ann_sweep.png") > 1000
+
+
+def test_run_ann_rejects_bad_input_before_writing(tmp_path, data) -> None:
+    from benchmarks.ann import load_vectors, run_ann
+
+    base, queries, _ = data
+    out = tmp_path / "ids.npy"
+    with pytest.raises(RelsearchError, match="same d"):
+        run_ann(base, queries[:, :16], out=str(out))
+    with pytest.raises(RelsearchError, match="invalid FAISS index spec"):
+        run_ann(base[:200], queries[:5], spec="IVFbanana", out=str(out))
+    with pytest.raises(RelsearchError, match="no such directory"):
+        run_ann(base[:200], queries[:5], out=str(tmp_path / "nope" / "ids.npy"))
+    assert not out.exists()
+    with pytest.raises(RelsearchError, match="not found"):
+        load_vectors(str(tmp_path / "missing.npy"), "base")
+    np.save(tmp_path / "flat.npy", np.arange(5.0))
+    with pytest.raises(RelsearchError, match=r"\[N, d\]"):
+        load_vectors(str(tmp_path / "flat.npy"), "base")
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    with pytest.raises(RelsearchError, match="cannot read"):
+        load_vectors(str(tmp_path / "junk.npy"), "base")

@@ -357,3 +357,19 @@ def test_captions_go_to_the_shared_text_space(encoder, monkeypatch):
     monkeypatch.setattr(text, "embed_text", fake_embed_text)
     assert encoder.embed_text(["a cat chasing a mouse"]).shape == (1, 384)
     assert seen == {"texts": ["a cat chasing a mouse"], "device": "cpu"}
+
+
+def test_matches_the_reference_computation(encoder, images):
+    """hidden_states[-1] at <|query|> through the full model, then the head, as the paper computes it."""
+    batch = encoder.prepare(images[:3])
+    with torch.no_grad():
+        out = encoder.module.backbone(**batch, output_hidden_states=True, return_dict=True)
+        last = out.hidden_states[-1]
+        rows = torch.stack([last[i, (batch["input_ids"][i] == encoder.query_token_id).nonzero()[0, 0]]
+                            for i in range(3)])
+        ref = torch.nn.functional.normalize(encoder.module.projection(rows), dim=-1).numpy()
+        # Without the modality ids the rope positions of the image tokens change.
+        no_types = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+        moved = encoder.module(**no_types).numpy()
+    np.testing.assert_allclose(encoder.embed(images[:3]), ref, atol=1e-5)
+    assert np.abs(moved - ref).max() > 1e-4

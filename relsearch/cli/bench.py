@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -29,24 +29,6 @@ def _bench_module(name: str) -> Any:
         ) from exc
 
 
-def load_matrix(path: Path, what: str) -> Any:
-    """A 2-D float32 array from ``path`` (.npy); one-line errors for anything else."""
-    import numpy as np
-
-    if not path.is_file():
-        raise RelsearchError(f"{what} file {path} does not exist")
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise RelsearchError(f"{what} file {path} is not a .npy array ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(x, np.ndarray) or x.ndim != 2 or 0 in x.shape:
-        shape = getattr(x, "shape", "?")
-        raise RelsearchError(f"{what} {path} must be a non-empty 2-D array [N, d], got shape {shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise RelsearchError(f"{what} {path} must hold numbers, got dtype {x.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 @bench_app.command("ann")
 @user_errors
 def ann_cmd(
@@ -54,15 +36,15 @@ def ann_cmd(
     queries: Path = typer.Option(..., "--queries", help="float32 [Q, d] .npy."),
     k: int = typer.Option(10, "-k", "--k", min=1),
     spec: str = typer.Option("auto", "--spec", help="auto or a FAISS factory string, e.g. IVF1024,PQ48."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the returned ids [Q, k] int64 here (.npy)."),
+    out: Path | None = typer.Option(None, "--out", help="Write the returned ids [Q, k] int64 here (.npy)."),
     sweep: bool = typer.Option(False, "--sweep", help="Also write recall@10 vs QPS over nprobe (JSON + PNG)."),
-    results_dir: Optional[Path] = ResultsOpt,
+    results_dir: Path | None = ResultsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """ANN recall/speed of the engine's index against exact search."""
     ann = _bench_module("ann")
-    b = load_matrix(base, "base")
-    q = load_matrix(queries, "queries")
+    b = ann.load_vectors(str(base), "base")
+    q = ann.load_vectors(str(queries), "queries")
     if b.shape[1] != q.shape[1]:
         raise RelsearchError(f"base vectors are {b.shape[1]}-d but queries are {q.shape[1]}-d")
     if k > b.shape[0]:
@@ -77,7 +59,7 @@ def ann_cmd(
     if as_json:
         print_json(report)
         return
-    typer.echo(ann._summary(report))
+    typer.echo(ann.format_report(report))
     if "sweep" in report:
         typer.echo(f"sweep: {report['sweep']['json']} {report['sweep']['png']}")
     elif sweep:
@@ -88,13 +70,13 @@ def ann_cmd(
 @user_errors
 def relational_cmd(
     collection: Path = typer.Option(..., "--collection", help="Labelled collection folder."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="labels.jsonl (default: COLLECTION/labels.jsonl)."),
-    encoders: Optional[str] = typer.Option(None, "--encoders", help="Comma-separated encoders (default pair)."),
+    labels: Path | None = typer.Option(None, "--labels", help="labels.jsonl (default: COLLECTION/labels.jsonl)."),
+    encoders: str | None = typer.Option(None, "--encoders", help="Comma-separated encoders (default pair)."),
     k: int = typer.Option(10, "-k", "--k", min=1),
-    index: Optional[Path] = typer.Option(None, "--index", help="Build into / reuse this index (default: temporary)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write neighbours, one JSON line per query and encoder."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    results_dir: Optional[Path] = ResultsOpt,
+    index: Path | None = typer.Option(None, "--index", help="Build into / reuse this index (default: temporary)."),
+    out: Path | None = typer.Option(None, "--out", help="Write neighbours, one JSON line per query and encoder."),
+    device: str | None = typer.Option(None, "--device"),
+    results_dir: Path | None = ResultsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Relational precision/mAP/recall@k and attribute leakage@k of each encoder."""
@@ -111,15 +93,15 @@ def relational_cmd(
 @bench_app.command("throughput")
 @user_errors
 def throughput_cmd(
-    collection: Optional[Path] = typer.Option(None, "--collection", help="Images to use (default: synthetic photos)."),
+    collection: Path | None = typer.Option(None, "--collection", help="Images to use (default: synthetic photos)."),
     encoders: str = typer.Option("imagenet", "--encoders", help="Comma-separated encoders."),
     n: int = typer.Option(256, "--n", min=1, help="Images to embed and index."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     queries: int = typer.Option(100, "--queries", min=1, help="Queries timed one at a time."),
     k: int = typer.Option(10, "-k", "--k", min=1),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    results_dir: Optional[Path] = ResultsOpt,
+    workers: int | None = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
+    device: str | None = typer.Option(None, "--device"),
+    results_dir: Path | None = ResultsOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Images/s of embedding, build-index time by phase, query latency by step."""

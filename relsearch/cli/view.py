@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,7 +11,7 @@ from relsearch.cli.app import app, user_errors
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def run_server(index: Path, host: str, port: int, k: int, encoders: Optional[str], device: Optional[str],
+def run_server(index: Path, host: str, port: int, k: int, encoders: str | None, device: str | None,
                open_browser: bool) -> None:
     from relsearch.view.server import make_server
 
@@ -47,8 +46,8 @@ def view_cmd(
     host: str = HostOpt,
     port: int = PortOpt,
     k: int = KOpt,
-    encoders: Optional[str] = EncOpt,
-    device: Optional[str] = typer.Option(None, "--device"),
+    encoders: str | None = EncOpt,
+    device: str | None = typer.Option(None, "--device"),
     no_browser: bool = NoBrowserOpt,
 ) -> None:
     """Open a local page: drop or pick an image, see one row of neighbours per encoder."""
@@ -62,8 +61,8 @@ def serve_cmd(
     host: str = HostOpt,
     port: int = PortOpt,
     k: int = KOpt,
-    encoders: Optional[str] = EncOpt,
-    device: Optional[str] = typer.Option(None, "--device"),
+    encoders: str | None = EncOpt,
+    device: str | None = typer.Option(None, "--device"),
     no_browser: bool = NoBrowserOpt,
 ) -> None:
     """Same page as ``view``, for scripts: ``serve --index PATH --no-browser``."""

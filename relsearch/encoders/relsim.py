@@ -134,14 +134,19 @@ def _make_module_class() -> type:
             # The inner Qwen2_5_VLModel: the LoRA layers are injected in place, and
             # skipping the LM head avoids a [B, T, vocab] logits tensor nobody reads.
             inner = self.backbone.get_base_model().model
+            extra = {}
+            if mm_token_type_ids is not None and _accepts(inner.forward, "mm_token_type_ids"):
+                # Newer transformers place the 3-D rope positions with it; older
+                # ones find image tokens from input_ids and have no such argument.
+                extra["mm_token_type_ids"] = mm_token_type_ids
             out = inner(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 pixel_values=pixel_values,
                 image_grid_thw=image_grid_thw,
-                mm_token_type_ids=mm_token_type_ids,
                 use_cache=False,
                 return_dict=True,
+                **extra,
             )
             # last_hidden_state is the final (normed) layer output, i.e. hidden_states[-1].
             hidden = out.last_hidden_state[is_query]
@@ -152,6 +157,12 @@ def _make_module_class() -> type:
 
 
 _MODULE_CLASS: type | None = None
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
 
 
 def relsim_module_class() -> type:
@@ -326,8 +337,11 @@ class RelsimEncoder:
         sees them, so the processor's own resize becomes a no-op.
         """
         from PIL import Image
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+        try:
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+        except ImportError:  # the processor still resizes, only in its own way
+            return img
         ip = self.processor.image_processor
         size = ip.size
         min_px = getattr(size, "shortest_edge", None) or getattr(ip, "min_pixels", None)

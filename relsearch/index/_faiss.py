@@ -5,6 +5,7 @@ faiss is imported on first use, never at ``import relsearch``.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -66,8 +67,9 @@ def import_faiss() -> Any:
     return faiss
 
 
+@functools.cache
 def gpu_count() -> int:
-    """Number of GPUs faiss can use; 0 with faiss-cpu."""
+    """Number of GPUs faiss can use; 0 with faiss-cpu. Asked once per process."""
     faiss = import_faiss()
     if not hasattr(faiss, "StandardGpuResources"):
         return 0

@@ -193,6 +193,8 @@ class VectorIndex:
             train_rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
             _train(faiss, index, ivf, vectors[train_rows])
             trained_on = n_train
+        else:
+            train_rows = np.empty(0, dtype=np.int64)
         timings["train_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -223,24 +225,27 @@ class VectorIndex:
         built._lookup = vector_lookup
         if ivf is not None and n:
             t0 = time.perf_counter()
-            curve = built._tune_nprobe(vectors, ids, config)
+            curve = built._tune_nprobe(vectors, ids, config, train_rows)
             timings["tune_s"] = time.perf_counter() - t0
             built._meta["tuning"] = curve
         return built
 
     def _tune_nprobe(
-        self, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, k: int = 10
+        self, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, train_rows: np.ndarray, k: int = 10
     ) -> list[list[float]]:
         """Smallest nprobe whose leave-one-out recall@k reaches the target.
 
-        Queries are collection vectors; each one's own id is dropped from both
-        the exact and the approximate result lists, so the estimate is for a
-        new image that resembles the collection, not for finding itself.
+        Queries are collection vectors held out of training when the
+        collection is big enough; each one's own id is dropped from both the
+        exact and the approximate result lists, so the estimate is for a new
+        image that resembles the collection, not for finding itself.
         """
         n = vectors.shape[0]
         nq = min(config.tune_queries, n)
         rng = np.random.default_rng(1)
-        rows = np.sort(rng.choice(n, nq, replace=False))
+        held_out = np.setdiff1d(np.arange(n), train_rows, assume_unique=True)
+        pool = held_out if len(held_out) >= nq else np.arange(n)
+        rows = np.sort(rng.choice(pool, nq, replace=False))
         queries = vectors[rows]
         self_ids = ids[rows]
         kk = min(k, n - 1)
@@ -590,10 +595,10 @@ def _make_index(faiss: Any, d: int, spec: str) -> Any:
             ivf.do_polysemous_training = False
         pq = getattr(ivf, "pq", None)
         if pq is not None:
-            # Each PQ slice is low-dimensional, so its k-means is slow per point
-            # and gains little past 64 points per centroid (16k vectors); 20
-            # iterations instead of 25. This takes PQ training from ~40 s to
-            # ~15 s on two cores with no measurable recall change after re-ranking.
+            # PQ k-means runs once per slice (48 times at d=384) and its
+            # centroids are only a first filter before exact re-ranking, so 64
+            # points per centroid (16k vectors, faiss default 256) and 20
+            # iterations (default 25) are plenty: 2.5x less PQ training time.
             pq.cp.max_points_per_centroid = 64
             pq.cp.niter = 20
     return index

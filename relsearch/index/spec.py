@@ -110,8 +110,9 @@ def auto_pq(d: int, n: int, nlist: int, max_bytes: int) -> tuple[int, int]:
 def auto_spec(n: int, d: int, config: IndexConfig) -> str:
     """The FAISS factory string ``"auto"`` resolves to for ``n`` vectors of dimension ``d``."""
     if n < config.exact_threshold or n < MIN_POINTS_PER_CENTROID:
-        # Below the threshold a flat scan is fast enough (20k x 384 floats is
-        # 30 MB, well under a millisecond per query batch row) and exact.
+        # Below the threshold a flat scan is fast enough and exact: 20k x 384
+        # floats is 30 MB, about a millisecond per query on one core, and there
+        # is nothing to train or tune.
         return "Flat"
     nlist = auto_nlist(n)
     m, nbits = auto_pq(d, n, nlist, config.max_bytes_per_vector)

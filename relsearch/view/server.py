@@ -19,7 +19,6 @@ import mimetypes
 import os
 import tempfile
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
