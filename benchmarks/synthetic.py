@@ -101,9 +101,11 @@ def clustered_with_queries(
     return base, queries
 
 
-def clustered(n: int, d: int = 384, n_clusters: int = 1000, seed: int = 0) -> np.ndarray:
+def clustered(
+    n: int, d: int = 384, n_clusters: int = 1000, seed: int = 0, intrinsic_dim: int = 24
+) -> np.ndarray:
     """``n`` clustered, L2-normalised float32 vectors of dimension ``d``."""
-    return clustered_with_queries(n, 0, d, n_clusters, seed)[0]
+    return clustered_with_queries(n, 0, d, n_clusters, seed, intrinsic_dim)[0]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,10 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--d", type=int, default=384)
     p.add_argument("--clusters", type=int, default=None, help="default: n // 1000, at least 10")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--intrinsic-dim", type=int, default=24, help="rank of each cluster's subspace")
     p.add_argument("--out", default="data/ann", help="directory for base.npy and queries.npy")
     a = p.parse_args(argv)
     n_clusters = a.clusters or max(10, a.n // 1000)
-    base, queries = clustered_with_queries(a.n, a.queries, a.d, n_clusters, a.seed)
+    base, queries = clustered_with_queries(a.n, a.queries, a.d, n_clusters, a.seed, a.intrinsic_dim)
     os.makedirs(a.out, exist_ok=True)
     paths = {"base": os.path.join(a.out, "base.npy"), "queries": os.path.join(a.out, "queries.npy")}
     np.save(paths["base"], base)

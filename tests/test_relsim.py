@@ -373,3 +373,32 @@ def test_matches_the_reference_computation(encoder, images):
         moved = encoder.module(**no_types).numpy()
     np.testing.assert_allclose(encoder.embed(images[:3]), ref, atol=1e-5)
     assert np.abs(moved - ref).max() > 1e-4
+
+
+def test_cli_end_to_end_three_columns(release, tmp_path):
+    """`build-index --encoders relsim@DIR,clip@DIR,dino@DIR` then `query`: three columns, relsim first."""
+    import json
+
+    from engine_helpers import make_collection
+    from tiny_models import make_tiny_clip, make_tiny_dino
+    from typer.testing import CliRunner
+
+    from relsearch.cli import app
+
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    paths = make_collection(root, 5, size=48)
+    clip_dir, dino_dir = make_tiny_clip(tmp_path / "clip"), make_tiny_dino(tmp_path / "dino")
+    runner = CliRunner()
+    encs = f"relsim@{release},clip@{clip_dir},dino@{dino_dir}"
+    res = runner.invoke(app, ["build-index", str(root), "--index", str(idx), "--encoders", encs, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["encoders"] == ["relsim", "clip", "dino"]
+    res = runner.invoke(app, ["query", str(paths[1]), "-k", "3", "--index", str(idx), "--json"])
+    assert res.exit_code == 0, res.output
+    results = json.loads(res.stdout)["results"]
+    assert set(results) == {"relsim", "clip", "dino"}
+    for hits in results.values():
+        assert len(hits) == 3 and hits[0]["path"] == str(paths[1])
+    table = runner.invoke(app, ["query", str(paths[1]), "-k", "3", "--index", str(idx)]).stdout
+    header = next(line for line in table.splitlines() if line.startswith("rank"))
+    assert header.index("relsim") < header.index("clip") and "dino" in header
