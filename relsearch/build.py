@@ -96,6 +96,7 @@ class _Work:
     entries: list[FileEntry]
     record_id: int | None = None  # existing record lacking vectors
     missing: list[str] = field(default_factory=list)
+    counted: list[str] = field(default_factory=list)  # "added"/"updated" per path, undone on failure
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,9 +270,10 @@ def _update(
                     report.unchanged += 1
                     continue
                 detach(f.path)
-                report.updated += 1
+                how = "updated"
             else:
-                report.added += 1
+                how = "added"
+            setattr(report, how, getattr(report, how) + 1)
             existing = store.txn_id_for_hash(txn, digest)
             if existing is not None:
                 rec = store.txn_record(txn, existing)
@@ -283,6 +285,7 @@ def _update(
             w = work.setdefault(digest, _Work(digest, [], [], missing=list(enc_names)))
             w.paths.append(f.path)
             w.entries.append(f)
+            w.counted.append(how)
 
     store.write(stage)
     # existing records missing a vector for a requested encoder (new encoder, or a crash)
@@ -426,10 +429,11 @@ def _all_pipelined(by_name: dict[str, Encoder]) -> bool:
 def _with_failures(decoded: Iterator[Any], work: list[_Work], report: BuildReport) -> Iterator[Any]:
     for d in decoded:
         if d.error is not None:
-            for p in work[d.index].paths:
+            w = work[d.index]
+            for p in w.paths:
                 report.failed.append({"path": p, "error": d.error})
-            bar_skip = work[d.index]
-            bar_skip.missing = []
+            for how in w.counted:  # it was not added (or updated) after all
+                setattr(report, how, getattr(report, how) - 1)
             continue
         yield d
 

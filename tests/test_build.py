@@ -111,6 +111,10 @@ def test_failed_files_listed_and_build_goes_on(tmp_path):
     rep = _build(root, idx)
     failed = {Path(f["path"]).name: f["error"] for f in rep.failed}
     assert set(failed) == {"broken.png", "empty.jpg"} and all(failed.values())
+    assert rep.added == 4  # failures are not counted as added
+    rep = _build(root, idx)  # still broken: reported again, nothing added
+    assert {Path(f["path"]).name for f in rep.failed} == {"broken.png", "empty.jpg"}
+    assert (rep.added, rep.unchanged) == (0, 4)
     with open_index(idx) as opened:
         assert opened.store.count("records") == 4
 
