@@ -67,6 +67,7 @@ def test_forced_ivfpq_reaches_recall_on_new_queries(data, ivfpq) -> None:
     base, queries, ids = data
     assert ivfpq.is_ivf and ivfpq.rerank > 0 and 1 <= ivfpq.nprobe <= 32
     scores, found = ivfpq.search(queries, 10)
+    assert found.dtype == np.int64 and np.isin(found, ids).all()
     assert recall_at(found, _truth(base, ids, queries), 10) >= 0.9
     # Re-ranked scores are exact inner products of the returned ids.
     vec = _lookup(base, ids)(found[0])
@@ -107,6 +108,18 @@ def test_rerank_improves_or_keeps_recall(data, ivfpq) -> None:
         assert reranked > plain  # 4-bit codes alone order close neighbours poorly
     finally:
         ivfpq.rerank = saved
+
+
+def test_tuning_deepens_automatic_rerank_only(data) -> None:
+    base, queries, ids = data
+    # 4-bit codes of 4-d slices: the top-100 by code score misses true neighbours.
+    auto = VectorIndex.build(base, ids, IndexConfig(spec="IVF32,PQ8x4", recall_target=0.98))
+    fixed = VectorIndex.build(base, ids, IndexConfig(spec="IVF32,PQ8x4", recall_target=0.98, rerank=100))
+    assert auto.rerank > 100 and auto.info()["tuned_recall"] >= 0.98
+    assert fixed.rerank == 100 and fixed.info()["tuned_recall"] < 0.98
+    lookup = _lookup(base, ids)
+    truth = _truth(base, ids, queries)
+    assert recall_at(auto.search(queries, 10, lookup)[1], truth, 10) >= 0.95
 
 
 @pytest.mark.parametrize("spec", ["auto", "IVF16,PQ8x4"])

@@ -49,6 +49,9 @@ NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384
 #: holds this many times more: its nlist is then about half of what N calls for
 #: and its lists hold vectors its centroids never saw.
 REBUILD_GROWTH = 4.0
+#: Deepest automatic re-ranking (x4 the default) tried when tuning cannot reach
+#: the recall target: 400 raw vectors per query is ~600 KB read from the store.
+MAX_AUTO_RERANK = 400
 _ADD_CHUNK = 65_536
 
 
@@ -235,6 +238,8 @@ class VectorIndex:
     ) -> list[list[float]]:
         """Smallest nprobe whose leave-one-out recall@k reaches the target.
 
+        Returns the points tried, ``[nprobe, rerank, recall]``.
+
         Queries are collection vectors held out of training when the
         collection is big enough; each one's own id is dropped from both the
         exact and the approximate result lists, so the estimate is for a new
@@ -254,29 +259,33 @@ class VectorIndex:
         _, true_pos = exact_search(vectors, queries, kk + 1)
         true = _drop_self(np.where(true_pos >= 0, ids[np.maximum(true_pos, 0)], -1), self_ids, kk)
         lookup = _array_lookup(vectors, ids)
-        curve: list[list[float]] = []
-        best_recall, chosen = -1.0, None
-        for nprobe in NPROBE_STEPS:
-            if nprobe > self._ivf.nlist:
-                break
+
+        def recall_at_nprobe(nprobe: int) -> float:
             self.nprobe = nprobe
             _, found = self.search(queries, kk + 1, vector_lookup=lookup)
-            r = recall_at(_drop_self(found, self_ids, kk), true, kk)
-            curve.append([nprobe, round(r, 5)])
-            if r >= config.recall_target:
-                chosen = nprobe
+            return recall_at(_drop_self(found, self_ids, kk), true, kk)
+
+        reranks = [self._rerank]
+        if config.rerank is None and self._rerank:
+            # Automatic depth: if the codes are too coarse for the target at any
+            # nprobe (high intrinsic dimension), re-rank deeper before giving up.
+            reranks += [r for r in (2 * self._rerank, 4 * self._rerank) if r <= MAX_AUTO_RERANK]
+        curve: list[list[float]] = []
+        for rerank in reranks:
+            self.rerank = rerank
+            points = _sweep_nprobe(recall_at_nprobe, self._ivf.nlist, config.recall_target)
+            curve += [[nprobe, rerank, r] for nprobe, r in points]
+            if points[-1][1] >= config.recall_target:
                 break
-            if r > best_recall + 0.002:
-                best_recall = r
-            elif len(curve) >= 3 and curve[-3][1] + 0.002 >= r:
-                # Plateau (e.g. no re-ranking and coarse PQ codes): more probes
-                # only cost time.
-                break
-        if chosen is None:
-            top = max(c[1] for c in curve)
-            chosen = int(next(c[0] for c in curve if c[1] >= top - 0.005))
-        self.nprobe = chosen
-        self._meta["tuned_recall"] = next(c[1] for c in curve if c[0] == chosen)
+        # Target reached: the last point. Otherwise the cheapest point of the
+        # deepest re-ranking within 0.005 of the best recall seen there.
+        last = [c for c in curve if c[1] == self._rerank]
+        best = max(c[2] for c in last)
+        chosen = (
+            last[-1] if last[-1][2] >= config.recall_target else next(c for c in last if c[2] >= best - 0.005)
+        )
+        self.nprobe = int(chosen[0])
+        self._meta["tuned_recall"] = chosen[2]
         return curve
 
     # ----------------------------------------------------------- properties
@@ -640,6 +649,22 @@ def _ivf_ids(faiss: Any, ivf: Any) -> np.ndarray:
         if size:
             out.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
     return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+def _sweep_nprobe(recall_of: Callable[[int], float], nlist: int, target: float) -> list[tuple[int, float]]:
+    """Try nprobe = 1, 2, 3, 4, 6... until recall reaches ``target`` or stops rising."""
+    points: list[tuple[int, float]] = []
+    for nprobe in NPROBE_STEPS:
+        if nprobe > nlist:
+            break
+        r = round(recall_of(nprobe), 5)
+        points.append((nprobe, r))
+        if r >= target:
+            break
+        if len(points) >= 3 and points[-3][1] + 0.002 >= r:
+            # Plateau: the codes, not the probes, limit recall; more probes only cost time.
+            break
+    return points
 
 
 def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:

@@ -88,7 +88,10 @@ def auto_pq(d: int, n: int, nlist: int, max_bytes: int) -> tuple[int, int]:
     """``(m, nbits)`` of the product quantizer for ``d``-dim vectors.
 
     One sub-quantizer per 8 dimensions (m = d/8: each 8-d slice gets 256
-    centroids, the usual accuracy/size balance), reduced to the largest divisor
+    centroids, the usual accuracy/size balance). Finer slices buy little once
+    the top candidates are re-ranked exactly: at d=384, N=100k, PQ64 (6-d
+    slices) trained 5x slower than PQ48 for +0.007 recall@10 at equal speed.
+    m is then reduced to the largest divisor
     of d whose file stays within ``max_bytes`` per vector: m code bytes + 8 id
     bytes + the coarse centroids spread over the collection (nlist*d*4/N) +
     the PQ codebooks (256*d*4/N). At d=384, N=1M: m=48, ~60 bytes per vector.
