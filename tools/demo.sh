@@ -14,4 +14,6 @@ fi
 $rs build-index "$ex/collection" --index indexes/example
 query=$(.venv/bin/python -c 'import json,sys; print(next(r["path"] for r in map(json.loads, open(sys.argv[1])) if r["family"] == "orbit"))' "$ex/queries/labels.jsonl")
 $rs query "$ex/queries/$query" -k 10 --index indexes/example --html "$ex/result.html" --sheet "$ex/result.png"
+# What the columns found, by the relation each neighbour was composed with (labels.jsonl):
+$rs query "$ex/queries/$query" -k 10 --index indexes/example --json | .venv/bin/python tools/demo_summary.py "$ex/collection" orbit
 echo "query: $ex/queries/$query (an orbit scene); picture: $ex/result.png, page: $ex/result.html"
