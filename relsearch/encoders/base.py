@@ -8,7 +8,7 @@ set of weights refuses to be queried with another.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -146,3 +146,24 @@ class TrainableEncoder(Protocol):
     def save(self, out_dir: str) -> None:
         """Write the encoder's release layout so ``load(source=out_dir)`` reads it back."""
         ...
+
+
+def frozen(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``model`` on ``device``, in eval mode, with every parameter frozen."""
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def embed_in_batches(images: list[Image.Image], dim: int, batch_size: int,
+                     forward: Callable[[list[Image.Image]], torch.Tensor]) -> np.ndarray:
+    """Run ``forward`` over ``images`` in batches under inference mode; unit float32 rows."""
+    import torch
+
+    if not images:
+        return np.zeros((0, dim), dtype=np.float32)
+    with torch.inference_mode():
+        parts = [forward(images[i : i + batch_size]).float().cpu().numpy()
+                 for i in range(0, len(images), batch_size)]
+    return l2_normalize(np.concatenate(parts, axis=0))

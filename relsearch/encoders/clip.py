@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relsearch.encoders import hub
-from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.encoders.base import embed_in_batches, fingerprint_tensors, frozen, pick_device
 from relsearch.errors import MissingWeightsError, RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,9 +44,7 @@ class ClipEncoder:
     def __init__(self, model: Any, preprocess: Any, device: str, identity: str, batch_size: int = 32) -> None:
         import torch
 
-        self.model = model.to(device).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = frozen(model, device)
         self.preprocess = preprocess
         self.device = device
         self.batch_size = batch_size
@@ -67,14 +65,11 @@ class ClipEncoder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        parts = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = torch.stack([self.preprocess(img.convert("RGB")) for img in images[i : i + self.batch_size]])
-                parts.append(self.model.encode_image(x.to(self.device)).float().cpu().numpy())
-        return l2_normalize(np.concatenate(parts, axis=0))
+        def forward(chunk: list[Image.Image]) -> torch.Tensor:
+            x = torch.stack([self.preprocess(img.convert("RGB")) for img in chunk])
+            return self.model.encode_image(x.to(self.device))
+
+        return embed_in_batches(images, self.dim, self.batch_size, forward)
 
 
 def load(source: str | None = None, device: str | None = None) -> ClipEncoder:

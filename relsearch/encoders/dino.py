@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relsearch.encoders import hub
-from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.encoders.base import embed_in_batches, fingerprint_tensors, frozen, pick_device
 from relsearch.errors import RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,9 +31,7 @@ class DinoEncoder:
     kind = "attribute"
 
     def __init__(self, model: Any, processor: Any, device: str, identity: str, batch_size: int = 32) -> None:
-        self.model = model.to(device).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = frozen(model, device)
         self.processor = processor
         self.device = device
         self.batch_size = batch_size
@@ -49,16 +47,11 @@ class DinoEncoder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        parts = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                chunk = [img.convert("RGB") for img in images[i : i + self.batch_size]]
-                pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
-                out = self.model(pixel_values=pixels.to(self.device))
-                parts.append(out.last_hidden_state[:, 0].float().cpu().numpy())
-        return l2_normalize(np.concatenate(parts, axis=0))
+        def forward(chunk: list[Image.Image]) -> torch.Tensor:
+            pixels = self.processor(images=[img.convert("RGB") for img in chunk], return_tensors="pt")["pixel_values"]
+            return self.model(pixel_values=pixels.to(self.device)).last_hidden_state[:, 0]
+
+        return embed_in_batches(images, self.dim, self.batch_size, forward)
 
 
 def load(source: str | None = None, device: str | None = None) -> DinoEncoder:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.encoders.base import fingerprint_tensors, frozen, l2_normalize, pick_device
 from relsearch.errors import RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,9 +31,7 @@ class ImagenetEncoder:
 
         self.device = pick_device(device)
         self.batch_size = batch_size
-        self.model = efficientnet_lite0(pretrained=pretrained).to(self.device)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = frozen(efficientnet_lite0(pretrained=pretrained), self.device)
         self._fingerprint = fingerprint_tensors(self.model.state_dict().items(), extra="imagenet/224")
         self._torch = torch
 
