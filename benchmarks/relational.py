@@ -216,6 +216,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     ax2.set_xticks(xf + width * (len(encs) - 1) / 2, fams, rotation=30, ha="right", fontsize=8)
     ax2.set_ylim(0, 1)
     ax2.set_title(f"precision@{report['k']} per family")
+    ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()

@@ -163,7 +163,8 @@ def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[s
         getattr(encoder, "embed_preprocessed", None))
 
     def rate(fn: Any, inputs: list[Any]) -> dict[str, float]:
-        fn(inputs[0])
+        for x in inputs[:2]:  # warm-up: first calls pick kernels and grow the allocator
+            fn(x)
         t = time.perf_counter()
         for x in inputs:
             fn(x)
@@ -219,8 +220,13 @@ def run_throughput(
     workers: int | None = None,
     device: str | None = None,
     results_dir: str | os.PathLike[str] | None = RESULTS_DIR,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Measure every encoder of ``encoders``; returns the report (JSON + PNG in ``results_dir``).
+
+    ``threads`` sets torch's intra-op threads for the run (None: torch's default). On a
+    machine whose cores are busy with other work, two intra-op threads can be many times
+    slower than one, because every operator waits for both threads to be scheduled.
 
     Without ``collection``, ``n`` synthetic photos are written to a temporary folder; with
     one, its first ``n`` images are used (copied nowhere: the build indexes the folder).
@@ -231,6 +237,8 @@ def run_throughput(
 
     if n < 1 or batch_size < 1 or queries < 1 or k < 1:
         raise RelsearchError("--n, --batch-size, --queries and -k must all be at least 1")
+    if threads is not None and threads < 1:
+        raise RelsearchError(f"--threads must be at least 1, got {threads}")
     encs = get_encoders(encoders, device=device)  # bad names fail before any work
     with tempfile.TemporaryDirectory(prefix="relsearch-throughput-") as tmp:
         if collection is None:
@@ -256,39 +264,58 @@ def run_throughput(
                                   "device": device or "auto", "cpus": os.cpu_count(), "encoders": {}}
         import torch
 
+        saved_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
         report["torch_threads"] = torch.get_num_threads()
-        for enc in encs:
-            name = enc.name
-            raw = raw_forward_rate(enc, decoded, batch_size)
-            timers = _Timers()
-            index = Path(tmp) / f"index-{name}"
-            same = get_encoder(name, device=device)  # the instance build_index will use
-            with _instrumented(same, timers):
-                t = time.perf_counter()
-                b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
-                                                          device=device, progress=False))
-                wall = time.perf_counter() - t
-            sec = b.seconds
-            embed_phase = sec.get("embed", 0.0)
-            split = {
-                "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
-                "decode": timers.input_wait,
-                "embed": timers.embed,
-                "metadata": timers.metadata,
-                "index": sec.get("index", 0.0),
-            }
-            split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
-            build_ips = len(paths) / wall
-            report["encoders"][name] = {
-                "kind": getattr(enc, "kind", "attribute"),
-                "dim": enc.dim,
-                "raw_forward": raw,
-                "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
-                          "preprocess_overlapped_s": timers.preprocess,
-                          "embedded": b.embedded, "failed": len(b.failed)},
-                "build_over_raw": build_ips / raw["images_per_s"],
-                "query": query_latency(index, name, paths[:queries], k, device),
-            }
+        report["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        try:
+            for enc in encs:
+                name = enc.name
+                # The forward rate is taken before and after the build and averaged: on a shared
+                # machine the load moves during a run, and the ratio should compare like with like.
+                before = raw_forward_rate(enc, decoded, batch_size)
+                timers = _Timers()
+                index = Path(tmp) / f"index-{name}"
+                same = get_encoder(name, device=device)  # the instance build_index will use
+                with _instrumented(same, timers):
+                    t = time.perf_counter()
+                    b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
+                                                              device=device, progress=False))
+                    wall = time.perf_counter() - t
+                after = raw_forward_rate(enc, decoded, batch_size)
+                raw = {**before, "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+                       "before_build_images_per_s": before["images_per_s"],
+                       "after_build_images_per_s": after["images_per_s"]}
+                raw.pop("seconds", None)
+                sec = b.seconds
+                embed_phase = sec.get("embed", 0.0)
+                split = {
+                    "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
+                    "decode": timers.input_wait,
+                    "embed": timers.embed,
+                    "metadata": timers.metadata,
+                    "index": sec.get("index", 0.0),
+                }
+                split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
+                build_ips = len(paths) / wall
+                report["encoders"][name] = {
+                    "kind": getattr(enc, "kind", "attribute"),
+                    "dim": enc.dim,
+                    "fingerprint": enc.fingerprint,
+                    "raw_forward": raw,
+                    "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
+                              "preprocess_overlapped_s": timers.preprocess,
+                              "embedded": b.embedded, "failed": len(b.failed)},
+                    "build_over_raw": build_ips / raw["images_per_s"],
+                    # share of the build's wall time spent inside the forward: 1.0 means decode,
+                    # preprocessing and writes are fully hidden; unlike the ratio above it does not
+                    # depend on two timings taken at different moments of a shared machine's load.
+                    "forward_share": split["embed"] / wall if wall > 0 else 0.0,
+                    "query": query_latency(index, name, paths[:queries], k, device),
+                }
+        finally:
+            torch.set_num_threads(saved_threads)
     if results_dir is not None:
         out = Path(results_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -320,7 +347,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         left += vals
     axes[0].set_yticks(y, names)
     axes[0].set_xlabel("seconds")
-    axes[0].set_title(f"build-index, {report['images']} images")
+    axes[0].set_title(f"build-index, {report['images']} images, torch threads {report['torch_threads']}")
     axes[0].legend(fontsize=7, ncol=3)
     w = 0.38
     raw = [enc[n]["raw_forward"]["images_per_s"] for n in names]
@@ -353,13 +380,15 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"{report['source']}, batch {report['batch_size']}, torch threads {report['torch_threads']}"]
-    head = (f"{'encoder':<12}{'raw img/s':>10}{'build img/s':>12}{'ratio':>7}  build s: "
+    head = (f"{'encoder':<12}{'raw img/s (before/after)':>26}{'build img/s':>12}{'ratio':>7}{'fwd share':>10}  build s: "
             + " ".join(f"{p:>8}" for p in PHASES))
     lines += [head, "-" * len(head)]
     for name, r in report["encoders"].items():
         s = r["build"]["split_s"]
-        lines.append(f"{name:<12}{r['raw_forward']['images_per_s']:>10.1f}{r['build']['images_per_s']:>12.1f}"
-                     f"{r['build_over_raw']:>7.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
+        raw = r["raw_forward"]
+        spread = f"({raw.get('before_build_images_per_s', 0):.1f}/{raw.get('after_build_images_per_s', 0):.1f})"
+        lines.append(f"{name:<12}{raw['images_per_s']:>12.1f} {spread:>13}{r['build']['images_per_s']:>12.1f}"
+                     f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
     head = f"{'encoder':<12}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
     lines += ["", head, "-" * len(head)]
     for name, r in report["encoders"].items():

@@ -335,7 +335,11 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
                     rid = w.record_id
                 for name, v in vecs.items():
                     store.put_vector(txn, name, rid, v)
-                store.mark(txn, "pending", [rid])
+                if w.record_id is None:
+                    # New content goes into every FAISS file at commit. An existing record
+                    # only lacked vectors of an encoder new to this index, whose FAISS
+                    # file is built from all stored vectors anyway.
+                    store.mark(txn, "pending", [rid])
 
         store.write(txn_fn)
 

@@ -15,6 +15,7 @@ from relsearch import encoders as _enc  # noqa: E402
 # A real (if crude) encoder for engine tests: colour layout of a 4x4 thumbnail.
 # Registered under a name users never see; the engine treats it like any other.
 _enc.REGISTRY.setdefault("tinycolor", "engine_helpers:load_tinycolor")
+_enc.REGISTRY.setdefault("tinyflip", "engine_helpers:load_tinyflip")
 
 
 @pytest.fixture(autouse=True)

@@ -40,6 +40,19 @@ def load_tinycolor(source: str | None = None, device: str | None = None) -> Tiny
     return TinyColorEncoder(source)
 
 
+class TinyFlipEncoder(TinyColorEncoder):
+    """A second cheap column: the same thumbnail read mirrored."""
+
+    name = "tinyflip"
+
+    def embed(self, images):
+        return TinyColorEncoder.embed(self, [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images])
+
+
+def load_tinyflip(source: str | None = None, device: str | None = None) -> TinyFlipEncoder:
+    return TinyFlipEncoder(source)
+
+
 def make_collection(root: Path, n: int = 12, seed: int = 0, size: int = 32) -> list[Path]:
     """``n`` distinct small PNGs (coloured blocks) under ``root`` and a subfolder."""
     rng = np.random.default_rng(seed)

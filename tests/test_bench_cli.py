@@ -201,6 +201,7 @@ def test_throughput_reports_split_and_ratio(tmp_path):
     assert all(v >= 0 for v in split.values()) and split["embed"] > 0 and split["metadata"] > 0
     assert sum(split.values()) <= t["build"]["seconds"] * 1.05
     assert t["raw_forward"]["images_per_s"] > 0 and t["build_over_raw"] > 0
+    assert 0 < t["forward_share"] <= 1
     q = t["query"]
     assert q["queries"] == 6
     for step in ("decode", "embed", "search", "metadata", "total"):
@@ -266,3 +267,14 @@ def test_throughput_pipelined_encoder_forward_timed(tmp_path, monkeypatch):
     t = json.loads(r.output)["encoders"]["pipedcolor"]
     assert t["raw_forward"]["pipelined"] is True and t["raw_forward"]["embed_pil"]["images_per_s"] > 0
     assert t["build"]["split_s"]["embed"] > 0 and t["build"]["preprocess_overlapped_s"] > 0
+
+
+def test_throughput_threads_recorded_and_restored(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    r = _invoke("throughput", "--encoders", "tinycolor", "--n", "4", "--batch-size", "2", "--queries", "2",
+                "--workers", "1", "--threads", "1", "--results-dir", str(tmp_path / "res"), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["torch_threads"] == 1
+    assert torch.get_num_threads() == before

@@ -225,3 +225,24 @@ def test_vectors_stored_match_encoder(tmp_path):
             np.testing.assert_allclose(v, want, atol=1e-6)
             assert (rec.width, rec.height) == (32, 32)
     assert len(paths) == 5
+
+
+def test_adding_an_encoder_to_an_existing_index(tmp_path):
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    paths = make_collection(root, 6)
+    _build(root, idx)
+    rep = _build(root, idx, encoders="tinyflip")
+    assert rep.encoders == ["tinycolor", "tinyflip"] and (rep.added, rep.unchanged) == (0, 6)
+    m = read_manifest(idx)
+    assert set(m.encoders) == {"tinycolor", "tinyflip"}
+    res = query(str(paths[3]), idx, k=2).results
+    assert set(res) == {"tinycolor", "tinyflip"}
+    assert all(hits[0].path == str(paths[3]) for hits in res.values())
+    with Searcher(idx) as s:
+        assert s.indexes["tinycolor"].ntotal == s.indexes["tinyflip"].ntotal == 6
+    # a new image now gets both vectors
+    Image.new("RGB", (16, 16), (5, 5, 200)).save(root / "blue.png")
+    rep = _build(root, idx)
+    assert rep.added == 1
+    with Searcher(idx) as s:
+        assert s.indexes["tinycolor"].ntotal == s.indexes["tinyflip"].ntotal == 7

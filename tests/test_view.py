@@ -181,8 +181,10 @@ def test_server_answers_posted_image(indexed, tmp_path):
     assert not thread.is_alive()
 
 
-def test_serve_cli_bad_index_is_one_line(tmp_path):
-    r = CliRunner().invoke(app, ["serve", "--index", str(tmp_path / "nope"), "--no-browser", "--port", "0"])
+@pytest.mark.parametrize("verb", ["serve", "view"])
+def test_serve_cli_bad_index_is_one_line(tmp_path, verb):
+    where = ["--index", str(tmp_path / "nope")] if verb == "serve" else [str(tmp_path / "nope")]
+    r = CliRunner().invoke(app, [verb, *where, "--no-browser", "--port", "0"])
     assert r.exit_code == 2
     assert r.output.strip().count("\n") == 0 and "no index at" in r.output
 
@@ -194,10 +196,49 @@ def test_served_page_renders_in_chromium(indexed, tmp_path):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        dom = _chromium(["--dump-dom", server.url], tmp_path)
+        # console messages reach stderr with logging on: a script error would show as "Uncaught"
+        dom = _chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", server.url], tmp_path)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'id="drop"' in dom.stdout and "14 images" in dom.stdout
+    assert "Uncaught" not in dom.stderr, [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+
+
+def test_serve_cli_binds_loopback_and_serves(indexed, monkeypatch):
+    import time
+
+    import relsearch.view.server as server_mod
+
+    coll, index, paths = indexed
+    made = []
+    real = server_mod.make_server
+
+    def capture(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(server_mod, "make_server", capture)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault(
+        "r", CliRunner().invoke(app, ["serve", "--index", str(index), "--port", "0", "--no-browser", "-k", "3"])),
+        daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not made and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made, "server did not start"
+    server = made[0]
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        status, body, _ = _request(server.url)
+        assert status == 200 and b"14 images" in body
+        status, body, _ = _request(server.url + "query", Path(paths[0]).read_bytes())
+        assert status == 200 and len(json.loads(body)["result"]["results"]["tinycolor"]) == 3
+    finally:
+        server.shutdown()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert result["r"].exit_code == 0 and f"at {server.url}" in result["r"].output

@@ -100,6 +100,7 @@ def throughput_cmd(
     queries: int = typer.Option(100, "--queries", min=1, help="Queries timed one at a time."),
     k: int = typer.Option(10, "-k", "--k", min=1),
     workers: int | None = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's)."),
     device: str | None = typer.Option(None, "--device"),
     results_dir: Path | None = ResultsOpt,
     as_json: bool = JsonOpt,
@@ -107,7 +108,8 @@ def throughput_cmd(
     """Images/s of embedding, build-index time by phase, query latency by step."""
     tp = _bench_module("throughput")
     report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
-                               workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR)
+                               workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR,
+                               threads=threads)
     if as_json:
         print_json(report)
         return

@@ -110,7 +110,9 @@ class ViewApp:
 
     def page(self) -> str:
         kinds = {n: e.kind for n, e in self.searcher.encoders.items()}
-        return page_html(str(self.index), kinds, self.searcher.opened.store.count("records"), self.k)
+        with self.lock:
+            count = self.searcher.opened.store.count("records")
+        return page_html(str(self.index), kinds, count, self.k)
 
     def record_path(self, record_id: int) -> str | None:
         with self.lock:
