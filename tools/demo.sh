@@ -11,6 +11,7 @@ if [ ! -f "$ex/collection/labels.jsonl" ]; then
   $rs compose --out "$ex/collection" --split test --grouped --groups 6 --per-family 1 --seed 0 >/dev/null
   $rs compose --out "$ex/queries" --split test --per-family 1 --seed 1 >/dev/null
 fi
+rm -rf indexes/example  # the demo always shows a fresh build with the installed weights
 $rs build-index "$ex/collection" --index indexes/example
 query=$(.venv/bin/python -c 'import json,sys; print(next(r["path"] for r in map(json.loads, open(sys.argv[1])) if r["family"] == "orbit"))' "$ex/queries/labels.jsonl")
 $rs query "$ex/queries/$query" -k 10 --index indexes/example --html "$ex/result.html" --sheet "$ex/result.png"

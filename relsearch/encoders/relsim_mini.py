@@ -49,11 +49,13 @@ class RelsimMiniConfig:
 
     image_size: int = 224
     #: blocks [0, trunk_blocks) are frozen and cacheable; the rest carry LoRA.
-    trunk_blocks: int = 15
+    #: 12 adapts the last four (7x7) blocks: measured +0.09 precision@10 over
+    #: adapting the last block alone, for about twice the training step time.
+    trunk_blocks: int = 12
     lora_rank: int = 8
-    #: which pointwise convs of each adapted block get LoRA. The last projection
-    #: alone keeps backprop out of the rest of the block (the CPU budget).
-    lora_convs: tuple[str, ...] = ("_project_conv",)
+    #: which pointwise convs of each adapted block get LoRA (``_project_conv``
+    #: alone keeps backprop out of the rest of the block: cheaper, weaker).
+    lora_convs: tuple[str, ...] = ("_expand_conv", "_project_conv")
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     d_model: int = 256
@@ -363,6 +365,7 @@ class RelsimMiniEncoder:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
         tmp = out / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp), metadata={"architecture": ARCHITECTURE})
+        tmp.chmod(0o644)  # safetensors creates the file owner-only; weights are package data
         tmp.replace(out / WEIGHTS_NAME)
         cfg = {"architecture": ARCHITECTURE, **asdict(self.config)}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -419,13 +422,15 @@ class RelsimMiniEncoder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [self.embed_preprocessed(self.preprocess(images[i : i + self.batch_size]))
+                 for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(parts, 0)
+
+    def embed_preprocessed(self, x: torch.Tensor) -> np.ndarray:
+        """Unit vectors for a batch from :meth:`preprocess` (the build runs that one batch ahead)."""
         self._ready_for_inference()
-        parts = []
         with torch.inference_mode(), self._autocast():
-            for i in range(0, len(images), self.batch_size):
-                x = self.preprocess(images[i : i + self.batch_size]).to(self.device)
-                parts.append(self.model(x).float().cpu().numpy())
-        return l2_normalize(np.concatenate(parts, 0))
+            return l2_normalize(self.model(x.to(self.device)).float().cpu().numpy())
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Captions into the same 384-d space (all-MiniLM-L6-v2)."""

@@ -53,6 +53,10 @@ class MiniLMTextEncoder:
         path = minilm_dir()
         self.device = pick_device(device)
         self.batch_size = batch_size
+        from transformers.utils import logging as hf_logging
+
+        # A 90 MB local file loads in a blink; its progress bar would only clutter query output.
+        hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).to(self.device).eval()
         for p in self.model.parameters():
