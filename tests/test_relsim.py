@@ -402,3 +402,31 @@ def test_cli_end_to_end_three_columns(release, tmp_path):
     table = runner.invoke(app, ["query", str(paths[1]), "-k", "3", "--index", str(idx)]).stdout
     header = next(line for line in table.splitlines() if line.startswith("rank"))
     assert header.index("relsim") < header.index("clip") and "dino" in header
+
+
+def test_trainer_fine_tunes_relsim_into_a_loadable_release(release, images, tmp_path):
+    """`relsearch train --encoder relsim@DIR` runs the shared trainer and writes the release layout."""
+    import json
+
+    from relsearch.train.cli import main
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    caps = ["{Object} nested inside {Container}", "the same {Object} repeated in a row, growing at every step",
+            "{Object} facing its own reflection across a central line", "{Object}s piled on top of one another"]
+    with open(data / "captions.jsonl", "w") as f:
+        for i, (im, c) in enumerate(zip(images, caps)):
+            im.save(data / "images" / f"{i}.png")
+            f.write(json.dumps({"image": f"images/{i}.png", "caption": c}) + "\n")
+    out = tmp_path / "out"
+    rc = main(["--data", str(data / "captions.jsonl"), "--encoder", f"relsim@{release}", "--out", str(out),
+               "--steps", "3", "--batch-size", "4", "--cache-views", "0", "--no-progress", "--device", "cpu",
+               "--lr", "1e-2"])
+    assert rc == 0
+    for name in ("adapter_config.json", "adapter_model.safetensors", "projection_and_config.pt"):
+        assert (out / name).is_file(), name
+    before = R.load(str(release), device="cpu")
+    after = R.load(str(out), device="cpu")
+    assert after.fingerprint != before.fingerprint
+    va, vb = after.embed(images[:2]), before.embed(images[:2])
+    assert va.shape == (2, 384) and not np.allclose(va, vb, atol=1e-4)
