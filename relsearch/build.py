@@ -118,13 +118,17 @@ def _resolve_encoders(
 
 
 def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: Path,
-                   device: str | None) -> list[Encoder]:
-    encoders = [get_encoder(spec, device=device) for spec in specs]
-    if manifest:
-        for spec, enc in zip(specs, encoders):
-            entry = manifest.encoders.get(spec.name)
-            if entry is not None:
-                check_fingerprint(entry, enc.fingerprint, index)
+                   opts: BuildOptions) -> list[Encoder]:
+    """Load weights and check them (fingerprints, --index-spec) before anything is written."""
+    from relsearch.index import check_spec
+
+    encoders = [get_encoder(spec, device=opts.device) for spec in specs]
+    for spec, enc in zip(specs, encoders):
+        entry = manifest.encoders.get(spec.name) if manifest else None
+        if entry is not None:
+            check_fingerprint(entry, enc.fingerprint, index)
+        if opts.index_spec:
+            check_spec(opts.index_spec, enc.dim)
     return encoders
 
 
@@ -180,7 +184,7 @@ def build_index(
     specs = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
     # A plain rebuild of an existing index loads no model unless there is work to do;
     # otherwise weights load (and their fingerprints are checked) before anything is written.
-    encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts.device)
+    encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts)
     report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[s.name for s in specs])
     report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
     report.seconds["scan"] = time.perf_counter() - t0
@@ -234,7 +238,7 @@ def _update(
         report.seconds["diff"] = time.perf_counter() - t
         return
     if encoders is None:
-        encoders = _load_encoders(specs, manifest, index_path, opts.device)
+        encoders = _load_encoders(specs, manifest, index_path, opts)
 
     hashes = _hash_many([f.path for f in candidates], workers=4)
     work: dict[str, _Work] = {}

@@ -165,3 +165,20 @@ def test_end_to_end_with_real_imagenet_encoder(tmp_path):
     hits = res["results"]["imagenet"]
     assert len(hits) == 6 and hits[0]["path"] == str(paths[4]) and hits[0]["score"] > 0.99
     assert hits[-1]["score"] < hits[0]["score"]
+
+
+def test_bad_index_spec_fails_before_anything_is_written(built):
+    root, idx, _, _ = built
+    snap = _snapshot(idx)
+    make_collection(root / "more", 2, seed=42)  # there is work to do, so a late failure would write
+    _assert_one_line_error(run("build-index", root, "--index", idx, "--index-spec", "Garbage42"),
+                           "invalid FAISS index spec")
+    assert _snapshot(idx) == snap
+
+
+def test_bad_index_spec_on_a_new_index_creates_nothing(tmp_path):
+    root = tmp_path / "col"
+    make_collection(root, 2)
+    _assert_one_line_error(run("build-index", root, "--index", tmp_path / "new", "--encoders", "tinycolor",
+                               "--index-spec", "Garbage42"), "invalid FAISS index spec")
+    assert not (tmp_path / "new").exists()

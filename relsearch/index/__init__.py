@@ -5,7 +5,7 @@ faiss itself is imported on first use (see ``relsearch.index._faiss``).
 
 from __future__ import annotations
 
-from relsearch.index.faiss_index import VectorIndex, rerank_exact
+from relsearch.index.faiss_index import VectorIndex, check_spec, rerank_exact
 from relsearch.index.metrics import exact_search, recall_at
 from relsearch.index.spec import IndexConfig, auto_nlist, auto_pq, auto_spec, train_size
 
@@ -15,6 +15,7 @@ __all__ = [
     "auto_nlist",
     "auto_pq",
     "auto_spec",
+    "check_spec",
     "exact_search",
     "recall_at",
     "rerank_exact",

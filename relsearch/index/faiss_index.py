@@ -580,6 +580,16 @@ class VectorIndex:
         return f"VectorIndex(spec={self._spec!r}, ntotal={self.ntotal}, dim={self.dim}, nprobe={self._nprobe}, rerank={self._rerank})"
 
 
+def check_spec(spec: str, d: int) -> None:
+    """Raise a one-line :class:`RelsearchError` now if ``spec`` cannot index ``d``-dim vectors.
+
+    The engine calls this before it writes anything, so a typo in ``--index-spec``
+    never costs an embedding run or touches an index.
+    """
+    if spec.lower() != "auto":
+        _make_index(_faiss.import_faiss(), d, spec)
+
+
 # ---------------------------------------------------------------- helpers
 def _make_index(faiss: Any, d: int, spec: str) -> Any:
     try:
