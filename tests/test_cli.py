@@ -182,3 +182,19 @@ def test_bad_index_spec_on_a_new_index_creates_nothing(tmp_path):
     _assert_one_line_error(run("build-index", root, "--index", tmp_path / "new", "--encoders", "tinycolor",
                                "--index-spec", "Garbage42"), "invalid FAISS index spec")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["query", "x.png", "-k", "0"], "greater than or equal to 1"),
+    (["build-index"], "Missing argument"),
+    (["nosuch"], "No such command"),
+    (["build-index", ".", "--bogus"], "No such option"),
+])
+def test_console_entry_point_usage_errors_are_one_line(argv, needle, capsys):
+    from relsearch.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err

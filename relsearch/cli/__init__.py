@@ -1,11 +1,37 @@
 """Command-line interface: ``relsearch`` (see ``relsearch --help``)."""
 
+from __future__ import annotations
+
+import sys
+
+import typer
+
 from relsearch.cli import bench, core, train, view  # noqa: F401  (register commands)
 from relsearch.cli.app import app
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors too are one line on stderr and exit code 2."""
+    try:  # typer vendors click from 0.2x on; older releases use click itself
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:  # bare `relsearch` / `relsearch bench`: help, as asked
+        text = exc.format_message()  # typer's rich help has printed itself already; plain help has not
+        if text and text.strip():
+            print(text)
+        code = 0
+    except click.UsageError as exc:
+        where = f"relsearch {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "relsearch"
+        print(f"error: {' '.join(exc.format_message().split())} (see: {where} --help)", file=sys.stderr)
+        code = exc.exit_code
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]
