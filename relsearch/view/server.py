@@ -31,6 +31,7 @@ from relsearch.view.html import (
     THUMB_PX,
     encode_jpeg,
     jpeg_data_uri,
+    mtime_ns,
     render_query,
     render_rows,
     thumbnail_jpeg,
@@ -178,7 +179,7 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
                 if path is None:
                     self._json(404, {"error": "no such image in this index"})
                 elif parts[0] == "thumb":
-                    data = thumbnail_jpeg(path, THUMB_PX, _mtime(path))
+                    data = thumbnail_jpeg(path, THUMB_PX, mtime_ns(path))
                     if data is None:
                         self._json(404, {"error": f"{path} cannot be read"})
                     else:
@@ -225,13 +226,6 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
                 self._json(400, {"error": str(exc)})
 
     return Handler
-
-
-def _mtime(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return 0
 
 
 def make_server(
