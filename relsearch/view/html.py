@@ -72,7 +72,7 @@ def thumbnail_jpeg(path: str, size: int = THUMB_PX, mtime_ns: int = 0) -> bytes 
         return None
 
 
-def mtime_ns(path: str) -> int:
+def file_mtime_ns(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
@@ -85,7 +85,7 @@ def jpeg_data_uri(data: bytes) -> str:
 
 def file_data_uri(path: str, size: int = THUMB_PX) -> str:
     """Thumbnail of ``path`` as a data URI (a grey placeholder when unreadable)."""
-    data = thumbnail_jpeg(path, size, mtime_ns(path))
+    data = thumbnail_jpeg(path, size, file_mtime_ns(path))
     return jpeg_data_uri(data) if data is not None else MISSING_SRC
 
 

@@ -30,8 +30,8 @@ from relsearch.view.html import (
     STYLE,
     THUMB_PX,
     encode_jpeg,
+    file_mtime_ns,
     jpeg_data_uri,
-    mtime_ns,
     render_query,
     render_rows,
     thumbnail_jpeg,
@@ -179,7 +179,7 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
                 if path is None:
                     self._json(404, {"error": "no such image in this index"})
                 elif parts[0] == "thumb":
-                    data = thumbnail_jpeg(path, THUMB_PX, mtime_ns(path))
+                    data = thumbnail_jpeg(path, THUMB_PX, file_mtime_ns(path))
                     if data is None:
                         self._json(404, {"error": f"{path} cannot be read"})
                     else:
