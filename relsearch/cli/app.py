@@ -31,6 +31,10 @@ app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Options several commands share, defined once so their flags and help read the same everywhere.
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
+ColumnsOpt = typer.Option(None, "--encoders", help="Only these columns of the index.")
+
 
 def user_errors(func: F) -> F:
     """Turn :class:`RelsearchError` into one line on stderr and exit code 2."""

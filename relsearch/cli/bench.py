@@ -12,10 +12,9 @@ from typing import Any
 
 import typer
 
-from relsearch.cli.app import bench_app, print_json, user_errors
+from relsearch.cli.app import JsonOpt, bench_app, print_json, user_errors
 from relsearch.errors import RelsearchError
 
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
 ResultsOpt = typer.Option(None, "--results-dir",
                           help="Where the JSON + PNG go (default: benchmarks/results of the checkout).")
 

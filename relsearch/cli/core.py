@@ -7,12 +7,11 @@ from pathlib import Path
 
 import typer
 
-from relsearch.cli.app import app, print_json, user_errors
+from relsearch.cli.app import ColumnsOpt, JsonOpt, app, print_json, user_errors
 from relsearch.errors import RelsearchError
 
 IndexOpt = typer.Option(None, "--index", help="Index directory (default: indexes/<name of DIR>).")
 EncodersOpt = typer.Option(None, "--encoders", help="Comma-separated encoders, each NAME or NAME@SOURCE.")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
 
 
 @app.command("build-index")
@@ -58,7 +57,7 @@ def query_cmd(
     image: Path | None = typer.Argument(None, help="Query image (may be outside the collection)."),
     k: int = typer.Option(20, "-k", "--k", min=1, help="Neighbours per encoder."),
     index: Path | None = IndexOpt,
-    encoders: str | None = typer.Option(None, "--encoders", help="Only these columns of the index."),
+    encoders: str | None = ColumnsOpt,
     text: str | None = typer.Option(None, "--text", help="Search the relational columns with an anonymous caption."),
     html: Path | None = typer.Option(None, "--html", help="Also write an HTML page of the result."),
     sheet: Path | None = typer.Option(None, "--sheet", help="Also write a PNG contact sheet of the result."),

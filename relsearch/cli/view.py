@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from relsearch.cli.app import app, user_errors
+from relsearch.cli.app import ColumnsOpt, app, user_errors
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -35,7 +35,6 @@ def run_server(index: Path, host: str, port: int, k: int, encoders: str | None, 
 HostOpt = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default).")
 PortOpt = typer.Option(8765, "--port", min=0, max=65535, help="Port (0 picks a free one).")
 KOpt = typer.Option(20, "-k", "--k", min=1, max=200, help="Neighbours per encoder.")
-EncOpt = typer.Option(None, "--encoders", help="Only these columns of the index.")
 NoBrowserOpt = typer.Option(False, "--no-browser", help="Do not open a browser window.")
 
 
@@ -46,7 +45,7 @@ def view_cmd(
     host: str = HostOpt,
     port: int = PortOpt,
     k: int = KOpt,
-    encoders: str | None = EncOpt,
+    encoders: str | None = ColumnsOpt,
     device: str | None = typer.Option(None, "--device"),
     no_browser: bool = NoBrowserOpt,
 ) -> None:
@@ -61,7 +60,7 @@ def serve_cmd(
     host: str = HostOpt,
     port: int = PortOpt,
     k: int = KOpt,
-    encoders: str | None = EncOpt,
+    encoders: str | None = ColumnsOpt,
     device: str | None = typer.Option(None, "--device"),
     no_browser: bool = NoBrowserOpt,
 ) -> None:
