@@ -104,6 +104,7 @@ def plan_shards(
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     n = len(ids)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     return [
         ShardJob(trained, os.path.join(os.fspath(workdir), f"shard{i:05d}.faiss"), ids[s : s + shard_rows],
                  vectors[s : s + shard_rows])
@@ -166,7 +167,6 @@ def build_sharded(
     process, one after another). Shard files are written under ``workdir``
     and deleted after the merge.
     """
-    Path(workdir).mkdir(parents=True, exist_ok=True)
     trained = write_trained(trained_index, os.path.join(os.fspath(workdir), "trained.faiss"))
     jobs = plan_shards(trained, ids, vectors, workdir, shard_rows)
     files = list(executor.map(build_shard, jobs)) if executor is not None else [build_shard(j) for j in jobs]
