@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-
 from engine_helpers import run_cli
+from PIL import Image, ImageDraw
 
 from relsearch.corpus import FAMILIES, TEMPLATES, ArtLibrary, compose, split_of
 from relsearch.corpus.art import EMOJI_FONTS, OPENCLIPART_DIR, export_emoji_art, load_object

@@ -169,8 +169,9 @@ def _argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_main_trains_a_few_steps_and_loss_falls(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from relsearch.encoders.relsim_mini import load
     from engine_helpers import run_cli
+
+    from relsearch.encoders.relsim_mini import load
 
     data = make_scene_set(tmp_path / "data", n=16)
     out = tmp_path / "run"

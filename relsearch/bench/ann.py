@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR
 from relsearch.errors import RelsearchError
 from relsearch.index import IndexConfig, VectorIndex, recall_at
 from relsearch.index._faiss import import_faiss
 
-from relsearch.bench import RESULTS_DIR
 #: Exact one-query-at-a-time search on 1M vectors takes ~0.1-0.3 s per query, so
 #: it is timed on as many queries as fit in this budget (at least 5).
 EXACT_SINGLE_BUDGET_S = 20.0

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 
-
 def _compare(ref, other) -> dict[str, float]:
     import numpy as np
 
