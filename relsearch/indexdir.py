@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from relsearch.atomic import atomic_write_bytes
 from relsearch.errors import IndexMismatchError, RelsearchError
 from relsearch.store import SCHEMA_VERSION, Store
 
@@ -83,22 +83,6 @@ class Manifest:
             return cls(**{**d, "encoders": encs})
         except (KeyError, TypeError) as exc:
             raise RelsearchError(f"corrupt manifest: missing or unexpected field ({exc})") from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_manifest(index: Path) -> Manifest:
