@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -180,3 +180,30 @@ def open_index(path: str | os.PathLike[str]) -> OpenIndex:
     manifest = read_manifest(index)
     store = Store.open(index / STORE_DIR, readonly=True)
     return OpenIndex(index, manifest, store, store.generation)
+
+
+def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an index holds: collection, counts, encoders, FAISS specs, sizes on disk."""
+    with open_index(index) as opened:
+        m = opened.manifest
+        size = sum(f.stat().st_size for f in Path(index).rglob("*") if f.is_file())
+        return {
+            "index": str(index),
+            "collection": m.collection,
+            "schema_version": m.schema_version,
+            "generation": opened.generation,
+            "images": opened.store.count("records"),
+            "paths": opened.store.count("paths"),
+            "bytes_on_disk": size,
+            "encoders": {name: asdict(e) for name, e in m.encoders.items()},
+            "packages": m.packages,
+            "updated": m.updated,
+        }
+
+
+def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
+    """Index directories directly under ``root`` (the default ``indexes/`` home)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists())

@@ -25,7 +25,7 @@ import numpy as np
 
 from relsearch.bench import RESULTS_DIR
 from relsearch.errors import RelsearchError
-from relsearch.train.metrics import NONE_FAMILY, neighbours, retrieval_report
+from relsearch.retrieval_metrics import NONE_FAMILY, neighbours, retrieval_report
 
 #: GPT-4o-judged relational similarity scores (0-10) reported in the relsim paper, for context
 #: beside this benchmark's family precision (a different, label-based measure).

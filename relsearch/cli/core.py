@@ -90,7 +90,7 @@ def query_cmd(
 
 def _only_index() -> Path:
     """With no --index: the single index under ./indexes, else a clear message."""
-    from relsearch.query import find_indexes
+    from relsearch.indexdir import find_indexes
 
     found = find_indexes(Path.cwd() / "indexes")
     if len(found) == 1:
@@ -132,7 +132,7 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """What indexes exist, how big, which encoders."""
-    from relsearch.query import find_indexes, index_info
+    from relsearch.indexdir import find_indexes, index_info
 
     targets = [index] if index is not None else find_indexes(Path.cwd() / "indexes")
     if index is None and not targets:

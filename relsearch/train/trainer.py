@@ -352,7 +352,7 @@ def validate(image_emb: np.ndarray, records: list[CaptionRecord], text_emb: np.n
         report[f"i2t_recall@{kk}"] = float(np.take_along_axis(positive, top, 1).any(1).mean())
     families = [r.family for r in records]
     if all(families):
-        from relsearch.train import metrics
+        from relsearch import retrieval_metrics as metrics
 
         objects = [r.objects for r in records]
         rel = metrics.retrieval_report(image_emb, families, objects if all(objects) else None, k=k)
