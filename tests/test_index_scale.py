@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from benchmarks.synthetic import clustered_with_queries
+from relsearch.bench.synthetic import clustered_with_queries
 from relsearch.errors import RelsearchError
 from relsearch.index import exact_search, recall_at
 from relsearch.index._faiss import import_faiss

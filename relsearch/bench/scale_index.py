@@ -19,7 +19,7 @@ Peak RSS counts every resident page, file-backed ones too (a memory-mapped
 list that a query touched is resident while the cache keeps it); the anonymous
 (private) peak is reported beside it, sampled every 50 ms.
 
-    python -m benchmarks.scale --n 4000000 --queries 1000 --work /data/scale4m
+    python -m relsearch.bench.scale_index --n 4000000 --queries 1000 --work /data/scale4m
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR
 from relsearch.errors import RelsearchError
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 #: Single-query timing is cut off after this many seconds (at least 5 queries).
 SINGLE_BUDGET_S = 15.0
 
@@ -87,8 +87,8 @@ def _peak_rss() -> int:
 
 # ----------------------------------------------------------------- data
 def synthetic_to_disk(out_dir: str, n: int, n_queries: int, d: int, seed: int = 0, chunk: int = 250_000) -> tuple[str, str]:
-    """Clustered unit vectors (``benchmarks.synthetic``'s mixture) written in chunks to ``.npy`` files."""
-    from benchmarks import synthetic
+    """Clustered unit vectors (``relsearch.bench.synthetic``'s mixture) written in chunks to ``.npy`` files."""
+    from relsearch.bench import synthetic
 
     os.makedirs(out_dir, exist_ok=True)
     base_path, query_path = os.path.join(out_dir, "base.npy"), os.path.join(out_dir, "queries.npy")
@@ -225,7 +225,7 @@ def _phase_query(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _child(phase: str, **kw: Any) -> dict[str, Any]:
-    args = [sys.executable, "-m", "benchmarks.scale", "--phase", phase]
+    args = [sys.executable, "-m", "relsearch.bench.scale_index", "--phase", phase]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -259,7 +259,7 @@ def run_scale(
     t0 = time.perf_counter()
     if base is None:
         base, queries = synthetic_to_disk(os.path.join(work, "data"), n, n_queries, d)
-        source = f"synthetic clustered (benchmarks.synthetic mixture), n={n}, d={d}"
+        source = f"synthetic clustered (relsearch.bench.synthetic mixture), n={n}, d={d}"
     elif queries is None:
         raise RelsearchError("--base needs --queries")
     else:
@@ -370,7 +370,7 @@ def _plot(r: dict[str, Any], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m relsearch.bench.scale_index", description=__doc__.splitlines()[0])
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     for name in ("base", "queries", "trained", "out", "ivfdata", "workdir", "truth", "store"):
         p.add_argument(f"--{name}", default=None)

@@ -11,7 +11,7 @@ package's sentences) is a base vector. Both sets are embedded with the
 project's own MiniLM text tower and cached as .npy, with the sentences beside
 them as text for inspection.
 
-    python -m benchmarks.text_vectors --n 100000 --queries 2000 --out /work/coord/data/i10a/prose100k
+    python -m relsearch.bench.text_vectors --n 100000 --queries 2000 --out /work/coord/data/i10a/prose100k
 """
 
 from __future__ import annotations
