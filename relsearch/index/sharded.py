@@ -167,6 +167,7 @@ def build_sharded(
     process, one after another). Shard files are written under ``workdir``
     and deleted after the merge.
     """
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     trained = write_trained(trained_index, os.path.join(os.fspath(workdir), "trained.faiss"))
     jobs = plan_shards(trained, ids, vectors, workdir, shard_rows)
     files = list(executor.map(build_shard, jobs)) if executor is not None else [build_shard(j) for j in jobs]
