@@ -249,7 +249,7 @@ def run_scale(
     results_dir: str = RESULTS_DIR,
 ) -> dict[str, Any]:
     """Build both layouts under ``work`` and compare them; writes ``scale_index.{json,png}``."""
-    from relsearch.index import auto_nlist
+    from relsearch.index import auto_nlist, train_size
     from relsearch.index._faiss import import_faiss
     from relsearch.index.refine import write_refine_store
     from relsearch.index.sharded import write_trained
@@ -285,7 +285,7 @@ def run_scale(
     ivf.cp.spherical = True
     if hasattr(ivf, "do_polysemous_training"):
         ivf.do_polysemous_training = False
-    n_train = min(n, max(64 * ivf.nlist, 100_000))
+    n_train = train_size(n, ivf.nlist)  # the engine's own training-sample rule
     rows = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
     index.train(np.ascontiguousarray(xb[rows]))
     trained = write_trained(index, os.path.join(work, "trained.faiss"))

@@ -28,7 +28,9 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -190,7 +192,7 @@ def write_updated_store(
     old_ids = previous.resident_ids()
     keep = ~np.isin(old_ids, np.concatenate([remove, add_ids]))
     kept_rows = np.flatnonzero(keep)
-    source = _Concat([previous.vectors, np.asarray(add_vectors, dtype=np.float32).reshape(len(add_ids), -1)])
+    source = _Concat([previous.vectors, np.asarray(add_vectors, dtype=np.float32).reshape(len(add_ids), previous.dim)])
     rows = np.concatenate([kept_rows, previous.n + np.arange(len(add_ids))])
     ids = np.concatenate([old_ids[kept_rows], add_ids])
     return write_refine_store(path, ids, _Rows(source, rows))
@@ -215,3 +217,36 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def write_generation_store(
+    index: Any,
+    faiss_file: str | os.PathLike[str],
+    previous_faiss_file: str | os.PathLike[str] | None,
+    *,
+    rebuilt: tuple[np.ndarray, np.ndarray] | None,
+    removed: np.ndarray,
+    added: np.ndarray,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    all_vectors: Callable[[], tuple[np.ndarray, np.ndarray]],
+) -> Path | None:
+    """Write the refine store of the generation whose FAISS file is ``faiss_file``.
+
+    Only an index that re-ranks gets one. ``rebuilt`` is ``(ids, vectors)`` when
+    the index was just built from them; otherwise the previous generation's
+    store is carried over less ``removed`` plus ``added`` (whose vectors come
+    from ``vectors_of``), or, when there is none, written from ``all_vectors()``.
+    Returns the path written, or None.
+    """
+    if not getattr(index, "rerank", 0):
+        return None
+    path = refine_path(faiss_file)
+    if rebuilt is not None:
+        return write_refine_store(path, *rebuilt)
+    old = refine_path(previous_faiss_file) if previous_faiss_file is not None else None
+    if old is not None and old.exists():
+        previous = RefineStore(old)
+        added = np.asarray(added, dtype=np.int64)
+        new_vecs = vectors_of(added) if len(added) else np.zeros((0, previous.dim), np.float32)
+        return write_updated_store(path, previous, removed, added, new_vecs)
+    return write_refine_store(path, *all_vectors())

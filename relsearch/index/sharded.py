@@ -125,7 +125,7 @@ def merge_on_disk(trained: str, shard_files: list[str], ivfdata: str | os.PathLi
     ivf = faiss.extract_index_ivf(index)
     if index.ntotal:
         raise ValueError("the trained index must be empty")
-    if _is_fast_scan(faiss, ivf):
+    if is_fast_scan(ivf):
         raise RelsearchError(
             f"on-disk inverted lists hold plain codes; {type(ivf).__name__} packs them in blocks "
             "(use an IVF-PQ spec without 'fs')"
@@ -148,8 +148,10 @@ def merge_on_disk(trained: str, shard_files: list[str], ivfdata: str | os.PathLi
     return index
 
 
-def _is_fast_scan(faiss: Any, ivf: Any) -> bool:
-    return isinstance(faiss.downcast_index(ivf), getattr(faiss, "IndexIVFFastScan", ()))
+def is_fast_scan(ivf: Any) -> bool:
+    """Whether the IVF index ``ivf`` packs its codes in fast-scan blocks."""
+    faiss = _faiss.import_faiss()
+    return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
 
 
 def build_sharded(
@@ -175,10 +177,10 @@ def build_sharded(
         return merge_on_disk(trained, files, ivfdata)
     finally:
         for f in [*files, trained]:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(f)
-            except OSError:
-                pass
+        with contextlib.suppress(OSError):
+            os.rmdir(workdir)  # only if empty: a caller's own folder with other files stays
 
 
 def ivfdata_path(faiss_file: str | os.PathLike[str]) -> Path:
@@ -241,3 +243,61 @@ def quiet_stdout() -> Iterator[None]:
                 os.dup2(saved, 1)
     finally:
         os.close(saved)
+
+
+def rewrite_on_disk(
+    index: Any, ivfdata: str | os.PathLike[str], remove_ids: np.ndarray, add_ids: np.ndarray,
+    add_vectors: np.ndarray,
+) -> Any:
+    """A new on-disk index in ``ivfdata``: ``index``'s lists less ``remove_ids``, plus the added vectors.
+
+    The lists of ``index`` are only read (other processes may be serving them).
+    FAISS can grow or shrink on-disk lists in place, but re-slotting a list
+    while the file is re-mapped returned wrong ids in our tests (faiss 1.15), so
+    a new generation is always written whole: each old list is read through the
+    map, filtered, and merged with a shard holding the new vectors.
+    """
+    faiss = _faiss.import_faiss()
+    ivf = faiss.extract_index_ivf(index)
+    remove = np.unique(np.asarray(remove_ids, dtype=np.int64))
+    kept = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    cs = int(ivf.code_size)
+    for lst in range(ivf.nlist):
+        size = ivf.invlists.list_size(lst)
+        if not size:
+            continue
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size).copy()
+        codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(lst), size * cs).copy().reshape(size, cs)
+        keep = ~np.isin(ids, remove) if len(remove) else np.ones(size, bool)
+        if keep.any():
+            ids, codes = np.ascontiguousarray(ids[keep]), np.ascontiguousarray(codes[keep])
+            kept.add_entries(lst, len(ids), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+    fresh = _empty_copy(index)
+    if len(add_ids):
+        fresh.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32),
+                           np.ascontiguousarray(add_ids, dtype=np.int64))
+    out_index = _empty_copy(index)
+    out_ivf = faiss.extract_index_ivf(out_index)
+    lists = faiss.InvertedListsPtrVector()
+    lists.push_back(kept)
+    lists.push_back(faiss.extract_index_ivf(fresh).invlists)
+    with quiet_stdout():
+        out = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, os.path.abspath(ivfdata))
+        ntotal = out.merge_from_multiple(lists.data(), lists.size(), False, False)
+    out_ivf.replace_invlists(out, True)
+    out.this.disown()
+    out_ivf.ntotal = out_index.ntotal = ntotal
+    del kept, fresh
+    return out_index
+
+
+def _empty_copy(index: Any) -> Any:
+    """The trained quantizers of ``index`` with empty in-memory lists."""
+    faiss = _faiss.import_faiss()
+    copy = faiss.deserialize_index(faiss.serialize_index(index))
+    ivf = faiss.extract_index_ivf(copy)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns (and frees) them now
+    ivf.ntotal = copy.ntotal = 0
+    return copy
