@@ -244,3 +244,21 @@ def test_fast_scan_spec_on_disk_refused_up_front() -> None:
         check_spec("ondisk:IVF4,PQ8x4fs", 32)
     with pytest.raises(RelsearchError, match="prefix"):
         check_spec("cloud:IVF4,PQ8", 32)
+
+
+def test_bench_scale_compares_layouts(tmp_path) -> None:
+    import json
+
+    from engine_helpers import run_cli
+
+    res = tmp_path / "res"
+    code = run_cli("bench", "scale", "--work", str(tmp_path / "w"), "--n", "4000", "--n-queries", "50", "--d", "16",
+                   "--spec", "IVF16,PQ4", "--nprobe", "8", "--rerank", "50", "--shard-rows", "1500",
+                   "--workers", "2", "--results-dir", str(res))
+    assert code == 0
+    r = json.loads((res / "scale_index.json").read_text())
+    assert (res / "scale_index.png").stat().st_size > 0
+    assert r["build"]["ondisk"]["shards"] == 3 and r["n"] == 4000
+    q = r["query"]
+    assert q["ondisk"]["recall_at_10"] > 0.8 and abs(r["recall_gap"]) <= 0.005
+    assert r["bytes"]["ondisk_ivfdata"] > 0 and all(q[k]["peak_rss"] > 0 for k in q)

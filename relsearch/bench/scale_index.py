@@ -405,3 +405,21 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The report as a small text table, one row per layout."""
+    mib = 1 << 20
+    lines = [
+        f"{r['spec']}  N={r['n']:,} d={r['d']}  nprobe={r['nprobe']} rerank={r['rerank']}  ({r['source']})",
+        f"{'layout':8} {'recall@10':>9} {'QPS batch':>10} {'QPS 1':>8} {'build s':>8} {'build RSS':>10} "
+        f"{'query RSS':>10} {'on disk':>9}",
+    ]
+    for k in ("memory", "ondisk"):
+        q, b = r["query"][k], r["build"][k]
+        lines.append(
+            f"{k:8} {q['recall_at_10']:9.4f} {q['batched_qps']:10.0f} {q['single_qps']:8.0f} {b['build_s']:8.1f} "
+            f"{b['peak_rss'] / mib:8.0f}Mi {q['peak_rss'] / mib:8.0f}Mi {r['bytes'][k] / mib:7.0f}Mi"
+        )
+    lines.append(f"training {r['timings_s']['train']:.1f} s on {r['train_on']:,} vectors (shared by both layouts)")
+    return "\n".join(lines)
