@@ -306,6 +306,15 @@ class VectorIndex:
         """The memory-mapped raw vectors this index re-ranks with, when it has them."""
         return self._store
 
+    def attach_refine_store(self, path: str | os.PathLike[str]) -> None:
+        """Re-rank from the refine store at ``path`` (as :meth:`load` does for the store beside the file)."""
+        store = refine.RefineStore(path)
+        if store.n != self.ntotal or store.dim != self.dim:
+            raise RelsearchError(
+                f"refine store {path} holds {store.n} x {store.dim} vectors, the index {self.ntotal} x {self.dim}"
+            )
+        self._store = store
+
     def bytes_per_vector(self) -> dict[str, float]:
         """RAM and disk per vector, separately.
 
@@ -550,12 +559,10 @@ class VectorIndex:
         loaded._file_bytes = size
         store = refine.refine_path(path)
         if loaded._rerank and store.exists():
-            loaded._store = refine.RefineStore(store)
-            if loaded._store.n != loaded.ntotal or loaded._store.dim != loaded.dim:
-                raise RelsearchError(
-                    f"refine store {store} holds {loaded._store.n} x {loaded._store.dim} vectors, the index "
-                    f"{loaded.ntotal} x {loaded.dim}; rebuild the index"
-                )
+            try:
+                loaded.attach_refine_store(store)
+            except RelsearchError as e:
+                raise RelsearchError(f"{e}; rebuild the index") from None
         return loaded
 
     def _payload_bytes(self) -> int:

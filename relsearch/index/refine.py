@@ -76,9 +76,13 @@ class RefineStore:
         self.n, self.dim = int(n), int(d)
         # Two read-only maps of one file: the ids (8 B/vector, soon resident)
         # and the rows (paged in on demand).
-        self.ids = np.memmap(self.path, dtype=np.int64, mode="r", offset=len(MAGIC) + _HEADER.size, shape=(n,))
+        # Plain ndarray views of the maps: indexing them skips np.memmap's
+        # per-call subclass bookkeeping, which shows at one query at a time.
+        self.ids = np.asarray(
+            np.memmap(self.path, dtype=np.int64, mode="r", offset=len(MAGIC) + _HEADER.size, shape=(n,))
+        )
         self.vectors = (
-            np.memmap(self.path, dtype=np.float32, mode="r", offset=off, shape=(n, d))
+            np.asarray(np.memmap(self.path, dtype=np.float32, mode="r", offset=off, shape=(n, d)))
             if n
             else np.zeros((0, d), np.float32)
         )
@@ -89,17 +93,17 @@ class RefineStore:
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id; an id not in the store raises KeyError."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if self.n == 0:
+            raise KeyError(f"ids not in the refine store: {ids[:5].tolist()}")
         pos = np.searchsorted(self.ids, ids)
-        pos = np.minimum(pos, max(self.n - 1, 0))
-        if self.n == 0 or not np.array_equal(self.ids[pos], ids):
-            missing = ids[(self.ids[pos] != ids)] if self.n else ids
-            raise KeyError(f"ids not in the refine store: {missing[:5].tolist()}")
+        np.minimum(pos, self.n - 1, out=pos)
+        if not np.array_equal(self.ids[pos], ids):
+            raise KeyError(f"ids not in the refine store: {ids[self.ids[pos] != ids][:5].tolist()}")
         return pos
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """The raw vectors of ``ids`` as float32 ``[len(ids), d]`` (a ``VectorLookup``)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        return np.asarray(self.vectors[self.positions(ids)])
+        return self.vectors[self.positions(ids)]
 
     def resident_ids(self) -> np.ndarray:
         return np.asarray(self.ids)
