@@ -104,25 +104,53 @@ def split_sentences(pkgs: dict[str, list[str]], n: int, n_queries: int, seed: in
     return [base[i] for i in bi], [query[i] for i in qi]
 
 
-def embed(sentences: list[str], batch: int = 256, log: bool = True) -> np.ndarray:
-    """MiniLM vectors of ``sentences`` (float32 unit rows), in batches, with progress on stderr."""
+#: Sentences per cached chunk: a killed run resumes from the last chunk written.
+CHUNK = 4096
+
+
+def _embed_chunk(args: tuple[list[str], str]) -> str:
+    """Embed one chunk in a worker process (one torch thread) and save it; returns the file."""
+    sentences, path = args
+    import torch
+
     from relsearch.encoders.text import text_tower
 
-    tower = text_tower("cpu")
+    # One intra-op thread per process: on a shared machine two threads per
+    # operator wait for each other (see benchmarks/README.md, Throughput).
+    torch.set_num_threads(1)
+    vecs = text_tower("cpu").embed_text(sentences)
+    np.save(path + ".tmp.npy", vecs)
+    os.replace(path + ".tmp.npy", path)
+    return path
+
+
+def embed(sentences: list[str], cache_dir: str, workers: int = 2, log: bool = True) -> np.ndarray:
+    """MiniLM vectors of ``sentences`` (float32 unit rows), chunk by chunk in ``workers`` processes.
+
+    Chunks are cached under ``cache_dir`` and reused, so an interrupted run resumes.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.makedirs(cache_dir, exist_ok=True)
     # Sorting by length keeps padding small; the order is restored afterwards.
     order = np.argsort([len(s) for s in sentences], kind="stable")
-    out = np.empty((len(sentences), tower.dim), dtype=np.float32)
+    chunks = [order[i : i + CHUNK] for i in range(0, len(order), CHUNK)]
+    files = [os.path.join(cache_dir, f"chunk{i:05d}.npy") for i in range(len(chunks))]
+    todo = [([sentences[j] for j in c], f) for c, f in zip(chunks, files) if not os.path.exists(f)]
     t0 = time.perf_counter()
-    for i in range(0, len(order), batch):
-        idx = order[i : i + batch]
-        out[idx] = tower.embed_text([sentences[j] for j in idx])
-        if log and (i // batch) % 20 == 0:
-            rate = (i + len(idx)) / (time.perf_counter() - t0)
-            print(f"embedded {i + len(idx)}/{len(order)} ({rate:.0f}/s)", file=sys.stderr, flush=True)
+    if todo:
+        with ProcessPoolExecutor(workers) as pool:
+            for done, _ in enumerate(pool.map(_embed_chunk, todo), 1):
+                if log:
+                    rate = done * CHUNK / (time.perf_counter() - t0)
+                    print(f"chunk {done}/{len(todo)} ({rate:.0f} sentences/s)", file=sys.stderr, flush=True)
+    out = np.empty((len(sentences), 384), dtype=np.float32)
+    for c, f in zip(chunks, files):
+        out[c] = np.load(f)
     return out
 
 
-def make_text_vectors(out_dir: str, n: int = 100_000, n_queries: int = 2000, seed: int = 0) -> dict:
+def make_text_vectors(out_dir: str, n: int = 100_000, n_queries: int = 2000, seed: int = 0, workers: int = 2) -> dict:
     """Write ``base.npy``, ``queries.npy`` and their sentences under ``out_dir``; returns a summary."""
     files = translation_files()
     if not files:
@@ -139,9 +167,9 @@ def make_text_vectors(out_dir: str, n: int = 100_000, n_queries: int = 2000, see
         with open(os.path.join(out_dir, f"{name}.txt"), "w", encoding="utf-8") as f:
             f.writelines(s + "\n" for s in sents)
     t0 = time.perf_counter()
-    qv = embed(queries)
+    qv = embed(queries, os.path.join(out_dir, "cache", f"queries-{seed}-{n_queries}"), workers)
     np.save(os.path.join(out_dir, "queries.npy"), qv)
-    bv = embed(base)
+    bv = embed(base, os.path.join(out_dir, "cache", f"base-{seed}-{n}"), workers)
     np.save(os.path.join(out_dir, "base.npy"), bv)
     summary = {
         "source": files,
@@ -162,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
-        print(json.dumps(make_text_vectors(a.out, a.n, a.queries, a.seed), indent=2))
+        print(json.dumps(make_text_vectors(a.out, a.n, a.queries, a.seed, a.workers), indent=2))
     except RelsearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -461,6 +461,8 @@ class VectorIndex:
         kk = max(k, rerank) if rerank else k
         scores, found = self._raw_search(q, kk)
         if rerank:
+            if lookup is self._store:
+                return self._store.rerank(q, found, k)
             return rerank_exact(q, found, lookup, k)
         scores = np.ascontiguousarray(scores[:, :k], dtype=np.float32)
         found = np.ascontiguousarray(found[:, :k], dtype=np.int64)

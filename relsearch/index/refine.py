@@ -86,9 +86,52 @@ class RefineStore:
             if n
             else np.zeros((0, d), np.float32)
         )
+        # Ids handed out in order with no deletions since (a fresh build) map to
+        # rows by subtraction; otherwise by binary search over the id column.
+        self._dense = bool(n) and int(self.ids[-1]) - int(self.ids[0]) == n - 1
+        self._first = int(self.ids[0]) if n else 0
 
     def __len__(self) -> int:
         return self.n
+
+    def rows_or_minus1(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id, -1 for padding (negative ids); ids must otherwise be in the store."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._dense:
+            return np.where(ids >= 0, ids - self._first, -1)
+        valid = ids >= 0
+        rows = np.full(ids.shape, -1, dtype=np.int64)
+        rows[valid] = self.positions(ids[valid])
+        return rows
+
+    def rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of each query among its candidate ids: ``(scores [Q, k], ids [Q, k])``.
+
+        Gather, inner products and selection run in one FAISS call over the
+        memory-mapped rows (multi-threaded for batches, no Python per query);
+        missing results are padded with score ``-inf`` and id -1.
+        """
+        from relsearch.index._faiss import import_faiss
+
+        faiss = import_faiss()
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        cand = np.ascontiguousarray(candidates, dtype=np.int64)
+        nq, r = cand.shape
+        rows = np.ascontiguousarray(self.rows_or_minus1(cand))
+        scores = np.empty((nq, k), dtype=np.float32)
+        found = np.empty((nq, k), dtype=np.int64)
+        if nq and r and self.n:
+            faiss.knn_inner_products_by_idx(
+                faiss.swig_ptr(q), faiss.swig_ptr(self.vectors), faiss.swig_ptr(rows), self.dim, nq, self.n, r, k,
+                faiss.swig_ptr(scores), faiss.swig_ptr(found), r,
+            )
+        else:
+            found.fill(-1)
+        missing = found < 0
+        scores[missing] = -np.inf
+        ids = self.ids[np.maximum(found, 0)] if self.n else found
+        ids[missing] = -1
+        return scores, ids
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id; an id not in the store raises KeyError."""
