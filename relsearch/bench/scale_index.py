@@ -181,7 +181,6 @@ def _measured_shard(job: Any) -> tuple[str, int]:
 
 
 def _phase_query(a: argparse.Namespace) -> dict[str, Any]:
-    from relsearch.index import rerank_exact
     from relsearch.index._faiss import import_faiss
     from relsearch.index.refine import RefineStore
 
@@ -197,7 +196,7 @@ def _phase_query(a: argparse.Namespace) -> dict[str, Any]:
 
         def search(q: np.ndarray) -> np.ndarray:
             _, cand = index.search(q, max(a.rerank, 10))
-            return rerank_exact(q, cand, store, 10)[1] if a.rerank else cand[:, :10]
+            return store.rerank(q, cand, 10)[1] if a.rerank else cand[:, :10]
 
         search(queries[:10])  # first-touch of the quantizers, as a warm server would have
         t0 = time.perf_counter()
