@@ -252,7 +252,7 @@ def test_bench_scale_compares_layouts(tmp_path) -> None:
     from engine_helpers import run_cli
 
     res = tmp_path / "res"
-    code = run_cli("bench", "scale", "--work", str(tmp_path / "w"), "--n", "4000", "--n-queries", "50", "--d", "16",
+    code = run_cli("bench", "scale", "--part", "index", "--work", str(tmp_path / "w"), "--n", "4000", "--n-queries", "50", "--d", "16",
                    "--spec", "IVF16,PQ4", "--nprobe", "8", "--rerank", "50", "--shard-rows", "1500",
                    "--workers", "2", "--results-dir", str(res))
     assert code == 0

@@ -123,7 +123,11 @@ def throughput_cmd(
 @bench_app.command("scale")
 @user_errors
 def scale_cmd(
-    work: Annotated[Path, typer.Option("--work", help="Folder for vectors, indexes and shards (several GB at 4M).")],
+    part: Annotated[str, typer.Option(
+        "--part", help="index: the sharded on-disk index against the in-memory one; ray: images/s of a Ray "
+                       "build against a local build; all: both.")] = "index",
+    work: Annotated[Path | None, typer.Option(
+        "--work", help="Index part: folder for vectors, indexes and shards (several GB at 4M).")] = None,
     n: Annotated[int, typer.Option("--n", min=1000, help="Synthetic vectors when --base is not given.")]
     = 1_000_000,
     n_queries: Annotated[int, typer.Option("--n-queries", min=1)] = 1000,
@@ -141,7 +145,14 @@ def scale_cmd(
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Sharded on-disk IVF-PQ against the in-memory index: recall, QPS, build time, peak RSS."""
+    """Past one machine: the sharded on-disk IVF-PQ against the in-memory index (recall, QPS, build time,
+    peak RSS) and, with --part ray/all, Ray build images/s (JSON + PNG)."""
+    if part not in ("ray", "index", "all"):
+        raise RelsearchError(f"--part must be index, ray or all, got {part!r}")
+    if part != "index":
+        raise RelsearchError("the ray part of bench scale is not in this build; use --part index")
+    if work is None:
+        raise RelsearchError("--part index needs --work")
     from relsearch.bench import scale_index
 
     report = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
