@@ -22,13 +22,19 @@ def _caps(enc: object) -> set[str]:
     return {p.__name__ for p in ALL if isinstance(enc, p)}
 
 
-def test_shipped_encoders_declare_what_they_can() -> None:
+@pytest.fixture(scope="module")
+def shipped() -> tuple:
     from relsearch.encoders.imagenet import load as load_imagenet
     from relsearch.encoders.relsim_mini import load as load_mini
 
-    assert _caps(load_mini(device="cpu")) == {"Encoder", "PipelinedEncoder", "TextEncoder", "TrainableEncoder",
+    return load_mini(device="cpu"), load_imagenet(device="cpu")
+
+
+def test_shipped_encoders_declare_what_they_can(shipped) -> None:
+    mini, imagenet = shipped
+    assert _caps(mini) == {"Encoder", "PipelinedEncoder", "TextEncoder", "TrainableEncoder",
                                               "FeatureCachingEncoder"}
-    assert _caps(load_imagenet(device="cpu")) == {"Encoder", "PipelinedEncoder"}
+    assert _caps(imagenet) == {"Encoder", "PipelinedEncoder"}
     assert _caps(TinyColorEncoder()) == {"Encoder"}
 
 
@@ -42,12 +48,9 @@ def test_relsim_is_trainable_and_textual_but_not_pipelined(tmp_path) -> None:
     assert enc.preprocess([tm.tiny_images(1)[0].convert("L")])[0].mode == "RGB"
 
 
-def test_pipelined_split_matches_embed() -> None:
-    from relsearch.encoders.imagenet import load as load_imagenet
-    from relsearch.encoders.relsim_mini import load as load_mini
-
+def test_pipelined_split_matches_embed(shipped) -> None:
     images = tm.tiny_images(3)
-    for enc in (load_mini(device="cpu"), load_imagenet(device="cpu")):
+    for enc in shipped:
         assert not hasattr(enc, "preprocess") and not hasattr(enc, "embed_preprocessed")
         np.testing.assert_allclose(enc.embed_batch(enc.preprocess_batch(images)), enc.embed(images), atol=1e-5)
 
