@@ -51,13 +51,24 @@ def fixed_side(image_processor: Any, requested: int = DEFAULT_SIDE) -> int:
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     factor = int(image_processor.patch_size) * int(image_processor.merge_size)
-    size = image_processor.size
-    min_px = getattr(size, "shortest_edge", None) or size.get("shortest_edge")
-    max_px = getattr(size, "longest_edge", None) or size.get("longest_edge")
+    min_px, max_px = pixel_budget(image_processor)
     h, w = smart_resize(requested, requested, factor=factor, min_pixels=min_px, max_pixels=max_px)
     if h != w:  # pragma: no cover - smart_resize scales both sides alike
         raise RelsearchError(f"relsim: the processor turns a square into {w}x{h}")
     return int(h)
+
+
+def pixel_budget(image_processor: Any) -> tuple[int, int]:
+    """``(min_pixels, max_pixels)`` of a Qwen2-VL image processor, old or new config layout."""
+    size = image_processor.size
+    min_px = getattr(size, "shortest_edge", None) or getattr(image_processor, "min_pixels", None)
+    max_px = getattr(size, "longest_edge", None) or getattr(image_processor, "max_pixels", None)
+    if isinstance(size, dict):
+        min_px = min_px or size.get("shortest_edge")
+        max_px = max_px or size.get("longest_edge")
+    if not min_px or not max_px:
+        raise RelsearchError("relsim: the image processor states no pixel budget (min/max pixels)")
+    return int(min_px), int(max_px)
 
 
 def square_crop(img: Image.Image, side: int) -> Image.Image:
@@ -126,8 +137,11 @@ def fixed_prompt(encoder: Any, side: int) -> FixedPrompt:
     input_ids = enc["input_ids"]
     grid = enc["image_grid_thw"]
     hits = (input_ids[0] == encoder.query_token_id).nonzero().flatten().tolist()
-    if len(hits) != 1:
-        raise RelsearchError(f"relsim prompt must hold <|query|> exactly once, found {len(hits)}")
+    if len(hits) != 1:  # same words as the plain path's check
+        raise RelsearchError(
+            f"relsim prompt must hold <|query|> (id {encoder.query_token_id}) exactly once; sample 0 has it "
+            f"{len(hits)} times (check the checkpoint's chat template)"
+        )
     inner = encoder.module.backbone.get_base_model().model
     kwargs: dict[str, Any] = {"image_grid_thw": grid, "attention_mask": torch.ones_like(input_ids)}
     if "mm_token_type_ids" in inspect.signature(inner.get_rope_index).parameters:
@@ -144,7 +158,6 @@ def _batched_window_attention(attn: Any) -> Any:
     segment, proj); when every segment of ``cu_seqlens`` has one length they are
     stacked into a single SDPA call. Otherwise the module's own forward runs.
     """
-    import torch
     import torch.nn.functional as F
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
