@@ -156,3 +156,12 @@ def test_full_architecture_file_has_the_published_shapes():
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
     assert 8.2e9 < n < 8.4e9  # Qwen2.5-VL-7B has 8.29B parameters
+
+
+def test_end_to_end_release_on_disk_builds_an_index(tmp_path):
+    """The GPU benchmark's end-to-end step, on the tiny architecture: a written release loads through build-index."""
+    from relsearch.bench.relsim_speed import end_to_end
+
+    out = end_to_end("tiny", 6, tmp_path, "cpu", batch_size=4)
+    assert out["images"] == 6 and out["img_per_s"] > 0
+    assert (tmp_path / "index" / "manifest.json").is_file()

@@ -132,6 +132,11 @@ def relsim_cmd(
     paper_images: Annotated[int, typer.Option(
         "--paper-images", min=1, help="Images through the paper's one-image loop (the baseline).")] = 32,
     dtype: Annotated[str | None, typer.Option("--dtype", help="bfloat16 / float32 (default: bf16 on CUDA).")] = None,
+    e2e_images: Annotated[int, typer.Option(
+        "--e2e-images", min=0, help="Also build-index a folder of this many JPEGs through a release written to "
+        "disk (0: skip).")] = 0,
+    work_dir: Annotated[Path | None, typer.Option(
+        "--work-dir", help="Scratch folder for --e2e-images (default: a temporary one).")] = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -149,6 +154,13 @@ def relsim_cmd(
     if arch not in ("full", "tiny") and not Path(arch).is_file():
         raise RelsearchError(f"bench relsim: --arch {arch!r} is neither full, tiny nor an existing JSON file")
     result = relsim_speed.run(config)
+    if e2e_images:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            e2e = relsim_speed.end_to_end(arch, e2e_images, Path(tmp), device, result["best"]["batch"])
+        e2e["ratio_to_bench"] = e2e["img_per_s"] / result["best"]["img_per_s"]
+        result["end_to_end"] = e2e
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     name = relsim_speed.result_name(result)
@@ -167,4 +179,8 @@ def relsim_cmd(
                f"peak {p['peak_gb']:.2f} GB")
     e = result["equivalence"]
     typer.echo(f"  fast vs paper vectors: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}")
+    if "end_to_end" in result:
+        x = result["end_to_end"]
+        typer.echo(f"  build-index, {x['images']} JPEGs: {x['img_per_s']:.2f} img/s in the embed step "
+                   f"({100 * x['ratio_to_bench']:.0f}% of the benchmark's best)")
     typer.echo(f"  wrote {out / (name + '.json')}")
