@@ -155,7 +155,7 @@ def read_stored(index: str | os.PathLike[str]) -> Exclusions:
 
 def write_stored(index: str | os.PathLike[str], exclusions: Exclusions) -> None:
     """Record ``exclusions`` in the index directory, atomically."""
-    from relsearch.indexdir import atomic_write_bytes
+    from relsearch.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(index) / STORED_NAME, (json.dumps(exclusions.to_dict(), indent=2) + "\n").encode())
 
