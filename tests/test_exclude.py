@@ -150,3 +150,36 @@ def test_everything_excluded_is_an_error_and_writes_nothing(planted: Path, tmp_p
     assert after == before
     with pytest.raises(RelsearchError, match="exclude-dir"):
         build_index(planted, idx, BuildOptions(**OPTS, exclude_dirs=("/etc",)))
+
+
+# --------------------------------------------------------------------------- CLI
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from relsearch.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_reports_exclusions_and_lists_defaults(planted: Path, tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    res = _cli("build-index", planted, "--index", idx, "--encoders", "tinycolor", "--json",
+               "--exclude-dir", "thumbnails", "--exclude-dir", "trips/2020")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["added"] == 4 and out["excluded"] == {"folders": 10, "files": 1, "removed": 0}
+    res = _cli("build-index", planted, "--index", idx, "--forget-excludes")
+    assert res.exit_code == 0 and "added 3" in res.stdout and "excluded 9 folders + 1 files" in res.stdout
+    text = " ".join(_cli("build-index", "--help").stdout.split())
+    for name in DEFAULT_EXCLUDES:
+        assert name in text
+
+
+def test_cli_bad_pattern_is_one_line_and_writes_nothing(planted: Path, tmp_path: Path) -> None:
+    idx = tmp_path / "idx"
+    assert _cli("build-index", planted, "--index", idx, "--encoders", "tinycolor").exit_code == 0
+    before = {p: p.read_bytes() for p in sorted(idx.rglob("*")) if p.is_file() and p.name != "lock.mdb"}
+    res = _cli("build-index", planted, "--index", idx, "--exclude-dir", "../elsewhere")
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "--exclude-dir" in res.stderr
+    after = {p: p.read_bytes() for p in sorted(idx.rglob("*")) if p.is_file() and p.name != "lock.mdb"}
+    assert after == before

@@ -9,9 +9,15 @@ from typing import Annotated
 import typer
 
 from relsearch.cli.app import ColumnsOpt, DeviceOpt, JsonOpt, app, print_json, user_errors
+from relsearch.collection.exclude import DEFAULT_EXCLUDES
 from relsearch.errors import RelsearchError
 
 IndexOpt = Annotated[Path | None, typer.Option("--index", help="Index directory (default: indexes/<name of DIR>).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option(
+    "--exclude-dir", metavar="NAME_OR_GLOB",
+    help="Leave out folders with this name or glob at any depth, or this path relative to DIR "
+         "(if it has a /); repeatable; case-insensitive. Always left out unless "
+         "--no-default-excludes: " + ", ".join(DEFAULT_EXCLUDES) + ".")]
 EncodersOpt = Annotated[str | None, typer.Option(
     "--encoders", help="Comma-separated encoders, each NAME or NAME@SOURCE.")]
 
@@ -27,25 +33,39 @@ def build_index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
     device: DeviceOpt = None,
+    exclude_dir: ExcludeOpt = None,
+    default_excludes: Annotated[bool | None, typer.Option(
+        "--default-excludes/--no-default-excludes", show_default=False,
+        help="Leave out the default folders (on for a new index; the choice is stored).")] = None,
+    forget_excludes: Annotated[bool, typer.Option(
+        "--forget-excludes", help="Drop the --exclude-dir patterns stored with the index first.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Embed a folder of images into one FAISS index per encoder, with LMDB metadata."""
+    """Embed a folder of images into one FAISS index per encoder, with LMDB metadata.
+
+    Folders and files can be left out with --exclude-dir and with .relsearchignore files
+    (gitignore syntax, in any folder of the collection). --exclude-dir patterns are stored
+    with the index, so later builds keep them without the flag; --forget-excludes drops them.
+    """
     from relsearch.build import BuildOptions, build_index
 
     try:
         opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
-                            device=device, progress=not as_json and os.isatty(2))
+                            device=device, progress=not as_json and os.isatty(2),
+                            exclude_dirs=tuple(exclude_dir or ()), default_excludes=default_excludes,
+                            forget_excludes=forget_excludes)
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
     report = build_index(directory, index, opts)
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
-                                      "encoders", "generation", "seconds")})
+                                      "excluded", "encoders", "generation", "seconds")})
         return
     typer.echo(
         f"{report.index}: scanned {report.scanned}, added {report.added}, updated {report.updated}, "
-        f"removed {report.removed}, unchanged {report.unchanged}, failed {len(report.failed)} "
+        f"removed {report.removed}, unchanged {report.unchanged}, failed {len(report.failed)}, "
+        f"excluded {report.excluded.get('folders', 0)} folders + {report.excluded.get('files', 0)} files "
         f"[{', '.join(report.encoders)}] in {report.seconds.get('total', 0):.1f}s"
     )
     for f in report.failed[:20]:
