@@ -77,7 +77,14 @@ def build_index_cmd(
 @app.command("query")
 @user_errors
 def query_cmd(
-    image: Annotated[Path | None, typer.Argument(help="Query image (may be outside the collection).")] = None,
+    queries: Annotated[list[str] | None, typer.Argument(
+        metavar="QUERY...", help="Query images (may be outside the collection) and/or text:CAPTION, combined.")]
+    = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="One weight per QUERY, e.g. 1,0.5 (default: all 1).")] = None,
+    negatives: Annotated[list[str] | None, typer.Option(
+        "--not", metavar="QUERY", help="Subtract this image or text:CAPTION (repeatable); never listed itself.")]
+    = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per encoder.")] = 20,
     index: IndexOpt = None,
     encoders: ColumnsOpt = None,
@@ -89,12 +96,20 @@ def query_cmd(
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Relational and attribute neighbours of IMG, one column per encoder."""
-    from relsearch.query import query
+    """Relational and attribute neighbours of QUERY, one column per encoder.
+
+    Several queries are combined per column: the weighted sum of their vectors minus the
+    --not ones, normalised. A text:CAPTION is left out of columns without a text tower
+    (attribute columns), and the output says so.
+    """
+    from relsearch.composed import composed_query
 
     index = index or _only_index()
-    result = query(str(image) if image is not None else None, index, k=k, encoders=encoders, text=text,
-                   device=device)
+    terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
+    if not terms:
+        raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
+    result = composed_query(terms, index, k=k, encoders=encoders, weights=weights, negatives=negatives,
+                            device=device)
     if html is not None or sheet is not None:
         from relsearch.view import write_html, write_sheet
 
@@ -127,7 +142,8 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
     width = 34
     head = "rank  " + "".join(f"{n + (' (relational)' if result.kinds.get(n) == 'relational' else ''):<{width}}"
                               for n in names)
-    lines = [f"query: {result.query}", head, "-" * len(head)]
+    lines = [f"query: {result.query}", *(f"note: {n}" for n in getattr(result, "notes", [])), head,
+             "-" * len(head)]
     for r in range(k):
         cells = []
         for n in names:
