@@ -117,6 +117,8 @@ def _exclude_ids(searcher: Searcher, terms: list[QueryTerm]) -> set[int]:
 
     store = searcher.opened.store
     out: set[int] = set()
+    if not store.count("hashes"):  # also opens the named db: LMDB cannot open one inside a read txn
+        return out
     for t in terms:
         if t.negative and not t.is_text:
             digest = sha256_file(t.query)
