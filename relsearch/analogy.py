@@ -28,7 +28,7 @@ import numpy as np
 from relsearch.errors import RelsearchError
 
 #: Default for ``--analogy-weight`` (see the module docstring for how it was chosen).
-DEFAULT_WEIGHT = 0.5
+DEFAULT_WEIGHT = 1.0
 #: Relational candidates re-ranked per query: ``max(POOL_FACTOR * k, MIN_POOL)``.
 POOL_FACTOR = 5
 MIN_POOL = 100
