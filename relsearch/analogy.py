@@ -61,7 +61,8 @@ def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIG
 
     if not np.isfinite(weight) or weight < 0:
         raise RelsearchError(f"--analogy-weight must be a number >= 0, got {weight}")
-    rel, attr = analogy_columns(result.kinds, result.ordered())
+    kinds = {n: e.kind for n, e in searcher.encoders.items()}  # the index's columns, not only the result's
+    rel, attr = analogy_columns(kinds, sorted(kinds, key=lambda n: kinds[n] != "relational"))
     if rel not in result.vectors or attr not in result.vectors:
         raise RelsearchError("--analogy needs an image query (a caption has no attribute vector)")
     pool = searcher.search_vectors(rel, result.vectors[rel][None, :], pool_size(k, searcher.indexes[rel].ntotal))[0]

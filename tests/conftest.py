@@ -22,3 +22,9 @@ _enc.REGISTRY.setdefault("tinyflip", "engine_helpers:load_tinyflip")
 def _clean_encoder_cache():
     yield
     _enc._CACHE.clear()
+
+
+@pytest.fixture(autouse=True)
+def _relsearch_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own index home and cache: nothing lands in the user's folders."""
+    monkeypatch.setenv("RELSEARCH_HOME", str(tmp_path_factory.mktemp("relsearch-home")))
