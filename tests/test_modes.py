@@ -228,3 +228,44 @@ def test_apply_modes_records_timings(two_columns):
         res = apply_modes(s, s.query_image(Image.open(paths[0]), 3), 3,
                           Modes(analogy=True, explain=True, captions=BANK))
     assert {"analogy", "explain"} <= set(res.timings_ms)
+
+
+# -- bench relational: the analogy row and explanation accuracy -----------------------------
+
+
+def test_bench_relational_reports_analogy_and_explain(tmp_path):
+    coll = tmp_path / "coll"
+    (coll / "images").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    rows = []
+    for g in range(4):  # a group: one colour ("object set") rendered in both families
+        base = rng.integers(30, 220, 3)
+        for fam, shift in (("orbit", 0), ("stack", 90)):
+            arr = np.clip(base + shift * np.eye(3)[g % 3] + rng.normal(0, 10, (4, 4, 3)), 0, 255).astype(np.uint8)
+            rel = f"images/{fam}_{g}.png"
+            Image.fromarray(arr).resize((32, 32), Image.NEAREST).save(coll / rel)
+            rows.append({"path": rel, "family": fam, "objects": [f"o{g}"], "group": g})
+    (coll / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run("bench", "relational", "--collection", coll, "--encoders", "tinyrel,tinycolor", "-k", "3",
+              "--captions", BANK, "--results-dir", tmp_path / "res", "--out", tmp_path / "nn.jsonl", "--json")
+    report = json.loads(res.stdout)
+    a = report["analogy"]
+    rel = report["encoders"]["tinyrel"]
+    zero = next(s for s in a["sweep"] if s["weight"] == 0.0)  # weight 0 is the relational column itself
+    assert zero["precision_at_k"] == pytest.approx(rel["precision_at_k"])
+    assert zero["twins_at_k"] == pytest.approx(rel["twins_at_k"])
+    assert (a["relational"], a["attribute"]) == ("tinyrel", "tinycolor") and a["weight"] == 1.0
+    # twins recomputed from the neighbours file: same group
+    group = {r["path"]: r["group"] for r in rows}
+    nn = [json.loads(x) for x in (tmp_path / "nn.jsonl").read_text().splitlines()]
+    color = [x for x in nn if x["encoder"] == "tinycolor"]
+    want = np.mean([np.mean([group[n] == group[x["query"]] for n in x["neighbours"]]) for x in color])
+    assert report["encoders"]["tinycolor"]["twins_at_k"] == pytest.approx(want)
+    e = report["explain"]
+    assert e["encoder"] == "tinyrel" and e["queries"] == 8 and 0 <= e["own_caption_accuracy"] <= 1
+    fam = {r["path"]: r["family"] for r in rows}
+    pairs = sum(fam[n] == fam[x["query"]] for x in nn if x["encoder"] == "tinyrel" for n in x["neighbours"])
+    assert e["pairs"] == pairs
+    table = run("bench", "relational", "--collection", coll, "--encoders", "tinyrel,tinycolor", "-k", "3",
+                "--captions", BANK, "--results-dir", tmp_path / "res")
+    assert "analogy" in table.stdout and "explain (tinyrel" in table.stdout

@@ -76,13 +76,18 @@ def relational_cmd(
         "--out", help="Write neighbours, one JSON line per query and encoder.")] = None,
     device: DeviceOpt = None,
     results_dir: ResultsOpt = None,
+    analogy_weight: Annotated[float | None, typer.Option(
+        "--analogy-weight", min=0.0, help="Weight of the analogy row (default: query's default).")] = None,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Caption bank for explanation accuracy (default: the encoder's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Relational precision/mAP/recall@k and attribute leakage@k of each encoder."""
+    """Relational precision/mAP/recall@k, attribute leakage/twins@k, the analogy row, explanation accuracy."""
     from relsearch.bench import relational as rel
 
     report = rel.run_relational(collection, labels=labels, encoders=encoders, k=k, index=index, out=out,
-                                device=device, results_dir=results_dir or rel.RESULTS_DIR)
+                                device=device, results_dir=results_dir or rel.RESULTS_DIR,
+                                analogy_weight=analogy_weight, captions=captions)
     if as_json:
         print_json(report)
         return
