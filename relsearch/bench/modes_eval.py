@@ -160,3 +160,41 @@ def format_rows(report: dict[str, Any]) -> list[str]:
     elif report.get("explain_error"):
         lines.append(f"explain: not measured ({report['explain_error']})")
     return lines
+
+
+def modes_latency(root: Path, paths: list[str], encoders: str, k: int, analogy: bool, explain: bool,
+                  index: Path, device: str | None = None, captions: str | None = None) -> dict[str, Any]:
+    """Warm latency of a whole query with ``--analogy``/``--explain``: one index of all ``encoders``.
+
+    Per query: decode, every column's embed + search + lookup, then the modes; p50/p95 of the
+    total and of each part, after three warm-up queries.
+    """
+    import time
+
+    from relsearch.bench.throughput import _pct
+    from relsearch.build import BuildOptions, build_index
+    from relsearch.modes import Modes, apply_modes
+    from relsearch.query import Searcher, load_query_image
+
+    build_index(root, index, BuildOptions(encoders=encoders, device=device, progress=False))
+    modes = Modes(analogy=analogy, explain=explain, captions=captions)
+    parts: dict[str, list[float]] = {"decode": [], "columns": [], "analogy": [], "explain": [], "total": []}
+    with Searcher(index, device=device) as s:
+        for name in s.encoders:
+            s.encoder(name)
+        for warm, p in enumerate([*paths[:3], *paths]):
+            t0 = time.perf_counter()
+            img = load_query_image(p)
+            t1 = time.perf_counter()
+            res = s.query_image(img, k, label=str(p))
+            t2 = time.perf_counter()
+            apply_modes(s, res, k, modes)
+            t3 = time.perf_counter()
+            if warm < 3:
+                continue
+            for key, v in (("decode", t1 - t0), ("columns", t2 - t1), ("total", t3 - t0),
+                           ("analogy", res.timings_ms.get("analogy", 0.0) / 1e3),
+                           ("explain", res.timings_ms.get("explain", 0.0) / 1e3)):
+                parts[key].append(v)
+    return {"encoders": encoders, "analogy": analogy, "explain": explain, "queries": len(paths), "k": k,
+            **{key: _pct(v) for key, v in parts.items()}}
