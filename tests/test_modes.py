@@ -269,3 +269,17 @@ def test_bench_relational_reports_analogy_and_explain(tmp_path):
     table = run("bench", "relational", "--collection", coll, "--encoders", "tinyrel,tinycolor", "-k", "3",
                 "--captions", BANK, "--results-dir", tmp_path / "res")
     assert "analogy" in table.stdout and "explain (tinyrel" in table.stdout
+
+
+def test_bench_throughput_times_whole_queries_with_modes(tmp_path):
+    res = run("bench", "throughput", "--encoders", "tinyrel,tinycolor", "--n", "8", "--queries", "3", "-k", "3",
+              "--analogy", "--results-dir", tmp_path / "res", "--json")
+    qm = json.loads(res.stdout)["query_modes"]
+    assert qm["modes"] == ["analogy"] and qm["queries"] == 3
+    assert qm["total"]["p50_ms"] >= qm["columns"]["p50_ms"] > 0 and qm["analogy"]["p50_ms"] > 0
+    assert qm["explain"]["p50_ms"] == 0
+
+
+def test_bench_cold_bad_input_is_one_line(tmp_path):
+    res = run("bench", "cold", "--image", tmp_path / "missing.jpg", "--runs", "1")
+    assert res.exit_code == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1

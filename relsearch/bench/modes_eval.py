@@ -196,5 +196,6 @@ def modes_latency(root: Path, paths: list[str], encoders: str, k: int, analogy: 
                            ("analogy", res.timings_ms.get("analogy", 0.0) / 1e3),
                            ("explain", res.timings_ms.get("explain", 0.0) / 1e3)):
                 parts[key].append(v)
-    return {"encoders": encoders, "analogy": analogy, "explain": explain, "queries": len(paths), "k": k,
+    return {"encoders": encoders, "modes": [m for m, on in (("analogy", analogy), ("explain", explain)) if on],
+            "queries": len(paths), "k": k,
             **{key: _pct(v) for key, v in parts.items()}}

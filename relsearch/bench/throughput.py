@@ -397,7 +397,7 @@ def format_table(report: dict[str, Any]) -> str:
                      f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
     if "query_modes" in report:
         qm = report["query_modes"]
-        modes = " ".join(f"--{m}" for m in ("analogy", "explain") if qm[m])
+        modes = " ".join(f"--{m}" for m in qm["modes"])
         lines_modes = [f"whole query {modes} ({qm['encoders']}, k {qm['k']}, {qm['queries']} queries): "
                        + ", ".join(f"{p} p50 {qm[p]['p50_ms']:.1f} ms" for p in
                                    ("decode", "columns", "analogy", "explain", "total"))
