@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.bench import RESULTS_DIR
+from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
 from relsearch.retrieval_metrics import NONE_FAMILY, neighbours, retrieval_report
 
@@ -220,10 +220,7 @@ def _write(report: dict[str, Any], results: Path) -> tuple[str, str]:
 
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Bars per encoder (precision, mAP, recall, leakage) and per-family precision."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     encs = sorted(report["encoders"], key=lambda n: (report["encoders"][n]["kind"] != "relational", n))
     keys = [("precision_at_k", "precision"), ("map_at_k", "mAP"), ("recall_at_k", "recall"),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.bench import RESULTS_DIR
+from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
 
 
@@ -337,10 +337,7 @@ STEPS = ("decode", "embed", "search", "metadata")
 
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Stacked build phases, images/s (raw vs build), stacked query latency p50."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(report["encoders"])
     enc = report["encoders"]
