@@ -76,13 +76,18 @@ def relational_cmd(
         "--out", help="Write neighbours, one JSON line per query and encoder.")] = None,
     device: DeviceOpt = None,
     results_dir: ResultsOpt = None,
+    analogy_weight: Annotated[float | None, typer.Option(
+        "--analogy-weight", min=0.0, help="Weight of the analogy row (default: query's default).")] = None,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Caption bank for explanation accuracy (default: the encoder's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Relational precision/mAP/recall@k and attribute leakage@k of each encoder."""
+    """Relational precision/mAP/recall@k, attribute leakage/twins@k, the analogy row, explanation accuracy."""
     from relsearch.bench import relational as rel
 
     report = rel.run_relational(collection, labels=labels, encoders=encoders, k=k, index=index, out=out,
-                                device=device, results_dir=results_dir or rel.RESULTS_DIR)
+                                device=device, results_dir=results_dir or rel.RESULTS_DIR,
+                                analogy_weight=analogy_weight, captions=captions)
     if as_json:
         print_json(report)
         return
@@ -103,6 +108,10 @@ def throughput_cmd(
     workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
+    analogy: Annotated[bool, typer.Option(
+        "--analogy", help="Also time whole queries with the analogy column (one index of all encoders).")] = False,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Also time whole queries with explanations (one index of all encoders).")] = False,
     device: DeviceOpt = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
@@ -112,12 +121,35 @@ def throughput_cmd(
 
     report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
                                workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR,
-                               threads=threads)
+                               threads=threads, analogy=analogy, explain=explain)
     if as_json:
         print_json(report)
         return
     typer.echo(tp.format_table(report))
     typer.echo(f"wrote {report['json']} {report['png']}")
+
+
+@bench_app.command("cold")
+@user_errors
+def cold_cmd(
+    image: Annotated[Path, typer.Option("--image", help="Query image.")],
+    index: Annotated[Path | None, typer.Option(
+        "--index", help="Index to query (default: what `relsearch query` picks).")] = None,
+    k: KOpt = 20,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Alternating runs of each command.")] = 7,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cold `relsearch query` wall and RSS against a bare `python -c "import torch"` (medians)."""
+    from relsearch.bench import RESULTS_DIR, cold
+
+    report = cold.run_cold(str(image), str(index) if index else None, k=k, runs=runs,
+                           results_dir=results_dir or RESULTS_DIR)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(cold.format_report(report))
+    typer.echo(f"wrote {report['json']}")
 
 
 @bench_app.command("relsim")
