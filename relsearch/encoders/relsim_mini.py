@@ -19,6 +19,7 @@ fingerprint).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +34,8 @@ from relsearch.errors import MissingWeightsError, RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "relsim-mini"
 CONFIG_NAME = "config.json"
@@ -293,7 +296,8 @@ def cpu_has_fast_bf16() -> bool:
     check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
     try:
         return bool(check()) if check is not None else False
-    except Exception:  # a private API: never let it break inference
+    except Exception as exc:  # a private API: never let it break inference
+        log.debug("AMX check failed, assuming no fast bf16: %s: %s", type(exc).__name__, exc)
         return False
 
 

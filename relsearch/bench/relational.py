@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
-from relsearch.train.metrics import NONE_FAMILY, neighbours, retrieval_report
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from relsearch.retrieval_metrics import NONE_FAMILY, neighbours, retrieval_report
 
 #: GPT-4o-judged relational similarity scores (0-10) reported in the relsim paper, for context
 #: beside this benchmark's family precision (a different, label-based measure).
@@ -188,10 +187,7 @@ def _write(report: dict[str, Any], results: Path) -> tuple[str, str]:
 
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Bars per encoder (precision, mAP, recall, leakage) and per-family precision."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     encs = sorted(report["encoders"], key=lambda n: (report["encoders"][n]["kind"] != "relational", n))
     keys = [("precision_at_k", "precision"), ("map_at_k", "mAP"), ("recall_at_k", "recall"),

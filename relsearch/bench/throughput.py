@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def synthetic_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = (480, 360)) -> list[Path]:
@@ -331,10 +330,7 @@ STEPS = ("decode", "embed", "search", "metadata")
 
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Stacked build phases, images/s (raw vs build), stacked query latency p50."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(report["encoders"])
     enc = report["encoders"]
