@@ -20,6 +20,7 @@ must be on a path every node sees.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -351,3 +352,30 @@ def _user_error(exc: BaseException, what: str) -> RelsearchError:
         return RelsearchError(str(cause))
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return RelsearchError(f"{what}: {lines[-1] if lines else type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def embedding_step(ray: str | None, actors: int | None = None) -> Iterator[RayEmbedding | None]:
+    """The CLI's ``--ray [ADDRESS]`` / ``--ray-actors N``: a :class:`RayEmbedding`, or None (local)."""
+    if ray is None:
+        if actors is not None:
+            raise RelsearchError("--ray-actors needs --ray")
+        yield None
+        return
+    address = None if ray == "local" else ray
+    if address is not None and not is_ray_address(address):
+        raise RelsearchError(f"--ray {address!r} is not an address: give none, 'auto', ray://HOST:PORT "
+                             "or HOST:PORT")
+    try:
+        options = RayOptions(address=address, actors=actors)
+    except ValueError as exc:
+        raise RelsearchError(str(exc)) from exc
+    with RayEmbedding(options) as step:
+        yield step
+
+
+def is_ray_address(text: str) -> bool:
+    """``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` (what ``ray.init(address=...)`` takes)."""
+    import re
+
+    return text == "auto" or text.startswith("ray://") or bool(re.fullmatch(r"[\w.\-\[\]:]+:\d+", text))

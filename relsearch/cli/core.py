@@ -27,17 +27,25 @@ def build_index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
     device: DeviceOpt = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]",
+        help="Embed on Ray Data: alone, a local Ray started for the build; 'auto': the running cluster; "
+             "ray://HOST:PORT.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(
+        "--ray-actors", min=1, help="Encoder actors on a cluster without GPUs (default: half its CPUs).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed a folder of images into one FAISS index per encoder, with LMDB metadata."""
+    from relsearch.backends.ray_embed import embedding_step
     from relsearch.build import BuildOptions, build_index
 
-    try:
-        opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
-                            device=device, progress=not as_json and os.isatty(2))
-    except ValueError as exc:
-        raise RelsearchError(str(exc)) from exc
-    report = build_index(directory, index, opts)
+    with embedding_step(ray, ray_actors) as step:
+        try:
+            opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
+                                device=device, progress=not as_json and os.isatty(2), embedding=step)
+        except ValueError as exc:
+            raise RelsearchError(str(exc)) from exc
+        report = build_index(directory, index, opts)
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
@@ -52,6 +60,20 @@ def build_index_cmd(
         typer.echo(f"  failed: {f['path']}: {f['error']}", err=True)
     if len(report.failed) > 20:
         typer.echo(f"  ... and {len(report.failed) - 20} more failures (see --json)", err=True)
+
+
+def bare_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` with no address means a local Ray: typer has no optional-value options, so
+    a bare ``--ray`` (one not followed by an address) is rewritten to ``--ray=local`` here."""
+    from relsearch.backends.ray_embed import is_ray_address
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--ray" and (i + 1 == len(out) or not is_ray_address(out[i + 1])):
+            out[i] = "--ray=local"
+    return out
 
 
 @app.command("query")
