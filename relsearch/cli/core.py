@@ -89,14 +89,29 @@ def query_cmd(
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write a PNG contact sheet of the result.")]
     = None,
     device: DeviceOpt = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="faiss (the index directory) or milvus (collections written by `export milvus`).")]
+    = "faiss",
+    uri: Annotated[str | None, typer.Option("--uri", help="Milvus server or milvus-lite file (--backend milvus).")]
+    = None,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", help="Collection prefix of the exported index (--backend milvus).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Relational and attribute neighbours of IMG, one column per encoder."""
     from relsearch.query import query
 
-    index = index or _only_index()
-    result = query(str(image) if image is not None else None, index, k=k, encoders=encoders, text=text,
-                   device=device)
+    if backend == "milvus":
+        from relsearch.backends.milvus import query_milvus_cli
+
+        result = query_milvus_cli(image, text, uri, k, collection, encoders, device)
+    elif backend != "faiss" or uri is not None or collection is not None:
+        raise RelsearchError(f"--backend must be faiss or milvus, got {backend!r}" if backend != "faiss"
+                             else "--uri and --collection go with --backend milvus")
+    else:
+        index = index or _only_index()
+        result = query(str(image) if image is not None else None, index, k=k, encoders=encoders, text=text,
+                       device=device)
     if html is not None or sheet is not None:
         from relsearch.view import write_html, write_sheet
 
