@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from relsearch.collection import Decoded, FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.collection.exclude import effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
 from relsearch.encoders.base import EncoderSpec, parse_encoder_list
 from relsearch.errors import RelsearchError
@@ -80,6 +81,10 @@ class BuildOptions:
     device: str | None = None
     progress: bool = True
     recall_target: float = 0.95
+    # folder patterns added to those stored with the index (see relsearch.collection.exclude)
+    exclude_dirs: tuple[str, ...] = ()
+    default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
+    forget_excludes: bool = False  # drop the stored patterns first
     embedding: EmbeddingStep | None = field(default=None, repr=False)  # None: embed in this process
 
     def __post_init__(self) -> None:
@@ -102,6 +107,7 @@ class BuildReport:
     embedded: int = 0
     generation: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # folders, files, removed (from the index)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +205,9 @@ def build_index(
         )
     ensure_writable(index_path)
 
-    scanned = scan(root)
+    exclusions = effective(index_path if exists else None, opts.exclude_dirs, opts.default_excludes,
+                           opts.forget_excludes)
+    scanned = scan(root, exclusions)
     if not scanned.files:
         raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
     specs = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
@@ -208,12 +216,15 @@ def build_index(
     encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts)
     report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[s.name for s in specs])
     report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
+    report.excluded = {**scanned.excluded.counts(), "removed": 0}
     report.seconds["scan"] = time.perf_counter() - t0
 
     with build_lock(index_path):
+        write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
         store = Store.open(index_path / STORE_DIR, create=True)
         try:
-            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest)
+            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest,
+                    scanned.excluded.matcher())
         finally:
             store.close()
     report.seconds["total"] = time.perf_counter() - t0
@@ -230,6 +241,7 @@ def _update(
     report: BuildReport,
     index_path: Path,
     manifest: Manifest | None,
+    is_excluded: Callable[[str], bool] = lambda path: False,
 ) -> None:
     t = time.perf_counter()
     enc_names = [s.name for s in specs]
@@ -244,6 +256,7 @@ def _update(
         else:
             candidates.append(f)
     deleted = [p for p in known if p not in seen]
+    report.excluded["removed"] = sum(map(is_excluded, deleted))
     have = {name: store.vector_ids(name) for name in enc_names}
     n_records = store.count("records")
     gen = store.generation

@@ -33,3 +33,9 @@ def _reset_cli_logging():
     for handler in [h for h in logger.handlers if getattr(h, "_relsearch_cli", False)]:
         logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def _relsearch_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own index home and cache: nothing lands in the user's folders."""
+    monkeypatch.setenv("RELSEARCH_HOME", str(tmp_path_factory.mktemp("relsearch-home")))

@@ -386,13 +386,19 @@ def query_milvus(image: str | os.PathLike[str], uri: str, k: int = 20, prefix: s
         return searcher.query_image(img, k, label=str(image))
 
 
-def query_milvus_cli(image: Path | None, text: str | None, uri: str | None, k: int, prefix: str | None,
-                     encoders: str | None, device: str | None) -> Any:
-    """``query --backend milvus``: the argument checks of the CLI, then :func:`query_milvus`."""
+def query_milvus_cli(queries: list[str] | None, text: str | None, uri: str | None, k: int, prefix: str | None,
+                     encoders: str | None, device: str | None, plain: bool = True) -> Any:
+    """``query --backend milvus``: the CLI's argument checks, then :func:`query_milvus`."""
     if uri is None:
         raise RelsearchError("--backend milvus needs --uri (a Milvus server or a milvus-lite file)")
-    if text is not None:
-        raise RelsearchError("--text is not served from Milvus yet; query the index directory (--backend faiss)")
-    if image is None:
-        raise RelsearchError("give a query image")
-    return query_milvus(image, uri, k=k, prefix=prefix, encoders=encoders, device=device)
+    terms = list(queries or [])
+    if text is not None or any(t.startswith("text:") for t in terms):
+        raise RelsearchError("text queries are not served from Milvus; query the index directory (--backend faiss)")
+    if len(terms) != 1 or not plain:
+        raise RelsearchError("--backend milvus takes one query image (no --weights, --not, --analogy, --explain)")
+    from relsearch.composed import ComposedResult, QueryTerm
+
+    r = query_milvus(terms[0], uri, k=k, prefix=prefix, encoders=encoders, device=device)
+    # the same JSON as `query IMG` from FAISS, which lists its (here: one) query terms
+    return ComposedResult(query=r.query, results=r.results, kinds=r.kinds, timings_ms=r.timings_ms,
+                          terms=[QueryTerm(terms[0])])
