@@ -31,7 +31,7 @@ import numpy as np
 from relsearch.collection import Decoded, FileEntry, iter_batches, iter_decoded, scan, sha256_file
 from relsearch.collection.exclude import effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
-from relsearch.encoders.base import EncoderSpec, parse_encoder_list
+from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import (
     FAISS_DIR,
@@ -406,21 +406,21 @@ def _embed_here(paths: list[str], missing: list[list[str]], encoders: list[Encod
         for rows, prepared in groups:
             for name, x in prepared.items():
                 enc = by_name[name]
-                out = enc.embed_preprocessed(x) if _pipelined(enc) else enc.embed(x)
+                out = enc.embed_batch(x) if _pipelined(enc) else enc.embed(x)
                 for j, row in zip(rows, out):
                     vec_rows[j][name] = row
         yield list(zip(batch, vec_rows))
 
 
 def _pipelined(enc: Encoder) -> bool:
-    return callable(getattr(enc, "preprocess", None)) and callable(getattr(enc, "embed_preprocessed", None))
+    return isinstance(enc, PipelinedEncoder)
 
 
 def _prepared(decoded: Iterator[Any], missing: list[list[str]], by_name: dict[str, Encoder],
               batch_size: int) -> Iterator[tuple[list[Any], list[tuple[list[int], dict[str, Any]]]]]:
     """Batches with each encoder's input already prepared, one batch ahead, in a thread.
 
-    Encoders that expose ``preprocess``/``embed_preprocessed`` get their resize and
+    :class:`PipelinedEncoder` encoders get their resize and
     normalisation done here while the previous batch runs through the model, so the
     model is never waiting on image work; others get the PIL images.
     """
@@ -441,7 +441,7 @@ def _prepared(decoded: Iterator[Any], missing: list[list[str]], by_name: dict[st
                 out = []
                 for names, rows in groups.items():
                     images = [batch[j].image for j in rows]
-                    out.append((rows, {n: by_name[n].preprocess(images) if _pipelined(by_name[n]) else images
+                    out.append((rows, {n: by_name[n].preprocess_batch(images) if _pipelined(by_name[n]) else images
                                        for n in names}))
                 for d in batch:
                     if _all_pipelined(by_name):
@@ -543,7 +543,7 @@ def _commit(
         index.save(faiss_path(index_path, name, new_gen))
         faiss_info = {**index.info(), "requested": requested}
         entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
-                                     getattr(enc, "kind", "attribute"), faiss_info)
+                                     enc.kind, faiss_info)
 
     def switch(txn: Any) -> None:
         store.put_meta(txn, "generation", new_gen)

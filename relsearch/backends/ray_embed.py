@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relsearch.collection import Decoded
-from relsearch.encoders.base import EncoderSpec
+from relsearch.encoders.base import EncoderSpec, PipelinedEncoder
 from relsearch.errors import RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -187,12 +187,11 @@ class _EncoderActor:
             for name in need.split(","):
                 enc = self.encoders[name]
                 if name in items[rows[0]]["x"]:
-                    out = enc.embed_preprocessed(_as_tensor(np.stack([items[j]["x"][name] for j in rows])))
+                    out = enc.embed_batch(_as_tensor(np.stack([items[j]["x"][name] for j in rows])))
                 else:
                     images = [Image.fromarray(items[j]["image"]) for j in rows]
-                    pipelined = callable(getattr(enc, "preprocess", None)) and \
-                        callable(getattr(enc, "embed_preprocessed", None))
-                    out = enc.embed_preprocessed(enc.preprocess(images)) if pipelined else enc.embed(images)
+                    out = enc.embed_batch(enc.preprocess_batch(images)) if isinstance(enc, PipelinedEncoder) \
+                        else enc.embed(images)
                 for j, row in zip(rows, np.asarray(out, dtype=np.float32)):
                     vecs[j][name] = row
         out_col = np.empty(n, dtype=object)
