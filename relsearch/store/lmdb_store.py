@@ -251,6 +251,15 @@ class Store:
                 out[bytes(k).decode()] = PathEntry(**json.loads(bytes(v)))
         return out
 
+    def get_path(self, path: str) -> PathEntry | None:
+        """What the last build stored for one path (id, size, mtime), or None."""
+        db = self._db("paths")
+        if db is None:
+            return None
+        with self.read() as txn:
+            raw = txn.get(path.encode(), db=db)
+        return None if raw is None else PathEntry(**json.loads(bytes(raw)))
+
     def put_path(self, txn: lmdb.Transaction, path: str, entry: PathEntry) -> None:
         txn.put(path.encode(), json.dumps(asdict(entry)).encode(), db=self._db("paths"))
 
