@@ -20,7 +20,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from relsearch.collection import FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.collection.exclude import effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
-from relsearch.encoders.base import EncoderSpec, parse_encoder_list
+from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import (
     FAISS_DIR,
@@ -61,6 +62,10 @@ class BuildOptions:
     device: str | None = None
     progress: bool = True
     recall_target: float = 0.95
+    # folder patterns added to those stored with the index (see relsearch.collection.exclude)
+    exclude_dirs: tuple[str, ...] = ()
+    default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
+    forget_excludes: bool = False  # drop the stored patterns first
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -82,6 +87,7 @@ class BuildReport:
     embedded: int = 0
     generation: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # folders, files, removed (from the index)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +184,9 @@ def build_index(
         )
     ensure_writable(index_path)
 
-    scanned = scan(root)
+    exclusions = effective(index_path if exists else None, opts.exclude_dirs, opts.default_excludes,
+                           opts.forget_excludes)
+    scanned = scan(root, exclusions)
     if not scanned.files:
         raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
     specs = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
@@ -187,12 +195,15 @@ def build_index(
     encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts)
     report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[s.name for s in specs])
     report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
+    report.excluded = {**scanned.excluded.counts(), "removed": 0}
     report.seconds["scan"] = time.perf_counter() - t0
 
     with build_lock(index_path):
+        write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
         store = Store.open(index_path / STORE_DIR, create=True)
         try:
-            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest)
+            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest,
+                    scanned.excluded.matcher())
         finally:
             store.close()
     report.seconds["total"] = time.perf_counter() - t0
@@ -209,6 +220,7 @@ def _update(
     report: BuildReport,
     index_path: Path,
     manifest: Manifest | None,
+    is_excluded: Callable[[str], bool] = lambda path: False,
 ) -> None:
     t = time.perf_counter()
     enc_names = [s.name for s in specs]
@@ -223,6 +235,7 @@ def _update(
         else:
             candidates.append(f)
     deleted = [p for p in known if p not in seen]
+    report.excluded["removed"] = sum(map(is_excluded, deleted))
     have = {name: store.vector_ids(name) for name in enc_names}
     n_records = store.count("records")
     gen = store.generation
@@ -353,7 +366,7 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
             for rows, prepared in groups:
                 for name, x in prepared.items():
                     enc = by_name[name]
-                    out = enc.embed_preprocessed(x) if _pipelined(enc) else enc.embed(x)
+                    out = enc.embed_batch(x) if _pipelined(enc) else enc.embed(x)
                     for j, row in zip(rows, out):
                         vec_rows[j][name] = row
             for d, vecs in zip(batch, vec_rows):
@@ -368,14 +381,14 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
 
 
 def _pipelined(enc: Encoder) -> bool:
-    return callable(getattr(enc, "preprocess", None)) and callable(getattr(enc, "embed_preprocessed", None))
+    return isinstance(enc, PipelinedEncoder)
 
 
 def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by_name: dict[str, Encoder],
               batch_size: int) -> Iterator[tuple[list[Any], list[tuple[list[int], dict[str, Any]]]]]:
     """Batches with each encoder's input already prepared, one batch ahead, in a thread.
 
-    Encoders that expose ``preprocess``/``embed_preprocessed`` get their resize and
+    :class:`PipelinedEncoder` encoders get their resize and
     normalisation done here while the previous batch runs through the model, so the
     model is never waiting on image work; others get the PIL images.
     """
@@ -395,7 +408,7 @@ def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by
                 out = []
                 for names, rows in groups.items():
                     images = [batch[j].image for j in rows]
-                    out.append((rows, {n: by_name[n].preprocess(images) if _pipelined(by_name[n]) else images
+                    out.append((rows, {n: by_name[n].preprocess_batch(images) if _pipelined(by_name[n]) else images
                                        for n in names}))
                 for d in batch:
                     if _all_pipelined(by_name):
@@ -502,7 +515,7 @@ def _commit(
         index.save(faiss_path(index_path, name, new_gen))
         faiss_info = {**index.info(), "requested": requested}
         entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
-                                     getattr(enc, "kind", "attribute"), faiss_info)
+                                     enc.kind, faiss_info)
 
     def switch(txn: Any) -> None:
         store.put_meta(txn, "generation", new_gen)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ import numpy as np
 
 from relsearch import snapshot
 from relsearch.encoders import get_encoder
+from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
-from relsearch.indexdir import OpenIndex, check_fingerprint, open_index
+from relsearch.indexdir import OpenIndex, check_fingerprint, find_indexes, index_info, open_index  # noqa: F401  (their former home; kept importable)
 
 
 @dataclass
@@ -36,13 +37,25 @@ class QueryResult:
     results: dict[str, list[Hit]]
     kinds: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the query's vector per column (analogy and explanations need them)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: ``--analogy`` (relsearch.analogy): its hits, and which columns and weight made them
+    analogy: list[Hit] | None = None
+    analogy_of: dict[str, Any] = field(default_factory=dict)
+    #: ``--explain`` (relsearch.explain.Explanation)
+    explain: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "query": self.query,
             "results": {name: [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in hits]
                         for name, hits in self.results.items()},
         }
+        if self.analogy is not None:
+            out["analogy"] = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in self.analogy]
+        if self.explain is not None:
+            out["explain"] = self.explain.to_dict(self)
+        return out
 
     def ordered(self) -> list[str]:
         """Encoder names, relational columns first."""
@@ -141,6 +154,7 @@ class Searcher:
             t = time.perf_counter()
             vec = self.encoder(name).embed([image])
             t_embed = time.perf_counter()
+            result.vectors[name] = vec[0]
             result.results[name] = self.search_vectors(name, vec, k)[0]
             result.kinds[name] = entry.kind
             result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
@@ -153,9 +167,10 @@ class Searcher:
         result = QueryResult(query=text, results={})
         for name, entry in self.encoders.items():
             enc = self.encoder(name)
-            if not hasattr(enc, "embed_text"):
+            if not isinstance(enc, TextEncoder):
                 continue
             vec = enc.embed_text([text])
+            result.vectors[name] = vec[0]
             result.results[name] = self.search_vectors(name, vec, k)[0]
             result.kinds[name] = entry.kind
         if not result.results:
@@ -187,41 +202,21 @@ def query(
     encoders: str | None = None,
     text: str | None = None,
     device: str | None = None,
+    modes: Any = None,
 ) -> QueryResult:
-    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``."""
+    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``.
+
+    ``modes`` (:class:`relsearch.modes.Modes`) adds the analogy column and explanations.
+    """
+    from relsearch.modes import apply_modes
+    from relsearch.threads import use_query_threads
+
+    use_query_threads()
     if k < 1:
         raise RelsearchError(f"-k must be at least 1, got {k}")
     if (image is None) == (text is None):
         raise RelsearchError("give exactly one of an image path or --text")
     img = load_query_image(image) if image is not None else None
     with Searcher(index, encoders=encoders, device=device) as searcher:
-        if text is not None:
-            return searcher.query_text(text, k)
-        return searcher.query_image(img, k, label=str(image))
-
-
-def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
-    """What an index holds: collection, counts, encoders, FAISS specs, sizes on disk."""
-    with open_index(index) as opened:
-        m = opened.manifest
-        size = sum(f.stat().st_size for f in Path(index).rglob("*") if f.is_file())
-        return {
-            "index": str(index),
-            "collection": m.collection,
-            "schema_version": m.schema_version,
-            "generation": opened.generation,
-            "images": opened.store.count("records"),
-            "paths": opened.store.count("paths"),
-            "bytes_on_disk": size,
-            "encoders": {name: asdict(e) for name, e in m.encoders.items()},
-            "packages": m.packages,
-            "updated": m.updated,
-        }
-
-
-def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
-    """Index directories directly under ``root`` (the default ``indexes/`` home)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / "manifest.json").exists())
+        result = searcher.query_text(text, k) if text is not None else searcher.query_image(img, k, label=str(image))
+        return apply_modes(searcher, result, k, modes) if modes else result
