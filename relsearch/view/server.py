@@ -118,10 +118,6 @@ class ViewApp:
             count = self.searcher.opened.store.count("records")
         return browse.page_html(str(self.index), kinds, count, self.k, MAX_K, STYLE)
 
-    def record_path(self, record_id: int) -> str | None:
-        rec = self.searcher.opened.store.get_records([record_id]).get(record_id)
-        return rec.path if rec is not None else None
-
     def record_file(self, record_id: int) -> tuple[str, bytes] | None:
         """(path, bytes) of a record's file as indexed; None for no such record.
 
