@@ -118,6 +118,8 @@ class Searcher:
         return self._loaded[name][1]
 
     def close(self) -> None:
+        """Close the index and drop the loaded models (nothing else keeps them alive)."""
+        self._loaded.clear()
         self.opened.close()
 
     def __enter__(self) -> Searcher:
