@@ -283,3 +283,20 @@ def test_bench_throughput_times_whole_queries_with_modes(tmp_path):
 def test_bench_cold_bad_input_is_one_line(tmp_path):
     res = run("bench", "cold", "--image", tmp_path / "missing.jpg", "--runs", "1")
     assert res.exit_code == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cold_cli_import_stays_light():
+    """The CLI module graph must not pull in the corpus, peft, transformers or open_clip."""
+    import subprocess
+    import sys
+
+    from relsearch.cli import compose as cli_compose
+    from relsearch.corpus.art import SPLITS
+    from relsearch.corpus.compose import IMAGE_FORMATS
+
+    assert (cli_compose.SPLITS, cli_compose.IMAGE_FORMATS) == (SPLITS, IMAGE_FORMATS)
+    code = ("import sys, relsearch.cli\n"
+            "print(sorted(m for m in ('relsearch.corpus', 'peft', 'transformers', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
