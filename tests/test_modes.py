@@ -300,3 +300,11 @@ def test_cold_cli_import_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_analogy_leaves_out_the_query_itself(two_columns):
+    index, paths = two_columns
+    res = query(str(paths[4]), index, k=30, modes=Modes(analogy=True))
+    assert str(paths[4]) not in {h.path for h in res.analogy}
+    assert res.results["tinyrel"][0].path == str(paths[4])
+    assert len(res.analogy) == 23  # every other image of the 24
