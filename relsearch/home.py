@@ -105,9 +105,9 @@ def choose_index() -> Chosen:
 
 
 def file_identity(path: str | os.PathLike[str]) -> str:
-    """``path:size:mtime_ns``: what build-index trusts to say a file is unchanged."""
+    """``path:inode:size:mtime_ns:ctime_ns``: a rewritten or replaced file gets a new identity."""
     st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def cached_fingerprint(key: str, compute: Callable[[], str]) -> str:
