@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import MissingWeightsError, RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -319,7 +320,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 class RelsimMiniEncoder:
-    """The ``relsim-mini`` encoder (``Encoder`` and ``TrainableEncoder``)."""
+    """The ``relsim-mini`` encoder: ``PipelinedEncoder``, ``TextEncoder``, ``FeatureCachingEncoder``."""
 
     name = "relsim-mini"
     kind = "relational"
@@ -339,6 +340,7 @@ class RelsimMiniEncoder:
         self.weights_label = weights_label
         self._fingerprint: str | None = None
         self._inference_ready = False
+        self._captions = OwnedTextTower(self.device)
         # Frozen-feature caching and inference run in bf16 where the CPU does it
         # natively; the trainable part always trains in float32.
         self.bf16 = self.device == "cpu" and cpu_has_fast_bf16()
@@ -441,8 +443,12 @@ class RelsimMiniEncoder:
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 
     # -- preprocessing -------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image], train: bool = False,
-                   generator: np.random.Generator | None = None) -> torch.Tensor:
+    def preprocess_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """Pixels of a batch for :meth:`embed_batch` (the build runs this one batch ahead)."""
+        return self._pixels(images)
+
+    def _pixels(self, images: list[Image.Image], train: bool = False,
+                generator: np.random.Generator | None = None) -> torch.Tensor:
         """Whole image squashed to a square (no crop: a relation may span the canvas)."""
         from PIL import Image as PILImage
 
@@ -467,7 +473,7 @@ class RelsimMiniEncoder:
 
     def prepare(self, images: list[Image.Image], train: bool = False,
                 generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        return {"pixels": self.preprocess(images, train=train, generator=generator)}
+        return {"pixels": self._pixels(images, train=train, generator=generator)}
 
     def cache_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the frozen trunk once; ``forward_train`` accepts the result in place of pixels."""
@@ -495,23 +501,21 @@ class RelsimMiniEncoder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self.embed_preprocessed(self.preprocess(images[i : i + self.batch_size]))
+        parts = [self.embed_batch(self.preprocess_batch(images[i : i + self.batch_size]))
                  for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts, 0)
 
-    def embed_preprocessed(self, x: torch.Tensor) -> np.ndarray:
-        """Unit vectors for a batch from :meth:`preprocess` (the build runs that one batch ahead)."""
+    def embed_batch(self, x: torch.Tensor) -> np.ndarray:
+        """Unit vectors for a batch from :meth:`preprocess_batch`."""
         self._ready_for_inference()
         with torch.inference_mode(), self._autocast():
             return l2_normalize(self.model(x.to(self.device)).float().cpu().numpy())
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        """Captions into the same 384-d space (all-MiniLM-L6-v2)."""
-        from relsearch.encoders.text import embed_text
-
+        """Captions into the same 384-d space (all-MiniLM-L6-v2, loaded on first use, owned)."""
         if self.dim != 384:
             raise RelsearchError(f"relsim-mini with out_dim {self.dim} is not in the caption space")
-        return embed_text(texts, device=self.device)
+        return self._captions.embed_text(texts)
 
 
 def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
