@@ -20,17 +20,18 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from relsearch.collection import FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.collection import Decoded, FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.collection.exclude import effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
-from relsearch.encoders.base import EncoderSpec, parse_encoder_list
+from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import (
     FAISS_DIR,
@@ -51,6 +52,25 @@ from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store
 #: images per LMDB commit while embedding: the most work a kill can lose.
 CHUNK = 256
 
+#: What an embedding step yields: batches of (decoded file, {encoder name: unit vector}); a
+#: failed file comes back with ``Decoded.error`` set and no vectors. ``Decoded.index`` is the
+#: position in the list of paths the step was given.
+EmbeddedBatch = list[tuple[Decoded, dict[str, np.ndarray]]]
+
+
+class EmbeddingStep(Protocol):
+    """Where a build's embedding runs; the default (None) is this process.
+
+    The build scans, diffs and commits itself; a step only loads encoders (or stands-ins
+    with ``name``, ``dim``, ``kind``, ``fingerprint``) and turns paths into vectors.
+    ``relsearch.backends.ray_embed.RayEmbedding`` runs it on Ray Data.
+    """
+
+    def load(self, spec: EncoderSpec, device: str | None = None) -> Encoder: ...
+
+    def embed(self, paths: list[str], missing: list[list[str]], encoders: list[Encoder],
+              opts: BuildOptions) -> Iterator[EmbeddedBatch]: ...
+
 
 @dataclass
 class BuildOptions:
@@ -61,6 +81,14 @@ class BuildOptions:
     device: str | None = None
     progress: bool = True
     recall_target: float = 0.95
+    # folder patterns added to those stored with the index (see relsearch.collection.exclude)
+    exclude_dirs: tuple[str, ...] = ()
+    default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
+    forget_excludes: bool = False  # drop the stored patterns first
+    embedding: EmbeddingStep | None = field(default=None, repr=False)  # None: embed in this process
+    # encoders the caller already holds, by spec ("name" or "name@source"): used instead of loading
+    # a second copy (the caller keeps ownership; the build never caches what it loads itself)
+    preloaded: dict[str, Encoder] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -82,6 +110,7 @@ class BuildReport:
     embedded: int = 0
     generation: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # folders, files, removed (from the index)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +151,8 @@ def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: P
     """Load weights and check them (fingerprints, --index-spec) before anything is written."""
     from relsearch.index import check_spec
 
-    encoders = [get_encoder(spec, device=opts.device) for spec in specs]
+    load = opts.embedding.load if opts.embedding is not None else get_encoder
+    encoders = [opts.preloaded.get(str(spec)) or load(spec, device=opts.device) for spec in specs]
     for spec, enc in zip(specs, encoders):
         entry = manifest.encoders.get(spec.name) if manifest else None
         if entry is not None:
@@ -178,7 +208,9 @@ def build_index(
         )
     ensure_writable(index_path)
 
-    scanned = scan(root)
+    exclusions = effective(index_path if exists else None, opts.exclude_dirs, opts.default_excludes,
+                           opts.forget_excludes)
+    scanned = scan(root, exclusions)
     if not scanned.files:
         raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
     specs = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
@@ -187,12 +219,15 @@ def build_index(
     encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts)
     report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[s.name for s in specs])
     report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
+    report.excluded = {**scanned.excluded.counts(), "removed": 0}
     report.seconds["scan"] = time.perf_counter() - t0
 
     with build_lock(index_path):
+        write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
         store = Store.open(index_path / STORE_DIR, create=True)
         try:
-            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest)
+            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest,
+                    scanned.excluded.matcher())
         finally:
             store.close()
     report.seconds["total"] = time.perf_counter() - t0
@@ -209,6 +244,7 @@ def _update(
     report: BuildReport,
     index_path: Path,
     manifest: Manifest | None,
+    is_excluded: Callable[[str], bool] = lambda path: False,
 ) -> None:
     t = time.perf_counter()
     enc_names = [s.name for s in specs]
@@ -223,6 +259,7 @@ def _update(
         else:
             candidates.append(f)
     deleted = [p for p in known if p not in seen]
+    report.excluded["removed"] = sum(map(is_excluded, deleted))
     have = {name: store.vector_ids(name) for name in enc_names}
     n_records = store.count("records")
     gen = store.generation
@@ -312,10 +349,8 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
            report: BuildReport) -> None:
     if not work:
         return
-    by_name = {e.name: e for e in encoders}
     paths = [w.paths[0] for w in work]
     bar = _progress(len(work), opts.progress, "embedding")
-    decoded = iter_decoded(paths, max_side=512, workers=opts.workers)
     chunk: list[tuple[_Work, Any, dict[str, np.ndarray]]] = []
 
     def flush() -> None:
@@ -347,19 +382,16 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
 
         store.write(txn_fn)
 
+    step = opts.embedding.embed if opts.embedding is not None else _embed_here
     try:
-        for batch, groups in _prepared(decoded, work, report, by_name, opts.batch_size):
-            vec_rows: list[dict[str, np.ndarray]] = [{} for _ in batch]
-            for rows, prepared in groups:
-                for name, x in prepared.items():
-                    enc = by_name[name]
-                    out = enc.embed_preprocessed(x) if _pipelined(enc) else enc.embed(x)
-                    for j, row in zip(rows, out):
-                        vec_rows[j][name] = row
-            for d, vecs in zip(batch, vec_rows):
+        for rows in step(paths, [w.missing for w in work], encoders, opts):
+            for d, vecs in rows:
+                if d.error is not None:
+                    _failed(work[d.index], d.error, report)
+                    continue
                 chunk.append((work[d.index], d, vecs))
-            report.embedded += len(batch)
-            bar.update(len(batch))
+                report.embedded += 1
+            bar.update(len(rows))
             if len(chunk) >= CHUNK:
                 flush()
         flush()
@@ -367,15 +399,31 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
         bar.close()
 
 
+def _embed_here(paths: list[str], missing: list[list[str]], encoders: list[Encoder],
+                opts: BuildOptions) -> Iterator[EmbeddedBatch]:
+    """The local embedding step: decode in worker threads, encoders in this process."""
+    by_name = {e.name: e for e in encoders}
+    decoded = iter_decoded(paths, max_side=512, workers=opts.workers)
+    for batch, groups in _prepared(decoded, missing, by_name, opts.batch_size):
+        vec_rows: list[dict[str, np.ndarray]] = [{} for _ in batch]
+        for rows, prepared in groups:
+            for name, x in prepared.items():
+                enc = by_name[name]
+                out = enc.embed_batch(x) if _pipelined(enc) else enc.embed(x)
+                for j, row in zip(rows, out):
+                    vec_rows[j][name] = row
+        yield list(zip(batch, vec_rows))
+
+
 def _pipelined(enc: Encoder) -> bool:
-    return callable(getattr(enc, "preprocess", None)) and callable(getattr(enc, "embed_preprocessed", None))
+    return isinstance(enc, PipelinedEncoder)
 
 
-def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by_name: dict[str, Encoder],
+def _prepared(decoded: Iterator[Any], missing: list[list[str]], by_name: dict[str, Encoder],
               batch_size: int) -> Iterator[tuple[list[Any], list[tuple[list[int], dict[str, Any]]]]]:
     """Batches with each encoder's input already prepared, one batch ahead, in a thread.
 
-    Encoders that expose ``preprocess``/``embed_preprocessed`` get their resize and
+    :class:`PipelinedEncoder` encoders get their resize and
     normalisation done here while the previous batch runs through the model, so the
     model is never waiting on image work; others get the PIL images.
     """
@@ -388,14 +436,15 @@ def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by
 
     def produce() -> None:
         try:
-            for batch in iter_batches(_with_failures(decoded, work, report), batch_size):
+            for batch in iter_batches(decoded, batch_size):  # failures travel along, flagged
                 groups: dict[tuple[str, ...], list[int]] = {}
                 for j, d in enumerate(batch):
-                    groups.setdefault(tuple(work[d.index].missing), []).append(j)
+                    if d.ok:
+                        groups.setdefault(tuple(missing[d.index]), []).append(j)
                 out = []
                 for names, rows in groups.items():
                     images = [batch[j].image for j in rows]
-                    out.append((rows, {n: by_name[n].preprocess(images) if _pipelined(by_name[n]) else images
+                    out.append((rows, {n: by_name[n].preprocess_batch(images) if _pipelined(by_name[n]) else images
                                        for n in names}))
                 for d in batch:
                     if _all_pipelined(by_name):
@@ -434,16 +483,11 @@ def _all_pipelined(by_name: dict[str, Encoder]) -> bool:
     return all(_pipelined(e) for e in by_name.values())
 
 
-def _with_failures(decoded: Iterator[Any], work: list[_Work], report: BuildReport) -> Iterator[Any]:
-    for d in decoded:
-        if d.error is not None:
-            w = work[d.index]
-            for p in w.paths:
-                report.failed.append({"path": p, "error": d.error})
-            for how in w.counted:  # it was not added (or updated) after all
-                setattr(report, how, getattr(report, how) - 1)
-            continue
-        yield d
+def _failed(w: _Work, error: str, report: BuildReport) -> None:
+    for p in w.paths:
+        report.failed.append({"path": p, "error": error})
+    for how in w.counted:  # it was not added (or updated) after all
+        setattr(report, how, getattr(report, how) - 1)
 
 
 def _commit(
@@ -510,7 +554,7 @@ def _commit(
                                all_vectors=lambda n=name, d=dim: store.all_vectors(n, d))
         faiss_info = {**index.info(), "requested": requested}
         entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
-                                     getattr(enc, "kind", "attribute"), faiss_info)
+                                     enc.kind, faiss_info)
 
     def switch(txn: Any) -> None:
         store.put_meta(txn, "generation", new_gen)
