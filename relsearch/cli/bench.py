@@ -90,6 +90,31 @@ def relational_cmd(
     typer.echo(f"wrote {report['json']} {report['png']}" + (f" {report['out']}" if out else ""))
 
 
+@bench_app.command("relsets")
+@user_errors
+def relsets_cmd(
+    root: Annotated[Path, typer.Option("--root", help="Folder holding the composed sets (made when missing).")],
+    relsim_mini: Annotated[str | None, typer.Option(
+        "--relsim-mini", help="relsim-mini weights folder (default: the shipped weights).")] = None,
+    sets: Annotated[str | None, typer.Option(
+        "--sets", help="Comma-separated sets: plain9, photo9, photo12, unseen_art12 (default: all).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Compose processes.")] = 1,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also score the imagenet attribute baseline.")] = True,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """relsim-mini vs imagenet on the relational sets: plain, photographs + JPEG, 12 families, unseen art."""
+    from relsearch.bench import relsets
+
+    report = relsets.run_relsets(root, relsim_mini, sets, workers, baseline, results_dir)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(relsets.format_table(report))
+    typer.echo(f"wrote {report['json']}")
+
+
 @bench_app.command("throughput")
 @user_errors
 def throughput_cmd(

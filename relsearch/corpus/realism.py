@@ -30,12 +30,13 @@ class Style:
     overflow: float = 0.0  # share of a layout's extent that may leave the frame (where allowed)
 
 
-_STYLE: contextvars.ContextVar[Style] = contextvars.ContextVar("relsearch_corpus_style", default=Style())
+_PLAIN = Style()
+_STYLE: contextvars.ContextVar[Style | None] = contextvars.ContextVar("relsearch_corpus_style", default=None)
 
 
 def current_style() -> Style:
     """The style of the scene being drawn (plain: no shadow, nothing out of frame)."""
-    return _STYLE.get()
+    return _STYLE.get() or _PLAIN
 
 
 @contextmanager
