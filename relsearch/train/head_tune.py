@@ -95,16 +95,15 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
 
     enc = load(init)
     head = enc.model.head
-    for p in enc.model.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
-    params = [p for p in head.parameters() if p.requires_grad]
+    # Only the head is optimised; LoRA keeps requires_grad (it is part of the saved release) but
+    # gets no gradient: the cached maps are computed after it.
+    params = list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, max(1, int(warmup_frac * steps))))
     loss_cfg = LossConfig(temperature=temperature)
     n = len(records)
     history = []
+    log_every = max(1, min(50, steps // 10))
     started = time.perf_counter()
 
     val_text = text_embeddings(val_records, None).numpy() if val_records else None
@@ -135,10 +134,10 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        if (step + 1) % 50 == 0 or step + 1 == steps:
+        if (step + 1) % log_every == 0 or step + 1 == steps:
             row: dict[str, Any] = {"step": step + 1, "loss": round(loss.item(), 4),
                                    "seconds": round(time.perf_counter() - started, 1)}
-            if val_records and ((step + 1) % 500 == 0 or step + 1 == steps):
+            if val_records and ((step + 1) % (10 * log_every) == 0 or step + 1 == steps):
                 row.update({k: round(v, 4) for k, v in evaluate().items()})
             history.append(row)
             log(json.dumps(row))
