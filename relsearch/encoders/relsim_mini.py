@@ -566,4 +566,11 @@ def load(source: str | None = None, device: str | None = None, trainable: bool =
     encoder = RelsimMiniEncoder(read_config(directory), device=device, weights_label=str(directory),
                                 trainable=trainable)
     encoder.load_state(weights)
+    if encoder.config.pretrained_backbone:  # every input of the fingerprint is a file: remember it
+        from relsearch.encoders.backbones import pretrained_path
+        from relsearch.home import cached_fingerprint, file_identity
+
+        key = "|".join(["relsim-mini", "fp1", "trainable" if trainable else "plain", file_identity(weights),
+                        file_identity(pretrained_path()), json.dumps(asdict(encoder.config), sort_keys=True)])
+        encoder._fingerprint = cached_fingerprint(key, lambda: encoder.fingerprint)
     return encoder

@@ -186,24 +186,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, device: str | None = "cpu") -> int:
-    """Write the encoder release (``encoder.save``) from a training checkpoint; returns its step.
-
-    Lets a run that was stopped early, or a chosen intermediate step, be shipped.
-    """
-    state = load_checkpoint(Path(checkpoint))
-    cfg = state["config"]
-    encoder = build_encoder(cfg["encoder"], device, dict(cfg.get("model_args") or {}))
-    named = dict(encoder.train_module().named_parameters())
-    with torch.no_grad():
-        for k, v in state["trainable"].items():
-            if k not in named:
-                raise RelsearchError(f"checkpoint {checkpoint} does not match the encoder (e.g. {k})")
-            named[k].copy_(v)
-    encoder.save(str(out_dir))
-    return int(state["step"])
-
-
 # -- data -------------------------------------------------------------------------------
 
 
