@@ -48,6 +48,7 @@ from relsearch.errors import RelsearchError
 from relsearch.faults import point
 from relsearch.indexdir import (
     FAISS_DIR,
+    LOCK,
     MANIFEST,
     STORE_DIR,
     EncoderEntry,
@@ -187,7 +188,9 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 
 def _is_index(path: Path) -> bool:
-    return (path / STORE_DIR).exists() or (path / MANIFEST).exists()
+    # a first build killed early leaves only some of these (the lock file, an empty store)
+    return (path / STORE_DIR).exists() or (path / MANIFEST).exists() or \
+        {p.name for p in path.iterdir()} <= {LOCK, STORE_DIR, FAISS_DIR, MANIFEST}
 
 
 # --------------------------------------------------------------------------------------------
