@@ -271,7 +271,7 @@ def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions
     report.encoders = [s.name for s in specs]
     # A plain rebuild loads no model unless it has to: new content, or a column the
     # committed manifest does not describe yet (one an interrupted build was adding).
-    need = bool(opts.encoders) or not manifest or any(s.name not in manifest.encoders for s in specs)
+    need = bool(opts.encoders or opts.index_spec) or not manifest or any(s.name not in manifest.encoders for s in specs)
     encoders = _load_encoders(specs, manifest, index_path, opts) if need else None
 
     plan = _plan(store, files, specs, report)

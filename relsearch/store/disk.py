@@ -47,7 +47,8 @@ def write_error(path: str | os.PathLike[str], exc: BaseException) -> RelsearchEr
     full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
         "No space left" in reason or "Input/output error" in reason
     hint = "free space there and run the build again" if full else "check the disk and run the build again"
-    return RelsearchError(f"cannot write {path}: {reason} on {where}; the previous index is unchanged; {hint}")
+    return RelsearchError(f"cannot write {path}: {reason} on {where}; the index keeps answering from its last "
+                          f"finished build; {hint}")
 
 
 def is_write_failure(exc: BaseException) -> bool:
