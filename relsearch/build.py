@@ -243,8 +243,9 @@ def build_index(
 
 
 def _remove_temp_files(index: Path) -> None:
-    """Temp files a killed build left behind (FAISS and manifest writes)."""
-    for pattern in (f"{FAISS_DIR}/.tmp-*", f".{MANIFEST}.*"):
+    """Temp files a killed build left behind (FAISS and manifest writes: hidden names,
+    see ``relsearch.atomic``). Called under the build lock, so none is still in use."""
+    for pattern in (f"{FAISS_DIR}/.*", f".{MANIFEST}.*"):
         for tmp in index.glob(pattern):
             with contextlib.suppress(OSError):
                 tmp.unlink()

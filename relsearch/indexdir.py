@@ -21,14 +21,14 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from relsearch.atomic import atomic_write_bytes
 from relsearch.errors import IndexMismatchError, RelsearchError
 from relsearch.store import SCHEMA_VERSION, Store
 
@@ -86,22 +86,6 @@ class Manifest:
             return cls(**{**d, "encoders": encs})
         except (KeyError, TypeError) as exc:
             raise RelsearchError(f"corrupt manifest: missing or unexpected field ({exc})") from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_manifest(index: Path) -> Manifest:
@@ -236,3 +220,30 @@ def open_index(path: str | os.PathLike[str]) -> OpenIndex:
         store.close()
         raise
     return OpenIndex(index, manifest, store, generation)
+
+
+def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an index holds: collection, counts, encoders, FAISS specs, sizes on disk."""
+    with open_index(index) as opened:
+        m = opened.manifest
+        size = sum(f.stat().st_size for f in Path(index).rglob("*") if f.is_file())
+        return {
+            "index": str(index),
+            "collection": m.collection,
+            "schema_version": m.schema_version,
+            "generation": opened.generation,
+            "images": m.count,  # live records (the store may also hold an unfinished build's)
+            "paths": opened.store.count("paths"),
+            "bytes_on_disk": size,
+            "encoders": {name: asdict(e) for name, e in m.encoders.items()},
+            "packages": m.packages,
+            "updated": m.updated,
+        }
+
+
+def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
+    """Index directories directly under ``root`` (the default ``indexes/`` home)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists() or (p / STORE_DIR / "data.mdb").exists())

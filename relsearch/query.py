@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from relsearch.encoders import get_encoder, resolve_factory
 from relsearch.errors import RelsearchError
-from relsearch.indexdir import OpenIndex, check_fingerprint, open_index
+from relsearch.indexdir import OpenIndex, check_fingerprint, find_indexes, index_info, open_index  # noqa: F401  (their former home; kept importable)
 
 
 @dataclass
@@ -186,30 +186,3 @@ def query(
         if text is not None:
             return searcher.query_text(text, k)
         return searcher.query_image(img, k, label=str(image))
-
-
-def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
-    """What an index holds: collection, counts, encoders, FAISS specs, sizes on disk."""
-    with open_index(index) as opened:
-        m = opened.manifest
-        size = sum(f.stat().st_size for f in Path(index).rglob("*") if f.is_file())
-        return {
-            "index": str(index),
-            "collection": m.collection,
-            "schema_version": m.schema_version,
-            "generation": opened.generation,
-            "images": opened.store.count("records"),
-            "paths": opened.store.count("paths"),
-            "bytes_on_disk": size,
-            "encoders": {name: asdict(e) for name, e in m.encoders.items()},
-            "packages": m.packages,
-            "updated": m.updated,
-        }
-
-
-def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
-    """Index directories directly under ``root`` (the default ``indexes/`` home)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / "manifest.json").exists())

@@ -187,7 +187,7 @@ def _check(path: Path) -> tuple[VerifyReport, _Findings]:
             _check_faiss(path, name, entry, generation, np.asarray(live, dtype=np.int64), found, problems,
                          VectorIndex)
         leftovers = [p.name for p in (path / FAISS_DIR).glob("*")
-                     if p.name.startswith(".tmp-") or f".{generation}." not in p.name]
+                     if p.name.startswith(".") or f".{generation}." not in p.name]
         if leftovers:
             report.notes.append(f"files of other generations or killed writes in {FAISS_DIR}/ "
                                 f"(the next build removes them): {', '.join(sorted(leftovers)[:5])}")

@@ -66,3 +66,14 @@ def make_collection(root: Path, n: int = 12, seed: int = 0, size: int = 32) -> l
         img.save(p)
         paths.append(p)
     return paths
+
+
+def run_cli(*argv: str) -> int:
+    """``relsearch ARGV...`` in-process, as the console script runs it; returns the exit code."""
+    from relsearch.cli import main
+
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_helpers import run_cli
 from PIL import Image, ImageDraw
 
 from relsearch.corpus import FAMILIES, TEMPLATES, ArtLibrary, compose, split_of
 from relsearch.corpus.art import EMOJI_FONTS, OPENCLIPART_DIR, export_emoji_art, load_object
 from relsearch.corpus.captions import has_placeholder
 from relsearch.errors import RelsearchError
-from tools.compose_corpus import main as compose_main
 
 # Words that appear in the art file names below; no caption may contain them.
 NAMES = ("zebra", "walrus", "quokka", "narwhal", "axolotl", "pangolin", "okapi", "tapir")
@@ -232,8 +232,9 @@ def test_bad_input_raises_user_errors(art: Path, tmp_path: Path) -> None:
 
 
 def test_cli_main_writes_corpus_and_rejects_bad_art(art: Path, tmp_path: Path, capsys) -> None:
-    rc = compose_main(
-        [
+    rc = run_cli(
+        "compose",
+        *[
             "--out",
             str(tmp_path / "o"),
             "--split",
@@ -265,7 +266,7 @@ def test_cli_main_writes_corpus_and_rejects_bad_art(art: Path, tmp_path: Path, c
         assert r["path"].endswith(".png")
         with Image.open(tmp_path / "o" / r["path"]) as im:
             assert im.format == "PNG"
-    rc = compose_main(["--out", str(tmp_path / "p"), "--art", str(tmp_path / "nowhere")])
+    rc = run_cli("compose", *["--out", str(tmp_path / "p"), "--art", str(tmp_path / "nowhere")])
     assert rc == 2
     assert "art folder not found" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()

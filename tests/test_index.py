@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from benchmarks.synthetic import clustered, clustered_with_queries
+from relsearch.bench.synthetic import clustered, clustered_with_queries
 from relsearch.errors import RelsearchError
 from relsearch.index import IndexConfig, VectorIndex, auto_pq, auto_spec, exact_search, recall_at
 
@@ -263,7 +263,7 @@ def test_synthetic_vectors_are_clustered_not_noise() -> None:
 
 
 def test_run_ann_reports_and_writes(tmp_path, data) -> None:
-    from benchmarks.ann import run_ann
+    from relsearch.bench.ann import run_ann
 
     base, queries, _ = data
     out = str(tmp_path / "ids.npy")
@@ -280,7 +280,7 @@ def test_run_ann_reports_and_writes(tmp_path, data) -> None:
 
 
 def test_run_ann_rejects_bad_input_before_writing(tmp_path, data) -> None:
-    from benchmarks.ann import load_vectors, run_ann
+    from relsearch.bench.ann import load_vectors, run_ann
 
     base, queries, _ = data
     out = tmp_path / "ids.npy"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relsearch.train.metrics import (
+from relsearch.retrieval_metrics import (
     average_precision_at_k,
     leakage_at_k,
     neighbours,

@@ -98,11 +98,11 @@ def test_random_sequences_with_crashes_end_equal_to_the_collection(sequence, ext
         Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "seed.png")
         opts = BuildOptions(encoders="tinycolor", progress=False, workers=1, batch_size=2, commit_every=1)
         build_index(root, idx, opts)
-        for op, arg, color in sequence:
+        for step, (op, arg, color) in enumerate(sequence):
             name = os.fsdecode(base + b"/" + NAME_POOL[arg]) if op != "crash" else ""
             if op in ("add", "modify"):
                 Image.new("RGB", (8, 8), color).save(name)
-                os.utime(name, ns=(1, 10**18 + len(os.listdir(tmp)) + color[0]))
+                os.utime(name, ns=(1, 10**18 + step * 10**9))  # a new mtime for every write
             elif op == "remove":
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name)

@@ -187,7 +187,8 @@ def test_temp_files_of_killed_writes_are_removed(tmp_path):
     root, idx = tmp_path / "col", tmp_path / "idx"
     make_collection(root, 3)
     _build(root, idx)
-    left = [idx / "faiss" / ".tmp-k1ll3d.faiss", idx / ".manifest.json.x1y2"]
+    left = [idx / "faiss" / ".tmp-k1ll3d.faiss", idx / "faiss" / ".tinycolor.2.faiss.k1ll3d.tmp",
+            idx / ".manifest.json.x1y2.tmp"]
     for p in left:
         p.write_bytes(b"half a file")
     rep = _build(root, idx)

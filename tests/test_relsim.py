@@ -408,7 +408,7 @@ def test_trainer_fine_tunes_relsim_into_a_loadable_release(release, images, tmp_
     """`relsearch train --encoder relsim@DIR` runs the shared trainer and writes the release layout."""
     import json
 
-    from relsearch.train.cli import main
+    from engine_helpers import run_cli
 
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
@@ -419,7 +419,7 @@ def test_trainer_fine_tunes_relsim_into_a_loadable_release(release, images, tmp_
             im.save(data / "images" / f"{i}.png")
             f.write(json.dumps({"image": f"images/{i}.png", "caption": c}) + "\n")
     out = tmp_path / "out"
-    rc = main(["--data", str(data / "captions.jsonl"), "--encoder", f"relsim@{release}", "--out", str(out),
+    rc = run_cli("train", *["--data", str(data / "captions.jsonl"), "--encoder", f"relsim@{release}", "--out", str(out),
                "--steps", "3", "--batch-size", "4", "--cache-views", "0", "--no-progress", "--device", "cpu",
                "--lr", "1e-2"])
     assert rc == 0

@@ -163,10 +163,10 @@ def test_shipped_relsim_mini_beats_imagenet_on_unseen_objects(tmp_path: Path) ->
     same family in other groups.
     """
     pytest.importorskip("relsearch.corpus.compose")
+    from relsearch import retrieval_metrics as metrics
     from relsearch.corpus.art import OPENCLIPART_DIR
     from relsearch.corpus.compose import compose
     from relsearch.encoders.imagenet import load as load_imagenet
-    from relsearch.train import metrics
     from relsearch.train.data import load_image, read_caption_jsonl
 
     if not OPENCLIPART_DIR.is_dir():

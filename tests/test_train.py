@@ -169,12 +169,13 @@ def _argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_main_trains_a_few_steps_and_loss_falls(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine_helpers import run_cli
+
     from relsearch.encoders.relsim_mini import load
-    from relsearch.train.cli import main
 
     data = make_scene_set(tmp_path / "data", n=16)
     out = tmp_path / "run"
-    code = main(_argv(data / "labels.jsonl", out, "--steps", "24", "--val", str(data / "labels.jsonl"),
+    code = run_cli("train", *_argv(data / "labels.jsonl", out, "--steps", "24", "--val", str(data / "labels.jsonl"),
                       "--warmup-frac", "0.1"))
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -192,13 +193,13 @@ def test_main_trains_a_few_steps_and_loss_falls(tmp_path: Path, capsys: pytest.C
 
 
 def test_main_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from relsearch.train.cli import main
+    from engine_helpers import run_cli
 
     out = tmp_path / "run"
-    assert main(["--data", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert run_cli("train", *["--data", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.jsonl" in err and err.count("\n") == 1
-    assert main(["--data", str(tmp_path / "missing.jsonl"), "--out", str(out), "--batch-size", "1"]) == 2
+    assert run_cli("train", *["--data", str(tmp_path / "missing.jsonl"), "--out", str(out), "--batch-size", "1"]) == 2
     assert "batch_size" in capsys.readouterr().err
     assert not out.exists()
 

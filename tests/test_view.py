@@ -181,10 +181,8 @@ def test_server_answers_posted_image(indexed, tmp_path):
     assert not thread.is_alive()
 
 
-@pytest.mark.parametrize("verb", ["serve", "view"])
-def test_serve_cli_bad_index_is_one_line(tmp_path, verb):
-    where = ["--index", str(tmp_path / "nope")] if verb == "serve" else [str(tmp_path / "nope")]
-    r = CliRunner().invoke(app, [verb, *where, "--no-browser", "--port", "0"])
+def test_view_cli_bad_index_is_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["view", str(tmp_path / "nope"), "--no-browser", "--port", "0"])
     assert r.exit_code == 2
     assert r.output.strip().count("\n") == 0 and "no index at" in r.output
 
@@ -207,7 +205,7 @@ def test_served_page_renders_in_chromium(indexed, tmp_path):
     assert "Uncaught" not in dom.stderr, [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
 
 
-def test_serve_cli_binds_loopback_and_serves(indexed, monkeypatch):
+def test_view_cli_no_browser_binds_loopback_and_serves(indexed, monkeypatch):
     import time
 
     import relsearch.view.server as server_mod
@@ -223,7 +221,7 @@ def test_serve_cli_binds_loopback_and_serves(indexed, monkeypatch):
     monkeypatch.setattr(server_mod, "make_server", capture)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault(
-        "r", CliRunner().invoke(app, ["serve", "--index", str(index), "--port", "0", "--no-browser", "-k", "3"])),
+        "r", CliRunner().invoke(app, ["view", str(index), "--port", "0", "--no-browser", "-k", "3"])),
         daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -12,7 +12,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -32,8 +32,10 @@ app.add_typer(bench_app, name="bench")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Options several commands share, defined once so their flags and help read the same everywhere.
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
-ColumnsOpt = typer.Option(None, "--encoders", help="Only these columns of the index.")
+# Use as ``as_json: JsonOpt = False`` / ``encoders: ColumnsOpt = None``.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+ColumnsOpt = Annotated[str | None, typer.Option("--encoders", help="Only these columns of the index.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda, mps, then cpu).")]
 
 
 def user_errors(func: F) -> F:

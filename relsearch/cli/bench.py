@@ -1,47 +1,43 @@
 """CLI commands: bench ann, bench relational, bench throughput.
 
-The benchmark code lives in the repository's ``benchmarks/`` package (never imported
-by the engine); these commands parse, call it and print.
+The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
+path); these commands parse, call them and print. Results go to ``--results-dir``
+(default ``benchmarks/results`` under the working directory).
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import typer
 
-from relsearch.cli.app import JsonOpt, bench_app, print_json, user_errors
+from relsearch.cli.app import DeviceOpt, JsonOpt, bench_app, print_json, user_errors
 from relsearch.errors import RelsearchError
 
-ResultsOpt = typer.Option(None, "--results-dir",
-                          help="Where the JSON + PNG go (default: benchmarks/results of the checkout).")
-
-
-def _bench_module(name: str) -> Any:
-    try:
-        return importlib.import_module(f"benchmarks.{name}")
-    except ImportError as exc:
-        raise RelsearchError(
-            f"benchmarks.{name} is not importable ({exc}); run `relsearch bench` from the repository checkout"
-        ) from exc
+ResultsOpt = Annotated[Path | None, typer.Option(
+    "--results-dir", help="Where the JSON + PNG go (default: benchmarks/results under the working directory).")]
+KOpt = Annotated[int, typer.Option("-k", "--k", min=1)]
 
 
 @bench_app.command("ann")
 @user_errors
 def ann_cmd(
-    base: Path = typer.Option(..., "--base", help="float32 [N, d] .npy (L2-normalised vectors)."),
-    queries: Path = typer.Option(..., "--queries", help="float32 [Q, d] .npy."),
-    k: int = typer.Option(10, "-k", "--k", min=1),
-    spec: str = typer.Option("auto", "--spec", help="auto or a FAISS factory string, e.g. IVF1024,PQ48."),
-    out: Path | None = typer.Option(None, "--out", help="Write the returned ids [Q, k] int64 here (.npy)."),
-    sweep: bool = typer.Option(False, "--sweep", help="Also write recall@10 vs QPS over nprobe (JSON + PNG)."),
-    results_dir: Path | None = ResultsOpt,
-    as_json: bool = JsonOpt,
+    base: Annotated[Path, typer.Option("--base", help="float32 [N, d] .npy (L2-normalised vectors).")],
+    queries: Annotated[Path, typer.Option("--queries", help="float32 [Q, d] .npy.")],
+    k: KOpt = 10,
+    spec: Annotated[str, typer.Option("--spec", help="auto or a FAISS factory string, e.g. IVF1024,PQ48.")]
+    = "auto",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the returned ids [Q, k] int64 here (.npy).")]
+    = None,
+    sweep: Annotated[bool, typer.Option(
+        "--sweep", help="Also write recall@10 vs QPS over nprobe (JSON + PNG).")] = False,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """ANN recall/speed of the engine's index against exact search."""
-    ann = _bench_module("ann")
+    from relsearch.bench import ann
+
     b = ann.load_vectors(str(base), "base")
     q = ann.load_vectors(str(queries), "queries")
     if b.shape[1] != q.shape[1]:
@@ -68,18 +64,23 @@ def ann_cmd(
 @bench_app.command("relational")
 @user_errors
 def relational_cmd(
-    collection: Path = typer.Option(..., "--collection", help="Labelled collection folder."),
-    labels: Path | None = typer.Option(None, "--labels", help="labels.jsonl (default: COLLECTION/labels.jsonl)."),
-    encoders: str | None = typer.Option(None, "--encoders", help="Comma-separated encoders (default pair)."),
-    k: int = typer.Option(10, "-k", "--k", min=1),
-    index: Path | None = typer.Option(None, "--index", help="Build into / reuse this index (default: temporary)."),
-    out: Path | None = typer.Option(None, "--out", help="Write neighbours, one JSON line per query and encoder."),
-    device: str | None = typer.Option(None, "--device"),
-    results_dir: Path | None = ResultsOpt,
-    as_json: bool = JsonOpt,
+    collection: Annotated[Path, typer.Option("--collection", help="Labelled collection folder.")],
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="labels.jsonl (default: COLLECTION/labels.jsonl).")] = None,
+    encoders: Annotated[str | None, typer.Option(
+        "--encoders", help="Comma-separated encoders (default pair).")] = None,
+    k: KOpt = 10,
+    index: Annotated[Path | None, typer.Option(
+        "--index", help="Build into / reuse this index (default: temporary).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write neighbours, one JSON line per query and encoder.")] = None,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Relational precision/mAP/recall@k and attribute leakage@k of each encoder."""
-    rel = _bench_module("relational")
+    from relsearch.bench import relational as rel
+
     report = rel.run_relational(collection, labels=labels, encoders=encoders, k=k, index=index, out=out,
                                 device=device, results_dir=results_dir or rel.RESULTS_DIR)
     if as_json:
@@ -92,20 +93,23 @@ def relational_cmd(
 @bench_app.command("throughput")
 @user_errors
 def throughput_cmd(
-    collection: Path | None = typer.Option(None, "--collection", help="Images to use (default: synthetic photos)."),
-    encoders: str = typer.Option("imagenet", "--encoders", help="Comma-separated encoders."),
-    n: int = typer.Option(256, "--n", min=1, help="Images to embed and index."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    queries: int = typer.Option(100, "--queries", min=1, help="Queries timed one at a time."),
-    k: int = typer.Option(10, "-k", "--k", min=1),
-    workers: int | None = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's)."),
-    device: str | None = typer.Option(None, "--device"),
-    results_dir: Path | None = ResultsOpt,
-    as_json: bool = JsonOpt,
+    collection: Annotated[Path | None, typer.Option(
+        "--collection", help="Images to use (default: synthetic photos).")] = None,
+    encoders: Annotated[str, typer.Option("--encoders", help="Comma-separated encoders.")] = "imagenet",
+    n: Annotated[int, typer.Option("--n", min=1, help="Images to embed and index.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    queries: Annotated[int, typer.Option("--queries", min=1, help="Queries timed one at a time.")] = 100,
+    k: KOpt = 10,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Images/s of embedding, build-index time by phase, query latency by step."""
-    tp = _bench_module("throughput")
+    from relsearch.bench import throughput as tp
+
     report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
                                workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR,
                                threads=threads)

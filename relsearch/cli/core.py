@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from relsearch.cli.app import ColumnsOpt, JsonOpt, app, print_json, user_errors
+from relsearch.cli.app import ColumnsOpt, DeviceOpt, JsonOpt, app, print_json, user_errors
 from relsearch.errors import RelsearchError
 
-IndexOpt = typer.Option(None, "--index", help="Index directory (default: indexes/<name of DIR>).")
-EncodersOpt = typer.Option(None, "--encoders", help="Comma-separated encoders, each NAME or NAME@SOURCE.")
+IndexOpt = Annotated[Path | None, typer.Option("--index", help="Index directory (default: indexes/<name of DIR>).")]
+EncodersOpt = Annotated[str | None, typer.Option(
+    "--encoders", help="Comma-separated encoders, each NAME or NAME@SOURCE.")]
 
 
 @app.command("build-index")
 @user_errors
 def build_index_cmd(
-    directory: Path = typer.Argument(..., help="Folder of images (scanned recursively)."),
-    index: Path | None = IndexOpt,
-    encoders: str | None = EncodersOpt,
-    index_spec: str | None = typer.Option(None, "--index-spec", help="Force a FAISS factory string, e.g. 'IVF1024,PQ48'."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: int | None = typer.Option(None, "--workers", help="Decode workers (default: CPU count)."),
-    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda, mps, then cpu)."),
-    as_json: bool = JsonOpt,
+    directory: Annotated[Path, typer.Argument(help="Folder of images (scanned recursively).")],
+    index: IndexOpt = None,
+    encoders: EncodersOpt = None,
+    index_spec: Annotated[str | None, typer.Option(
+        "--index-spec", help="Force a FAISS factory string, e.g. 'IVF1024,PQ48'.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Embed a folder of images into one FAISS index per encoder, with LMDB metadata."""
     from relsearch.build import BuildOptions, build_index
@@ -54,15 +57,17 @@ def build_index_cmd(
 @app.command("query")
 @user_errors
 def query_cmd(
-    image: Path | None = typer.Argument(None, help="Query image (may be outside the collection)."),
-    k: int = typer.Option(20, "-k", "--k", min=1, help="Neighbours per encoder."),
-    index: Path | None = IndexOpt,
-    encoders: str | None = ColumnsOpt,
-    text: str | None = typer.Option(None, "--text", help="Search the relational columns with an anonymous caption."),
-    html: Path | None = typer.Option(None, "--html", help="Also write an HTML page of the result."),
-    sheet: Path | None = typer.Option(None, "--sheet", help="Also write a PNG contact sheet of the result."),
-    device: str | None = typer.Option(None, "--device"),
-    as_json: bool = JsonOpt,
+    image: Annotated[Path | None, typer.Argument(help="Query image (may be outside the collection).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per encoder.")] = 20,
+    index: IndexOpt = None,
+    encoders: ColumnsOpt = None,
+    text: Annotated[str | None, typer.Option(
+        "--text", help="Search the relational columns with an anonymous caption.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page of the result.")] = None,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write a PNG contact sheet of the result.")]
+    = None,
+    device: DeviceOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Relational and attribute neighbours of IMG, one column per encoder."""
     from relsearch.query import query
@@ -85,7 +90,7 @@ def query_cmd(
 
 def _only_index() -> Path:
     """With no --index: the single index under ./indexes, else a clear message."""
-    from relsearch.query import find_indexes
+    from relsearch.indexdir import find_indexes
 
     found = find_indexes(Path.cwd() / "indexes")
     if len(found) == 1:
@@ -123,11 +128,11 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
 @app.command("info")
 @user_errors
 def info_cmd(
-    index: Path | None = IndexOpt,
-    as_json: bool = JsonOpt,
+    index: IndexOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """What indexes exist, how big, which encoders."""
-    from relsearch.query import find_indexes, index_info
+    from relsearch.indexdir import find_indexes, index_info
 
     targets = [index] if index is not None else find_indexes(Path.cwd() / "indexes")
     if index is None and not targets:

@@ -1,30 +1,81 @@
-"""CLI commands: train, compose.
-
-Both forward their arguments untouched to ``main(argv)`` functions (argparse), so the
-same code runs as ``relsearch train ...``, ``python -m relsearch.train ...`` and
-in-process from tests; ``--help`` shows their own option lists.
-"""
+"""CLI command: train (a relational encoder on anonymous captions)."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated, Any
+
 import typer
 
-from relsearch.cli.app import app
-
-_FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-
-
-@app.command("train", context_settings=_FORWARD, add_help_option=False)
-def train_cmd(ctx: typer.Context) -> None:
-    """Train a relational encoder on anonymous captions (relsearch train --help)."""
-    from relsearch.train.cli import main
-
-    raise typer.Exit(code=main(list(ctx.args)))
+from relsearch.cli.app import DeviceOpt, app, print_json, user_errors
+from relsearch.errors import RelsearchError
 
 
-@app.command("compose", context_settings=_FORWARD, add_help_option=False)
-def compose_cmd(ctx: typer.Context) -> None:
-    """Compose a relational corpus from clip art (relsearch compose --help)."""
-    from tools.compose_corpus import main
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``KEY=JSON`` items -> dict (a value that is not JSON stays a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RelsearchError(f"--model-arg needs KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
-    raise typer.Exit(code=main(list(ctx.args)))
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    data: Annotated[str, typer.Option("--data", help="Captions JSONL ({image, caption}) or the paper's release rows.")],
+    out: Annotated[str, typer.Option("--out", help="Output folder: checkpoint, metrics.jsonl, final weights.")],
+    encoder: Annotated[str, typer.Option("--encoder", help="NAME or NAME@SOURCE.")] = "relsim-mini",
+    val: Annotated[str | None, typer.Option("--val", help="Validation JSONL (labels.jsonl adds precision/leakage).")]
+    = None,
+    image_dir: Annotated[str | None, typer.Option("--image-dir", help="Image folder for the paper's release format.")]
+    = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = 10,
+    steps: Annotated[int | None, typer.Option("--steps", help="Total steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
+    warmup_frac: Annotated[float, typer.Option("--warmup-frac")] = 0.05,
+    grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.07,
+    symmetric: Annotated[bool, typer.Option("--symmetric", help="Add the caption -> image loss.")] = False,
+    loss_mode: Annotated[str, typer.Option(
+        "--loss", help="multipos (near-duplicate captions are positives too) or infonce.")] = "multipos",
+    pos_threshold: Annotated[float, typer.Option("--pos-threshold")] = 0.9,
+    family_positives: Annotated[bool, typer.Option(
+        "--family-positives", help="Captions of the same family label are positives too (labels.jsonl data).")]
+    = False,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 100,
+    cache_views: Annotated[int, typer.Option(
+        "--cache-views", help="Cached frozen-feature views per image (0: augment every step).")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    model_arg: Annotated[list[str] | None, typer.Option(
+        "--model-arg", metavar="KEY=JSON", help="relsim-mini architecture override, e.g. d_model=128 (repeatable).")]
+    = None,
+    resume: Annotated[bool, typer.Option("--resume")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Train a relational encoder on anonymous captions; prints the summary as JSON."""
+    from relsearch.train.trainer import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            data=data, out=out, encoder=encoder, val=val, image_dir=image_dir, epochs=epochs, steps=steps,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac,
+            grad_clip=grad_clip, temperature=temperature, symmetric=symmetric, loss_mode=loss_mode,
+            pos_threshold=pos_threshold, family_positives=family_positives, checkpoint_every=checkpoint_every,
+            cache_views=cache_views, seed=seed, device=device, threads=threads, resume=resume,
+            progress=progress, model_args=parse_model_args(model_arg or []),
+        )
+    except ValueError as exc:
+        raise RelsearchError(str(exc)) from exc
+    result = train(config)
+    print_json({"out": result.out, "steps": result.steps, "final_loss": result.final_loss, "val": result.val,
+                "seconds": round(result.seconds, 1)})

@@ -9,14 +9,17 @@ import typer
 
 from relsearch.cli.app import JsonOpt, app, print_json, user_errors
 
+VerifyIndexOpt = Annotated[Path | None, typer.Option("--index", help="Index directory (default: the one under ./indexes).")]
+RepairOpt = Annotated[bool, typer.Option("--repair", help="Rebuild FAISS files from the raw vectors and the manifest "
+                                         "from the store (no re-embedding).")]
+
 
 @app.command("verify")
 @user_errors
 def verify_cmd(
-    index: Annotated[Path | None, typer.Option("--index", help="Index directory (default: the one under ./indexes).")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Rebuild FAISS files from the raw vectors and the "
-                                         "manifest from the store (no re-embedding).")] = False,
-    as_json: bool = JsonOpt,
+    index: VerifyIndexOpt = None,
+    repair: RepairOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check manifest, LMDB store and FAISS files against each other; exit 1 if they disagree."""
     from relsearch.cli.core import _only_index

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from relsearch.atomic import atomic_write
 from relsearch.errors import RelsearchError
 
 OPENCLIPART_DIR = Path("/usr/share/openclipart/png")
@@ -221,14 +222,12 @@ class ArtLibrary:
             except OSError:
                 pass  # a damaged cache entry: rebuild it
         obj = load_object(path, ident, self.max_side)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         try:
             self._disk.mkdir(parents=True, exist_ok=True)
-            if obj is None:
-                tmp.write_bytes(b"")
-            else:
-                obj.image.save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, cached)  # atomic: parallel workers may write the same entry
+            # atomic: parallel workers may write the same entry; a rebuildable cache needs no fsync
+            with atomic_write(cached, durable=False) as f:
+                if obj is not None:
+                    obj.image.save(f, format="PNG", compress_level=1)
         except OSError:
             pass  # a read-only cache only costs speed
         return obj

@@ -5,27 +5,13 @@ is tuned at build time to reach a recall target, with optional exact
 re-ranking of the top candidates from the raw vectors (which the engine keeps
 in its store, so the index file itself stays small).
 
-File format (one file, replaced atomically)::
-
-    b"RSFAISS\\n"                 magic, 8 bytes
-    uint64 little-endian L        length of the header
-    32 bytes                      sha256 of the header
-    L bytes of UTF-8 JSON         format, spec, nprobe, rerank, build facts,
-                                  payload length and sha256
-    payload                       faiss.serialize_index of the CPU index
-
-The header travels with the index so the search parameters can never drift
-from the index they were tuned for, and the checksum turns any truncation or
-bit rot into a clean error before faiss parses a byte.
+The file format lives in :mod:`relsearch.index.fileformat`, the nprobe tuning in
+:mod:`relsearch.index.tuning`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import struct
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -35,23 +21,16 @@ import numpy as np
 
 from relsearch.errors import RelsearchError
 from relsearch.index import _faiss
-from relsearch.index.metrics import exact_search, recall_at
+from relsearch.index.fileformat import read_index_file, write_index_file
 from relsearch.index.spec import AUTO_RERANK, IndexConfig, auto_spec, train_size
+from relsearch.index.tuning import tune_nprobe
 
 VectorLookup = Callable[[np.ndarray], np.ndarray]
 
-MAGIC = b"RSFAISS\n"
-FORMAT_VERSION = 1
-#: nprobe values tried when tuning, roughly x1.5 apart so the chosen one is
-#: never far above what the recall target needs.
-NPROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 #: An IVF index trained when the collection had N vectors is rebuilt once it
 #: holds this many times more: its nlist is then about half of what N calls for
 #: and its lists hold vectors its centroids never saw.
 REBUILD_GROWTH = 4.0
-#: Deepest automatic re-ranking (x4 the default) tried when tuning cannot reach
-#: the recall target: 400 raw vectors per query is ~600 KB read from the store.
-MAX_AUTO_RERANK = 400
 _ADD_CHUNK = 65_536
 
 
@@ -74,18 +53,6 @@ def _as_ids(ids: np.ndarray, n: int) -> np.ndarray:
     if len(np.unique(ids)) != n:
         raise ValueError("ids must be unique")
     return ids
-
-
-def _array_lookup(vectors: np.ndarray, ids: np.ndarray) -> VectorLookup:
-    """Map ids -> rows of ``vectors`` (used while tuning, before the engine's store exists)."""
-    order = np.argsort(ids)
-    sorted_ids = ids[order]
-
-    def lookup(want: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(sorted_ids, want)
-        return vectors[order[pos]]
-
-    return lookup
 
 
 def rerank_exact(
@@ -228,65 +195,10 @@ class VectorIndex:
         built._lookup = vector_lookup
         if ivf is not None and n:
             t0 = time.perf_counter()
-            curve = built._tune_nprobe(vectors, ids, config, train_rows)
+            curve, built._meta["tuned_recall"] = tune_nprobe(built, vectors, ids, config, train_rows)
             timings["tune_s"] = time.perf_counter() - t0
             built._meta["tuning"] = curve
         return built
-
-    def _tune_nprobe(
-        self, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, train_rows: np.ndarray, k: int = 10
-    ) -> list[list[float]]:
-        """Smallest nprobe whose leave-one-out recall@k reaches the target.
-
-        Returns the points tried, ``[nprobe, rerank, recall]``.
-
-        Queries are collection vectors held out of training when the
-        collection is big enough; each one's own id is dropped from both the
-        exact and the approximate result lists, so the estimate is for a new
-        image that resembles the collection, not for finding itself.
-        """
-        n = vectors.shape[0]
-        nq = min(config.tune_queries, n)
-        rng = np.random.default_rng(1)
-        held_out = np.setdiff1d(np.arange(n), train_rows, assume_unique=True)
-        pool = held_out if len(held_out) >= nq else np.arange(n)
-        rows = np.sort(rng.choice(pool, nq, replace=False))
-        queries = vectors[rows]
-        self_ids = ids[rows]
-        kk = min(k, n - 1)
-        if kk < 1:
-            return []
-        _, true_pos = exact_search(vectors, queries, kk + 1)
-        true = _drop_self(np.where(true_pos >= 0, ids[np.maximum(true_pos, 0)], -1), self_ids, kk)
-        lookup = _array_lookup(vectors, ids)
-
-        def recall_at_nprobe(nprobe: int) -> float:
-            self.nprobe = nprobe
-            _, found = self.search(queries, kk + 1, vector_lookup=lookup)
-            return recall_at(_drop_self(found, self_ids, kk), true, kk)
-
-        reranks = [self._rerank]
-        if config.rerank is None and self._rerank:
-            # Automatic depth: if the codes are too coarse for the target at any
-            # nprobe (high intrinsic dimension), re-rank deeper before giving up.
-            reranks += [r for r in (2 * self._rerank, 4 * self._rerank) if r <= MAX_AUTO_RERANK]
-        curve: list[list[float]] = []
-        for rerank in reranks:
-            self.rerank = rerank
-            points = _sweep_nprobe(recall_at_nprobe, self._ivf.nlist, config.recall_target)
-            curve += [[nprobe, rerank, r] for nprobe, r in points]
-            if points[-1][1] >= config.recall_target:
-                break
-        # Target reached: the last point. Otherwise the cheapest point of the
-        # deepest re-ranking within 0.005 of the best recall seen there.
-        last = [c for c in curve if c[1] == self._rerank]
-        best = max(c[2] for c in last)
-        chosen = (
-            last[-1] if last[-1][2] >= config.recall_target else next(c for c in last if c[2] >= best - 0.005)
-        )
-        self.nprobe = int(chosen[0])
-        self._meta["tuned_recall"] = chosen[2]
-        return curve
 
     # ----------------------------------------------------------- properties
     @property
@@ -490,83 +402,28 @@ class VectorIndex:
         self._file_bytes = int(payload.nbytes)
         meta = {k: v for k, v in self._meta.items()}
         meta.update(
-            format=FORMAT_VERSION,
             spec=self._spec,
             dim=self.dim,
             ntotal=self.ntotal,
             nprobe=self._nprobe,
             rerank=self._rerank,
             faiss_version=getattr(faiss, "__version__", "unknown"),
-            payload_bytes=int(payload.nbytes),
-            payload_sha256=hashlib.sha256(payload.data).hexdigest(),
         )
-        header = json.dumps(meta, sort_keys=True).encode("utf-8")
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".faiss", dir=directory)
-        except OSError as e:
-            raise RelsearchError(f"cannot write index file {path}: {e.strerror or e}") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC)
-                f.write(struct.pack("<Q", len(header)))
-                f.write(hashlib.sha256(header).digest())
-                f.write(header)
-                f.write(payload.data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            _unlink_quietly(tmp)
-            raise RelsearchError(f"cannot write index file {path}: {e.strerror or e}") from None
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        _fsync_dir(directory)
+        write_index_file(path, meta, payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> VectorIndex:
         """Read a file written by :meth:`save`; any damage raises RelsearchError."""
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
-            raise RelsearchError(f"index file not found: {path}") from None
-        except OSError as e:
-            raise RelsearchError(f"cannot read index file {path}: {e.strerror or e}") from None
-
-        def corrupt(why: str) -> RelsearchError:
-            return RelsearchError(f"corrupt index file {path}: {why}; rebuild the index")
-
-        if len(blob) < len(MAGIC) + 8 + 32 or blob[: len(MAGIC)] != MAGIC:
-            raise corrupt("not a relsearch index (bad magic)")
-        (hlen,) = struct.unpack_from("<Q", blob, len(MAGIC))
-        start = len(MAGIC) + 8 + 32
-        if start + hlen > len(blob):
-            raise corrupt("truncated header")
-        header = blob[start : start + hlen]
-        if hashlib.sha256(header).digest() != blob[start - 32 : start]:
-            raise corrupt("header checksum mismatch")
-        try:
-            meta = json.loads(header.decode("utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("header is not an object")
-            if meta.get("format") != FORMAT_VERSION:
-                raise ValueError(f"unknown format {meta.get('format')!r}")
-            size, digest = int(meta["payload_bytes"]), str(meta["payload_sha256"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise corrupt(f"bad header ({_first_line(e)})") from None
-        payload = memoryview(blob)[start + hlen :]
-        if len(payload) != size:
-            raise corrupt(f"payload is {len(payload)} bytes, header says {size} (truncated?)")
-        if hashlib.sha256(payload).hexdigest() != digest:
-            raise corrupt("checksum mismatch")
+        meta, payload = read_index_file(path)
+        size = len(payload)
         faiss = _faiss.import_faiss()
         try:
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         except RuntimeError as e:
-            raise corrupt(f"faiss could not read it ({_first_line(e)})") from None
+            raise RelsearchError(
+                f"corrupt index file {path}: faiss could not read it ({_first_line(e)}); rebuild the index"
+            ) from None
         loaded = cls(index, str(meta["spec"]), meta)
         loaded._file_bytes = size
         return loaded
@@ -661,51 +518,6 @@ def _ivf_ids(faiss: Any, ivf: Any) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def _sweep_nprobe(recall_of: Callable[[int], float], nlist: int, target: float) -> list[tuple[int, float]]:
-    """Try nprobe = 1, 2, 3, 4, 6... until recall reaches ``target`` or stops rising."""
-    points: list[tuple[int, float]] = []
-    for nprobe in NPROBE_STEPS:
-        if nprobe > nlist:
-            break
-        r = round(recall_of(nprobe), 5)
-        points.append((nprobe, r))
-        if r >= target:
-            break
-        if len(points) >= 3 and points[-3][1] + 0.002 >= r:
-            # Plateau: the codes, not the probes, limit recall; more probes only cost time.
-            break
-    return points
-
-
-def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
-    out = np.full((found.shape[0], k), -1, dtype=np.int64)
-    for i, (row, me) in enumerate(zip(found, self_ids)):
-        kept = row[row != me][:k]
-        out[i, : len(kept)] = kept
-    return out
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(directory: str) -> None:
-    # Make the rename itself durable; not possible on every platform/filesystem.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

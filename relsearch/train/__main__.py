@@ -1,7 +1,7 @@
-"""``python -m relsearch.train ...``: same as ``relsearch train``."""
+"""``python -m relsearch.train ...``: same as ``relsearch train ...``."""
 
 import sys
 
-from relsearch.train.cli import main
+from relsearch.cli import main
 
-sys.exit(main())
+main(["train", *sys.argv[1:]])

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from relsearch.atomic import atomic_write
 from relsearch.encoders.base import TrainableEncoder
 from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
@@ -168,9 +169,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write then rename: a kill mid-write leaves the previous file intact."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path: Path, step: int, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -352,7 +352,7 @@ def validate(image_emb: np.ndarray, records: list[CaptionRecord], text_emb: np.n
         report[f"i2t_recall@{kk}"] = float(np.take_along_axis(positive, top, 1).any(1).mean())
     families = [r.family for r in records]
     if all(families):
-        from relsearch.train import metrics
+        from relsearch import retrieval_metrics as metrics
 
         objects = [r.objects for r in records]
         rel = metrics.retrieval_report(image_emb, families, objects if all(objects) else None, k=k)

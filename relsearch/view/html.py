@@ -2,7 +2,7 @@
 
 Thumbnails are embedded as small JPEG data URIs, so the page still works when it is
 moved or mailed; each thumbnail links to the original file (``file://``). The same
-row markup serves the local ``serve`` page, where thumbnails come from the server.
+row markup serves the local ``view`` page, where thumbnails come from the server.
 """
 
 from __future__ import annotations

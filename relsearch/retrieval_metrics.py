@@ -1,4 +1,4 @@
-"""Retrieval metrics for relational benchmarks (numpy only).
+"""Retrieval metrics of relational search (numpy only), shared by the trainer's validation and `bench relational`.
 
 Items carry a family label (``"none"`` for scenes without a relation) and a set of object
 identities. For every query (an item whose family is not ``"none"``) the ranked neighbours

@@ -16,7 +16,7 @@ that with a mixture of low-rank Gaussians:
 Queries are drawn from the same mixture (fresh samples), never copied from the
 base, so a query's nearest neighbour is not itself.
 
-    python -m benchmarks.synthetic --n 1000000 --queries 1000 --d 384 --out data/ann
+    python -m relsearch.bench.synthetic --n 1000000 --queries 1000 --d 384 --out data/ann
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def clustered(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.synthetic", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m relsearch.bench.synthetic", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--d", type=int, default=384)

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR
 from relsearch.errors import RelsearchError
-from relsearch.train.metrics import NONE_FAMILY, neighbours, retrieval_report
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from relsearch.retrieval_metrics import NONE_FAMILY, neighbours, retrieval_report
 
 #: GPT-4o-judged relational similarity scores (0-10) reported in the relsim paper, for context
 #: beside this benchmark's family precision (a different, label-based measure).

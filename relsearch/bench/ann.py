@@ -8,8 +8,8 @@ flat search measured in the same process, build / train time and index bytes
 per vector. ``sweep=True`` adds a recall-vs-QPS curve over nprobe, with and
 without re-ranking, one curve per spec, as JSON and PNG in benchmarks/results/.
 
-    python -m benchmarks.synthetic --n 1000000 --queries 1000 --out data/ann1m
-    python -m benchmarks.ann --base data/ann1m/base.npy --queries data/ann1m/queries.npy --sweep
+    python -m relsearch.bench.synthetic --n 1000000 --queries 1000 --out data/ann1m
+    python -m relsearch.bench.ann --base data/ann1m/base.npy --queries data/ann1m/queries.npy --sweep
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR
 from relsearch.errors import RelsearchError
 from relsearch.index import IndexConfig, VectorIndex, recall_at
 from relsearch.index._faiss import import_faiss
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 #: Exact one-query-at-a-time search on 1M vectors takes ~0.1-0.3 s per query, so
 #: it is timed on as many queries as fit in this budget (at least 5).
 EXACT_SINGLE_BUDGET_S = 20.0
@@ -268,7 +268,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.ann", description="ANN recall/speed vs exact search"
+        prog="python -m relsearch.bench.ann", description="ANN recall/speed vs exact search"
     )
     p.add_argument("--base", required=True, help="float32 [N, d] .npy, L2-normalised")
     p.add_argument("--queries", required=True, help="float32 [Q, d] .npy")

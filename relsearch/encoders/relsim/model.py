@@ -4,13 +4,8 @@ One user turn holds the image and then the special token ``<|query|>``; the
 last-layer hidden state at that token goes through ``Linear(hidden -> 384)``
 and L2 normalisation. Similarity is the dot product.
 
-Weights come in the released layout, from a local directory or a hub id already
-in the local HF cache::
-
-    adapter_config.json        LoRA settings; base_model_name_or_path names the base
-    adapter_model.safetensors  LoRA tensors (and, when saved, the resized embeddings)
-    tokenizer / processor files, with <|query|> added
-    projection_and_config.pt   {"projection": Linear state_dict, "query_token_id": int}
+Weights come in the released layout (see :mod:`relsearch.encoders.relsim.release`),
+from a local directory or a hub id already in the local HF cache.
 
 Library use::
 
@@ -21,51 +16,44 @@ Library use::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from relsearch.encoders import hub
-from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
-from relsearch.errors import MissingWeightsError, RelsearchError
+from relsearch.encoders.base import l2_normalize, pick_device
+from relsearch.encoders.relsim.identity import base_identity, release_fingerprint
+from relsearch.encoders.relsim.release import (
+    ADAPTER_WEIGHTS,
+    DEFAULT_BASE,
+    DEFAULT_SOURCE,
+    EMBED_DIM,
+    LORA_SETTINGS,
+    PROJECTION_FILE,
+    QUERY_TOKEN,
+    RELEASE_FILES,
+    attach_lora,
+    load_adapter_state,
+    load_base,
+    load_processor,
+    load_projection,
+    lora_state,
+    peft_wrap,
+    read_adapter_config,
+    read_projection,
+    read_query_token_id,
+    write_release,
+)
+from relsearch.errors import RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-QUERY_TOKEN = "<|query|>"
-EMBED_DIM = 384
-DEFAULT_SOURCE = "thaoshibe/relsim-qwenvl25-lora"
-DEFAULT_BASE = "Qwen/Qwen2.5-VL-7B-Instruct"
 #: The training resolution: longer image side capped here before the processor.
 DEFAULT_MAX_IMAGE_SIZE = 448
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PROJECTION_FILE = "projection_and_config.pt"
-RELEASE_FILES = [ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROJECTION_FILE]
-
-#: The paper's LoRA: rank 16, alpha 32, dropout 0.05, no bias, on the language
-#: model's q/v projections (the vision tower's attention is a fused ``qkv``, so
-#: these names only match the language model).
-LORA_SETTINGS: dict[str, Any] = {
-    "r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "bias": "none",
-    "target_modules": ["q_proj", "v_proj"],
-}
-
-# Adapters saved before transformers moved the text stack under
-# ``model.language_model`` use the older names; map them onto the current ones.
-_KEY_RENAMES = [
-    ("base_model.model.model.layers.", "base_model.model.model.language_model.layers."),
-    ("base_model.model.model.embed_tokens.", "base_model.model.model.language_model.embed_tokens."),
-]
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
@@ -196,8 +184,8 @@ class RelsimEncoder:
     def fingerprint(self) -> str:
         if self._fingerprint is not None:
             return self._fingerprint
-        current = _fingerprint(
-            _lora_state(self.module.backbone).items(),
+        current = release_fingerprint(
+            lora_state(self.module.backbone).items(),
             self.module.projection.state_dict().items(),
             self.module.query_token_id,
             self._base_identity,
@@ -287,25 +275,7 @@ class RelsimEncoder:
 
     def save(self, out_dir: str) -> None:
         """Write the release layout (adapter, processor, projection) to ``out_dir``."""
-        import torch
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        backbone = self.module.backbone
-        # Embeddings are written when they cannot be rebuilt from the base: the
-        # resize added rows (random init) or the loaded release carried its own.
-        # A shrink keeps the base's rows, so the adapter stays small.
-        rows = backbone.get_input_embeddings().weight.shape[0]
-        keep = rows > self.module.base_vocab_size or self.module.carries_embeddings
-        backbone.save_pretrained(str(out), save_embedding_layers=bool(keep))
-        cfg_path = out / ADAPTER_CONFIG
-        cfg = json.loads(cfg_path.read_text())
-        cfg["base_model_name_or_path"] = self.base_source
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        self.processor.save_pretrained(str(out))
-        projection = {k: v.detach().to("cpu").clone() for k, v in self.module.projection.state_dict().items()}
-        torch.save({"projection": projection, "query_token_id": int(self.module.query_token_id)},
-                   out / PROJECTION_FILE)
+        write_release(self.module, self.processor, self.base_source, out_dir)
 
     # ------------------------------------------------------------------ helpers
     def prompt(self) -> str:
@@ -372,36 +342,36 @@ def load(source: str | None = None, device: str | None = None, options: RelsimOp
     options = options or RelsimOptions()
     source = source or DEFAULT_SOURCE
     release = hub.resolve_dir(source, RELEASE_FILES, f"relsim checkpoint {source!r}")
-    adapter_cfg = _read_adapter_config(release)
+    adapter_cfg = read_adapter_config(release)
     base_source = base or adapter_cfg.get("base_model_name_or_path") or DEFAULT_BASE
     device = pick_device(device)
     dtype = options.torch_dtype(device)
 
-    processor = _load_processor(release)
+    processor = load_processor(release)
     tokenizer = processor.tokenizer
-    query_id = _query_token_id(tokenizer, release)
-    proj = _read_projection(release / PROJECTION_FILE)
+    query_id = read_query_token_id(tokenizer, release)
+    proj = read_projection(release / PROJECTION_FILE)
     if proj["query_token_id"] != query_id:
         raise RelsearchError(
             f"relsim checkpoint {release}: {PROJECTION_FILE} says query_token_id={proj['query_token_id']} "
             f"but the tokenizer maps {QUERY_TOKEN} to {query_id}"
         )
 
-    model, base_dir = _load_base(base_source, dtype, device)
+    model, base_dir = load_base(base_source, dtype, device)
     base_vocab = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tokenizer))
-    backbone = _attach_lora(model, adapter_cfg)
-    adapter_state = _load_adapter_state(backbone, release / ADAPTER_WEIGHTS)
+    backbone = attach_lora(model, adapter_cfg)
+    adapter_state = load_adapter_state(backbone, release / ADAPTER_WEIGHTS)
 
     hidden = model.config.get_text_config().hidden_size
-    projection = _load_projection(proj["projection"], hidden, release)
+    projection = load_projection(proj["projection"], hidden, release)
     carries = any(k.endswith("embed_tokens.weight") for k in adapter_state)
     module = relsim_module_class()(backbone, projection, query_id, base_vocab, carries)
     module.to(device)
     module.eval()
 
-    identity = _base_identity(base_dir, query_id, adapter_state)
-    fingerprint = _fingerprint(
+    identity = base_identity(base_dir, query_id, adapter_state)
+    fingerprint = release_fingerprint(
         ((k, v) for k, v in adapter_state.items() if "lora_" in k),
         proj["projection"].items(), query_id, identity,
     )
@@ -421,8 +391,8 @@ def new(base: str = DEFAULT_BASE, device: str | None = None, options: RelsimOpti
     options = options or RelsimOptions()
     device = pick_device(device)
     dtype = options.torch_dtype(device)
-    model, base_dir = _load_base(base, dtype, device)
-    processor = _load_processor(base_dir)
+    model, base_dir = load_base(base, dtype, device)
+    processor = load_processor(base_dir)
     tokenizer = processor.tokenizer
     if QUERY_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [QUERY_TOKEN]})
@@ -430,7 +400,7 @@ def new(base: str = DEFAULT_BASE, device: str | None = None, options: RelsimOpti
     base_vocab = model.get_input_embeddings().weight.shape[0]
     model.resize_token_embeddings(len(tokenizer))
     torch.manual_seed(seed)
-    backbone = _peft_wrap(model, LoraConfig(**LORA_SETTINGS))
+    backbone = peft_wrap(model, LoraConfig(**LORA_SETTINGS))
     hidden = model.config.get_text_config().hidden_size
     projection = torch.nn.Linear(hidden, EMBED_DIM)
     module = relsim_module_class()(backbone, projection, query_id, base_vocab)
@@ -440,7 +410,7 @@ def new(base: str = DEFAULT_BASE, device: str | None = None, options: RelsimOpti
     carried = {}
     if query_id >= base_vocab:
         carried["embed_tokens.weight"] = model.get_input_embeddings().weight.detach()
-    identity = _base_identity(base_dir, query_id, carried)
+    identity = base_identity(base_dir, query_id, carried)
     return RelsimEncoder(module, processor, device, options, base, identity)
 
 
@@ -458,236 +428,3 @@ def relsim(source: str | None = None, device: str | None = None, max_image_size:
         raise RelsearchError(str(exc)) from exc
     model = load(source, device=device, options=options, base=base)
     return model, model.preprocess
-
-
-# ---------------------------------------------------------------------- helpers
-def _read_adapter_config(release: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads((release / ADAPTER_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RelsearchError(f"relsim checkpoint {release}: unreadable {ADAPTER_CONFIG}: {exc}") from exc
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise RelsearchError(f"relsim checkpoint {release}: expected a LoRA adapter, got {cfg.get('peft_type')!r}")
-    return cfg
-
-
-def _load_processor(path: Path) -> Any:
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise RelsearchError(f"relsim: cannot load the processor/tokenizer files in {path}: {exc}") from exc
-    # Right padding keeps each sample's tokens (and so its positions) exactly
-    # as when it is embedded alone: the image and <|query|> come before any pad.
-    processor.tokenizer.padding_side = "right"
-    return processor
-
-
-def _query_token_id(tokenizer: Any, release: Path) -> int:
-    vocab = tokenizer.get_vocab()
-    if QUERY_TOKEN not in vocab:
-        raise RelsearchError(
-            f"relsim checkpoint {release}: the tokenizer has no {QUERY_TOKEN} token "
-            "(the processor/tokenizer files must be the ones saved with the adapter)"
-        )
-    return int(vocab[QUERY_TOKEN])
-
-
-def _read_projection(path: Path) -> dict[str, Any]:
-    import pickle
-
-    import torch
-
-    try:
-        blob = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise RelsearchError(
-            f"relsim: refusing {path}: it holds pickled objects beyond tensors and plain values "
-            "(only {'projection': state_dict, 'query_token_id': int} is accepted)"
-        ) from exc
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise RelsearchError(f"relsim: cannot read {path}: {exc}") from exc
-    if not isinstance(blob, dict) or "projection" not in blob or "query_token_id" not in blob:
-        raise RelsearchError(f"relsim: {path} must be a dict with 'projection' and 'query_token_id'")
-    state, qid = blob["projection"], blob["query_token_id"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RelsearchError(f"relsim: {path}: 'projection' must be a state_dict of tensors")
-    if isinstance(qid, torch.Tensor):
-        qid = qid.item()
-    if not isinstance(qid, int) or isinstance(qid, bool):
-        raise RelsearchError(f"relsim: {path}: 'query_token_id' must be an int, got {qid!r}")
-    return {"projection": dict(state), "query_token_id": int(qid)}
-
-
-def _load_projection(state: dict[str, torch.Tensor], hidden: int, release: Path) -> torch.nn.Linear:
-    import torch
-
-    projection = torch.nn.Linear(hidden, EMBED_DIM)
-    try:
-        projection.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as exc:
-        raise RelsearchError(
-            f"relsim checkpoint {release}: the projection does not fit Linear({hidden} -> {EMBED_DIM}): "
-            f"{' '.join(str(exc).split())[:200]}"
-        ) from exc
-    return projection
-
-
-def _load_base(base_source: str, dtype: torch.dtype, device: str) -> tuple[Any, Path]:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    what = f"relsim base model {base_source!r}"
-    command = hub.fetch_command(base_source) if hub.looks_like_hub_id(base_source) else None
-    base_dir = hub.resolve_dir(base_source, ["config.json"], what)
-    index = base_dir / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-        absent = [s for s in shards if not (base_dir / s).is_file()]
-        if absent:
-            raise hub.missing_weights(what, absent, str(base_dir), command)
-    elif not any(base_dir.glob("*.safetensors")):
-        raise hub.missing_weights(what, ["model.safetensors"], str(base_dir), command)
-    # Straight onto the accelerator: a 7B model should not be staged in host RAM.
-    placement = None if device == "cpu" else {"": device}
-    try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(base_dir), dtype=dtype, local_files_only=True, device_map=placement)
-    except OSError as exc:
-        raise MissingWeightsError(f"{what}: cannot load weights from {base_dir}: {' '.join(str(exc).split())}") from exc
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, base_dir
-
-
-def _attach_lora(model: Any, adapter_cfg: dict[str, Any]) -> Any:
-    from peft import LoraConfig
-
-    fields = set(LoraConfig.__dataclass_fields__)
-    kwargs = {k: v for k, v in adapter_cfg.items() if k in fields and k not in {"peft_type", "task_type"}}
-    # Trainable after loading so the trainer can fine-tune a release; inference
-    # runs under torch.inference_mode, so this costs nothing there.
-    kwargs["inference_mode"] = False
-    kwargs.pop("base_model_name_or_path", None)
-    kwargs.pop("revision", None)
-    try:
-        config = LoraConfig(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise RelsearchError(f"relsim: invalid {ADAPTER_CONFIG}: {exc}") from exc
-    return _peft_wrap(model, config)
-
-
-def _peft_wrap(model: Any, config: Any) -> Any:
-    import warnings
-
-    from peft import get_peft_model
-
-    with warnings.catch_warnings():
-        # peft asks transformers a deprecated question; users cannot act on the warning.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
-
-
-def _lora_state(backbone: Any) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(backbone, save_embedding_layers=False)
-
-
-def _load_adapter_state(backbone: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Load LoRA (and any saved embedding) tensors into ``backbone``; return them by key."""
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    try:
-        raw = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise RelsearchError(f"relsim: cannot read {path}: {exc}") from exc
-    expected = set(_lora_state(backbone))
-    state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if key not in expected:
-            for old, new in _KEY_RENAMES:
-                if key.startswith(old):
-                    key = new + key[len(old):]
-                    break
-        state[key] = value
-    lora = {k: v for k, v in state.items() if "lora_" in k}
-    missing = sorted(expected - set(lora))
-    unknown = sorted(set(lora) - expected)
-    if missing or unknown:
-        example = (missing or unknown)[0]
-        raise RelsearchError(
-            f"relsim: {path} does not match the base model's LoRA layout "
-            f"({len(missing)} tensors missing, {len(unknown)} unexpected, e.g. {example})"
-        )
-    try:
-        set_peft_model_state_dict(backbone, lora)
-    except RuntimeError as exc:
-        raise RelsearchError(f"relsim: {path} does not fit the base model: {' '.join(str(exc).split())[:300]}") from exc
-
-    # Embeddings saved with the adapter (a resized vocabulary) replace the base's.
-    for key, value in state.items():
-        if "lora_" in key:
-            continue
-        if key.endswith("embed_tokens.weight"):
-            target = backbone.get_input_embeddings().weight
-        elif key.endswith("lm_head.weight"):
-            target = backbone.get_output_embeddings().weight
-        else:
-            raise RelsearchError(f"relsim: {path} holds an unexpected tensor {key}")
-        if tuple(target.shape) != tuple(value.shape):
-            raise RelsearchError(
-                f"relsim: {path}: {key} has shape {tuple(value.shape)}, the resized model expects {tuple(target.shape)}"
-            )
-        with torch.no_grad():
-            target.copy_(value.to(target.dtype))
-    return state
-
-
-def _base_identity(base_dir: Path, query_id: int, adapter_state: dict[str, torch.Tensor]) -> str:
-    """Identify the base weights cheaply and independently of dtype and device.
-
-    Hashes the model config's shape fields, every 1-D tensor (norms, biases) of
-    the base checkpoint as stored on disk, and the ``<|query|>`` embedding row
-    (from the adapter when it carries embeddings, else from the base).
-    """
-    from safetensors import safe_open
-
-    cfg = json.loads((base_dir / "config.json").read_text())
-    keep = {k: v for k, v in sorted(cfg.items()) if isinstance(v, (int, str, list, dict)) and k not in
-            {"transformers_version", "torch_dtype", "dtype", "_name_or_path", "architectures"}}
-    named: list[tuple[str, torch.Tensor]] = []
-    query_row = None
-    for emb_key, value in adapter_state.items():
-        if emb_key.endswith("embed_tokens.weight"):
-            query_row = value[query_id]
-    for shard in sorted(base_dir.glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as f:
-            for key in f.keys():
-                shape = f.get_slice(key).get_shape()
-                if len(shape) == 1:
-                    named.append((key, f.get_tensor(key).float()))
-                elif query_row is None and key.endswith("embed_tokens.weight") and query_id < shape[0]:
-                    query_row = f.get_slice(key)[query_id : query_id + 1].float()[0]
-    named.sort(key=lambda kv: kv[0])
-    if query_row is not None:
-        named.append(("query_row", query_row.float()))
-    return fingerprint_tensors(named, extra=json.dumps(_strip_volatile(keep), sort_keys=True, default=str))
-
-
-def _strip_volatile(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            v = {kk: vv for kk, vv in v.items() if kk not in {"transformers_version", "torch_dtype", "dtype",
-                                                              "_name_or_path"}}
-        out[k] = v
-    return out
-
-
-def _fingerprint(lora: Any, projection: Any, query_id: int, identity: str) -> str:
-    lora_items = sorted(((k, v.float()) for k, v in lora), key=lambda kv: kv[0])
-    proj_items = sorted(((f"projection.{k}", v.float()) for k, v in projection), key=lambda kv: kv[0])
-    return fingerprint_tensors(lora_items + proj_items, extra=f"relsim/{EMBED_DIM}/q{query_id}/base:{identity}")

@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.bench import RESULTS_DIR
 from relsearch.errors import RelsearchError
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def synthetic_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = (480, 360)) -> list[Path]:

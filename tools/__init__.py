@@ -1,1 +1,0 @@
-"""Standalone project tools (corpus composition), runnable as ``python -m tools.<name>``."""
