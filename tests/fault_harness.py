@@ -231,8 +231,10 @@ def soak(trials: int, seed: int, out: Path | None) -> dict[str, Any]:
         planned: list[tuple[str, str | None, float | None]] = [(k, p, None) for k in SCENARIOS for p in fault_points(k)]
         while len(planned) < trials:
             planned.append((rng.choice(SCENARIOS), None, rng.uniform(0.05, span * 1.1)))
-        for kind, fault, delay in planned[:trials]:
+        for n, (kind, fault, delay) in enumerate(planned[:trials], 1):
             results.append(runs[kind].run(fault=fault, kill_after=delay))
+            if n % 25 == 0:
+                print(f"{n} trials, {sum(r['killed'] for r in results)} killed, nothing lost", file=sys.stderr)
     summary = {
         "trials": len(results),
         "killed": sum(r["killed"] for r in results),

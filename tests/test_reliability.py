@@ -305,3 +305,14 @@ def test_disk_full_on_a_real_small_disk(tmp_path):
         (disk / "filler").unlink()
         rep = _build(root, idx)
         assert rep.added == 150 and verify_index(idx).consistent
+
+
+def test_first_build_killed_before_its_first_commit_reads_as_unfinished(tmp_path):
+    # (found by the soak) a kill between creating meta.lmdb and its first commit
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    make_collection(root, 3)
+    (idx / "meta.lmdb").mkdir(parents=True)
+    lmdb.open(str(idx / "meta.lmdb"), max_dbs=32).close()
+    with pytest.raises(RelsearchError, match="no finished build yet"):
+        query(str(root / "img_001.png"), idx)
+    assert _build(root, idx).added == 3 and verify_index(idx).consistent

@@ -217,6 +217,13 @@ class Store:
             if create and not self.readonly:
                 self.write(lambda txn: self.put_meta(txn, "schema_version", SCHEMA_VERSION))
                 return
+            if self._db("meta") is None or not self.count("meta"):
+                # created by a first build killed before its first commit: nothing to read yet
+                index = self.path.parent
+                raise RelsearchError(
+                    f"index {index} has no finished build yet (the first build was interrupted); "
+                    f"finish it with: relsearch build-index DIR --index {index}"
+                )
             raise RelsearchError("metadata store has no schema version (corrupt or not a relsearch index)")
         if version != SCHEMA_VERSION:
             raise IndexMismatchError(
