@@ -33,7 +33,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.collection import FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.collection.exclude import STORED_NAME, effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
 from relsearch.encoders.base import EncoderSpec, parse_encoder_list
 from relsearch.errors import RelsearchError
@@ -80,6 +81,10 @@ class BuildOptions:
     progress: bool = True
     recall_target: float = 0.95
     commit_every: int = CHUNK  # images per LMDB commit while embedding
+    # folder patterns added to those stored with the index (see relsearch.collection.exclude)
+    exclude_dirs: tuple[str, ...] = ()
+    default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
+    forget_excludes: bool = False  # drop the stored patterns first
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -104,6 +109,7 @@ class BuildReport:
     generation: int = 0
     repaired: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # folders, files, removed (from the index)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,7 +196,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 def _is_index(path: Path) -> bool:
     # a first build killed early leaves only some of these (the lock file, an empty store)
     return (path / STORE_DIR).exists() or (path / MANIFEST).exists() or \
-        {p.name for p in path.iterdir()} <= {LOCK, STORE_DIR, FAISS_DIR, MANIFEST}
+        {p.name for p in path.iterdir()} <= {LOCK, STORE_DIR, FAISS_DIR, MANIFEST, STORED_NAME}
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,24 +220,29 @@ def build_index(
         raise RelsearchError(f"{index_path} is a non-empty folder that is not a relsearch index; choose another --index")
     ensure_writable(index_path)
 
-    # Nothing here reads the index: the scan, and (for early failure on a bad name or
-    # missing weights) the encoders asked for, loaded into the per-process cache.
-    scanned = scan(root)
-    if not scanned.files:
-        raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
+    # Before the lock, for early failure on bad input: the scan, and the encoders asked
+    # for, loaded into the per-process cache. What the index says is re-read under it.
+    exclusions, scanned = _scan(root, index_path, opts)
     if opts.encoders or not (index_path / STORE_DIR / "data.mdb").exists():
         _load_encoders(_resolve_encoders(opts.encoders, None, None), None, index_path, opts)
-    report = BuildReport(index=str(index_path), scanned=len(scanned.files))
-    report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
-    report.seconds["scan"] = time.perf_counter() - t0
+    report = BuildReport(index=str(index_path))
 
     try:
         with build_lock(index_path):
             point("locked")
             _remove_temp_files(index_path)
+            # the stored folder patterns are index state: another build may have changed them
+            locked, rescanned = _scan(root, index_path, opts, unless=exclusions)
+            if rescanned is not None:
+                exclusions, scanned = locked, rescanned
+            report.scanned = len(scanned.files)
+            report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
+            report.excluded = {**scanned.excluded.counts(), "removed": 0}
+            report.seconds["scan"] = time.perf_counter() - t0
+            write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
             store = Store.open(index_path / STORE_DIR, create=True)
             try:
-                _update(store, root, scanned.files, opts, report, index_path)
+                _update(store, root, scanned.files, opts, report, index_path, scanned.excluded.matcher())
             finally:
                 store.close()
     except OSError as exc:
@@ -240,6 +251,20 @@ def build_index(
         raise
     report.seconds["total"] = time.perf_counter() - t0
     return report
+
+
+def _scan(root: Path, index_path: Path, opts: BuildOptions, unless: Any = None) -> tuple[Any, Any]:
+    """(exclusions, scan) with the index's stored folder patterns; scan is None when the
+    patterns equal ``unless`` (the scan already made with them stands)."""
+    existing = (index_path / STORE_DIR / "data.mdb").exists()
+    exclusions = effective(index_path if existing else None, opts.exclude_dirs, opts.default_excludes,
+                           opts.forget_excludes)
+    if unless is not None and exclusions == unless:
+        return exclusions, None
+    scanned = scan(root, exclusions)
+    if not scanned.files:
+        raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
+    return exclusions, scanned
 
 
 def _remove_temp_files(index: Path) -> None:
@@ -260,7 +285,7 @@ def _committed_manifest(store: Store, index: Path) -> Manifest | None:
 
 
 def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions, report: BuildReport,
-            index_path: Path) -> None:
+            index_path: Path, is_excluded: Callable[[str], bool] = lambda path: False) -> None:
     # Everything below is decided from the store as it is under the lock.
     t = time.perf_counter()
     manifest = _committed_manifest(store, index_path)
@@ -275,7 +300,7 @@ def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions
     need = bool(opts.encoders or opts.index_spec) or not manifest or any(s.name not in manifest.encoders for s in specs)
     encoders = _load_encoders(specs, manifest, index_path, opts) if need else None
 
-    plan = _plan(store, files, specs, report)
+    plan = _plan(store, files, specs, report, is_excluded)
     point("planned")
     report.seconds["diff"] = time.perf_counter() - t
 
@@ -292,7 +317,8 @@ def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions
     report.seconds["index"] = time.perf_counter() - t
 
 
-def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report: BuildReport) -> _Plan:
+def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report: BuildReport,
+          is_excluded: Callable[[str], bool]) -> _Plan:
     """Step ``planned``: diff the scan against the store; reads only."""
     names = [s.name for s in specs]
     store.ensure_dbs(["meta", "records", "paths", "hashes", "pending"] + [f"vec:{n}" for n in names])
@@ -307,7 +333,9 @@ def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report
         else:
             candidates.append(f)
     scanned = {c.path for c in candidates} | final.keys()
-    report.removed = sum(1 for p in known if p not in scanned)
+    deleted = [p for p in known if p not in scanned]
+    report.removed = len(deleted)
+    report.excluded["removed"] = sum(map(is_excluded, deleted))
     hashes = _hash_many([f.path for f in candidates], workers=4)
     work: dict[str, _Work] = {}
     entries: dict[str, FileEntry] = {}

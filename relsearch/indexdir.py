@@ -40,9 +40,10 @@ _PACKAGES = ("relsearch", "torch", "faiss-cpu", "faiss-gpu", "lmdb", "numpy", "t
 
 
 def default_index_path(collection: str | os.PathLike[str]) -> Path:
-    """``indexes/<name of DIR>`` under the working directory."""
-    name = Path(collection).resolve().name or "root"
-    return Path.cwd() / "indexes" / name
+    """``<index home>/<name of DIR>`` (see :mod:`relsearch.home`), never the working directory."""
+    from relsearch.home import default_index_path as in_home
+
+    return in_home(collection)
 
 
 def package_versions() -> dict[str, str]:

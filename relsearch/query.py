@@ -35,13 +35,25 @@ class QueryResult:
     results: dict[str, list[Hit]]
     kinds: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the query's vector per column (analogy and explanations need them)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: ``--analogy`` (relsearch.analogy): its hits, and which columns and weight made them
+    analogy: list[Hit] | None = None
+    analogy_of: dict[str, Any] = field(default_factory=dict)
+    #: ``--explain`` (relsearch.explain.Explanation)
+    explain: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "query": self.query,
             "results": {name: [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in hits]
                         for name, hits in self.results.items()},
         }
+        if self.analogy is not None:
+            out["analogy"] = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in self.analogy]
+        if self.explain is not None:
+            out["explain"] = self.explain.to_dict(self)
+        return out
 
     def ordered(self) -> list[str]:
         """Encoder names, relational columns first."""
@@ -130,6 +142,7 @@ class Searcher:
             t = time.perf_counter()
             vec = self.encoder(name).embed([image])
             t_embed = time.perf_counter()
+            result.vectors[name] = vec[0]
             result.results[name] = self.search_vectors(name, vec, k)[0]
             result.kinds[name] = entry.kind
             result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
@@ -144,6 +157,7 @@ class Searcher:
             if not hasattr(enc, "embed_text"):
                 continue
             vec = enc.embed_text([text])
+            result.vectors[name] = vec[0]
             result.results[name] = self.search_vectors(name, vec, k)[0]
             result.kinds[name] = entry.kind
         if not result.results:
@@ -175,14 +189,21 @@ def query(
     encoders: str | None = None,
     text: str | None = None,
     device: str | None = None,
+    modes: Any = None,
 ) -> QueryResult:
-    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``."""
+    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``.
+
+    ``modes`` (:class:`relsearch.modes.Modes`) adds the analogy column and explanations.
+    """
+    from relsearch.modes import apply_modes
+    from relsearch.threads import use_query_threads
+
+    use_query_threads()
     if k < 1:
         raise RelsearchError(f"-k must be at least 1, got {k}")
     if (image is None) == (text is None):
         raise RelsearchError("give exactly one of an image path or --text")
     img = load_query_image(image) if image is not None else None
     with Searcher(index, encoders=encoders, device=device) as searcher:
-        if text is not None:
-            return searcher.query_text(text, k)
-        return searcher.query_image(img, k, label=str(image))
+        result = searcher.query_text(text, k) if text is not None else searcher.query_image(img, k, label=str(image))
+        return apply_modes(searcher, result, k, modes) if modes else result

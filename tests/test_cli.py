@@ -68,8 +68,10 @@ def test_default_index_location(tmp_path, monkeypatch):
     root = tmp_path / "moodboard"
     make_collection(root, 3)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RELSEARCH_HOME", str(tmp_path / "home"))
     res = run("build-index", root, "--encoders", "tinycolor", "--json")
-    assert json.loads(res.stdout)["index"] == str(tmp_path / "indexes" / "moodboard")
+    assert json.loads(res.stdout)["index"] == str(tmp_path / "home" / "indexes" / "moodboard")
+    assert not (tmp_path / "indexes").exists()  # never the working directory
     assert run("query", root / "img_001.png", "-k", "1", "--json").exit_code == 0
     assert "moodboard" in run("info").stdout
 

@@ -83,7 +83,7 @@ def test_concurrent_build_cannot_drop_the_other_builds_encoder(tmp_path, monkeyp
     real_scan = build_mod.scan
     other: dict[str, object] = {}
 
-    def scan_while_another_build_runs(where):
+    def scan_while_another_build_runs(*args, **kwargs):
         # Build B has read what it reads before the lock; build A adds an encoder now.
         if not other:
             other["started"] = True
@@ -91,7 +91,7 @@ def test_concurrent_build_cannot_drop_the_other_builds_encoder(tmp_path, monkeyp
                 other["report"] = _build(root, idx, encoders="tinyflip")
             except RelsearchError as exc:  # or is refused while B holds the lock
                 other["error"] = str(exc)
-        return real_scan(where)
+        return real_scan(*args, **kwargs)
 
     monkeypatch.setattr(build_mod, "scan", scan_while_another_build_runs)
     _build(root, idx, encoders="tinycolor")

@@ -118,11 +118,16 @@ def test_image_size_cap_and_patch_grid(encoder):
     # The tiny processor's pixel budget is 784..12544 with 28-pixel cells.
     old = encoder.options
     try:
+        # default: the paper's square training crop, on the processor's grid
         encoder.options = R.RelsimOptions(max_image_size=448)
+        square = encoder.preprocess(Image.new("L", (100, 50)))
+        assert square.mode == "RGB" and square.size == (112, 112)
+        # the reference script's aspect-preserving resize
+        encoder.options = R.RelsimOptions(max_image_size=448, square=False, fast=False)
         fitted = encoder.preprocess(Image.new("L", (100, 50)))
         assert fitted.mode == "RGB" and fitted.size == (112, 56)
         assert all(side % 28 == 0 for side in encoder.preprocess(Image.new("RGB", (1000, 500))).size)
-        encoder.options = R.RelsimOptions(max_image_size=None)
+        encoder.options = R.RelsimOptions(max_image_size=None, square=False, fast=False)
         big = encoder.preprocess(Image.new("RGB", (1000, 500)))
         assert big.width * big.height <= 12544 and big.width % 28 == 0 and big.height % 28 == 0
     finally:
@@ -139,7 +144,7 @@ class _Stub:
     """The cap alone, without a processor's patch grid."""
 
     def __init__(self, cap):
-        self.options = R.RelsimOptions(max_image_size=cap)
+        self.options = R.RelsimOptions(max_image_size=cap, square=False, fast=False)
 
     _fit = R.RelsimEncoder._fit
 

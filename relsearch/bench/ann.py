@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.bench import RESULTS_DIR
+from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
 from relsearch.index import IndexConfig, VectorIndex, recall_at
 from relsearch.index._faiss import import_faiss
@@ -105,10 +105,7 @@ def _sweep_curve(
 
 
 def _plot(sweep: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for spec, points in sweep["curves"].items():

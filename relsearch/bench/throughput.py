@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.bench import RESULTS_DIR
+from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
 
 
@@ -220,6 +220,8 @@ def run_throughput(
     device: str | None = None,
     results_dir: str | os.PathLike[str] | None = RESULTS_DIR,
     threads: int | None = None,
+    analogy: bool = False,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Measure every encoder of ``encoders``; returns the report (JSON + PNG in ``results_dir``).
 
@@ -313,6 +315,11 @@ def run_throughput(
                     "forward_share": split["embed"] / wall if wall > 0 else 0.0,
                     "query": query_latency(index, name, paths[:queries], k, device),
                 }
+            if analogy or explain:  # the whole query with its modes, on one index of every encoder
+                from relsearch.bench.modes_eval import modes_latency
+
+                report["query_modes"] = modes_latency(root, paths[:queries], encoders, k, analogy, explain,
+                                                      Path(tmp) / "index-all", device)
         finally:
             torch.set_num_threads(saved_threads)
     if results_dir is not None:
@@ -330,10 +337,7 @@ STEPS = ("decode", "embed", "search", "metadata")
 
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Stacked build phases, images/s (raw vs build), stacked query latency p50."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(report["encoders"])
     enc = report["encoders"]
@@ -388,10 +392,19 @@ def format_table(report: dict[str, Any]) -> str:
         spread = f"({raw.get('before_build_images_per_s', 0):.1f}/{raw.get('after_build_images_per_s', 0):.1f})"
         lines.append(f"{name:<12}{raw['images_per_s']:>12.1f} {spread:>13}{r['build']['images_per_s']:>12.1f}"
                      f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
+    if "query_modes" in report:
+        qm = report["query_modes"]
+        modes = " ".join(f"--{m}" for m in qm["modes"])
+        lines_modes = [f"whole query {modes} ({qm['encoders']}, k {qm['k']}, {qm['queries']} queries): "
+                       + ", ".join(f"{p} p50 {qm[p]['p50_ms']:.1f} ms" for p in
+                                   ("decode", "columns", "analogy", "explain", "total"))
+                       + f"; total p95 {qm['total']['p95_ms']:.1f} ms"]
+    else:
+        lines_modes = []
     head = f"{'encoder':<12}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
     lines += ["", head, "-" * len(head)]
     for name, r in report["encoders"].items():
         q = r["query"]
         lines.append(f"{name:<12}" + "".join(f"{q[st]['p50_ms']:>14.2f} / {q[st]['p95_ms']:>7.2f}"
                                              for st in (*STEPS, "total")))
-    return "\n".join(lines)
+    return "\n".join(lines + lines_modes)

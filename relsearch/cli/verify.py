@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from relsearch.cli.app import JsonOpt, app, print_json, user_errors
+from relsearch.cli.core import IndexOpt
 
-VerifyIndexOpt = Annotated[Path | None, typer.Option("--index", help="Index directory (default: the one under ./indexes).")]
 RepairOpt = Annotated[bool, typer.Option("--repair", help="Rebuild FAISS files from the raw vectors and the manifest "
                                          "from the store (no re-embedding).")]
 
@@ -17,15 +16,15 @@ RepairOpt = Annotated[bool, typer.Option("--repair", help="Rebuild FAISS files f
 @app.command("verify")
 @user_errors
 def verify_cmd(
-    index: VerifyIndexOpt = None,
+    index: IndexOpt = None,
     repair: RepairOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check manifest, LMDB store and FAISS files against each other; exit 1 if they disagree."""
-    from relsearch.cli.core import _only_index
+    from relsearch.cli.core import _chosen_index
     from relsearch.verify import verify_index
 
-    report = verify_index(index or _only_index(), repair=repair)
+    report = verify_index(index or _chosen_index(), repair=repair)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -77,7 +77,7 @@ def load(source: str | None = None, device: str | None = None) -> ClipEncoder:
     try:
         import open_clip
     except ImportError as exc:
-        raise RelsearchError("encoder 'clip' needs open_clip_torch (pip install open_clip_torch)") from exc
+        raise RelsearchError("encoder 'clip' needs open_clip_torch: pip install 'relsearch[clip]'") from exc
 
     kwargs, identity = _resolve(source or f"{DEFAULT_MODEL}/{DEFAULT_TAG}", open_clip)
     try:

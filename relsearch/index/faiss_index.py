@@ -11,6 +11,7 @@ The file format lives in :mod:`relsearch.index.fileformat`, the nprobe tuning in
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -24,6 +25,8 @@ from relsearch.index import _faiss
 from relsearch.index.fileformat import read_index_file, write_index_file
 from relsearch.index.spec import AUTO_RERANK, IndexConfig, auto_spec, train_size
 from relsearch.index.tuning import tune_nprobe
+
+log = logging.getLogger(__name__)
 
 VectorLookup = Callable[[np.ndarray], np.ndarray]
 
@@ -374,10 +377,11 @@ class VectorIndex:
         target = self._gpu_index()
         try:
             return target.search(q, k)
-        except RuntimeError:
+        except RuntimeError as exc:
             if target is self._index:
                 raise
             # GPU indexes limit k and memory; the CPU copy always works.
+            log.warning("GPU search failed (k=%d), searching on the CPU: %s", k, _first_line(exc))
             return self._index.search(q, k)
 
     def _gpu_index(self) -> Any:
@@ -389,7 +393,8 @@ class VectorIndex:
             if self._gpu is not None and self._ivf is not None:
                 try:
                     _faiss.set_gpu_nprobe(self._gpu, self._nprobe)
-                except Exception:
+                except Exception as exc:  # an index type the GPU cannot probe: search the CPU copy
+                    log.warning("cannot set nprobe on the GPU index, searching on the CPU: %s", _first_line(exc))
                     self._gpu = None
         return self._gpu if self._gpu is not None else self._index
 

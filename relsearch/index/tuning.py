@@ -4,6 +4,7 @@ re-ranking) whose leave-one-out recall@k on the collection reaches the target.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,8 @@ from relsearch.index.spec import IndexConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from relsearch.index.faiss_index import VectorIndex, VectorLookup
+
+log = logging.getLogger(__name__)
 
 #: nprobe values tried when tuning, roughly x1.5 apart so the chosen one is
 #: never far above what the recall target needs.
@@ -78,6 +81,8 @@ def tune_nprobe(
         last[-1] if last[-1][2] >= config.recall_target else next(c for c in last if c[2] >= best - 0.005)
     )
     index.nprobe = int(chosen[0])
+    log.info("tuned %s: nprobe %d, rerank %d -> recall@%d %.3f (target %.2f, %d points tried)",
+             index.spec, index.nprobe, index.rerank, kk, chosen[2], config.recall_target, len(curve))
     return curve, chosen[2]
 
 

@@ -2,8 +2,11 @@
 
 Standard library HTTP only, no outside resources. Endpoints:
 
-- ``GET /``            the page (inline CSS and JS);
-- ``POST /query?k=N``  body = the image bytes; answers ``{"html", "result", "timings_ms"}``;
+- ``GET /``            the page (inline CSS and JS; see :mod:`relsearch.view.browse`);
+- ``POST /query?k=N&analogy=0|1&explain=0|1``  body = the image bytes; answers
+  ``{"html", "result", "timings_ms"}``;
+- ``GET /search?id=ID|text=CAPTION&k=N&analogy=0|1&explain=0|1``  the same answer for an
+  indexed image (clicked on the page) or an anonymous caption;
 - ``GET /thumb/ID``    JPEG thumbnail of a record of the index;
 - ``GET /file/ID``     the record's file itself.
 
@@ -13,7 +16,6 @@ It binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
-import html
 import json
 import mimetypes
 import os
@@ -25,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from relsearch.errors import RelsearchError
+from relsearch.view import browse
 from relsearch.view.html import (
     QUERY_PX,
     STYLE,
@@ -32,8 +35,6 @@ from relsearch.view.html import (
     encode_jpeg,
     file_mtime_ns,
     jpeg_data_uri,
-    render_query,
-    render_rows,
     thumbnail_jpeg,
 )
 
@@ -41,71 +42,24 @@ from relsearch.view.html import (
 MAX_UPLOAD = 32 * 1024 * 1024
 MAX_K = 200
 
-_SCRIPT = """
-const drop = document.getElementById('drop'), pick = document.getElementById('pick');
-const rows = document.getElementById('rows'), status = document.getElementById('status');
-const kbox = document.getElementById('k');
-async function send(file) {
-  if (!file) return;
-  status.textContent = 'searching ' + file.name + ' ...';
-  try {
-    const r = await fetch('query?k=' + encodeURIComponent(kbox.value), {method: 'POST', body: file,
-      headers: {'Content-Type': 'application/octet-stream'}});
-    const data = await r.json();
-    if (!r.ok) { status.textContent = 'error: ' + data.error; return; }
-    rows.innerHTML = data.html;
-    const t = data.timings_ms || {};
-    status.textContent = file.name + ': ' + Object.keys(t).map(k => k + ' ' + t[k].toFixed(1) + ' ms').join(', ');
-  } catch (e) { status.textContent = 'error: ' + e; }
-}
-pick.addEventListener('change', () => send(pick.files[0]));
-['dragenter', 'dragover'].forEach(ev => drop.addEventListener(ev, e => {
-  e.preventDefault(); drop.classList.add('over'); }));
-['dragleave', 'drop'].forEach(ev => drop.addEventListener(ev, e => {
-  e.preventDefault(); drop.classList.remove('over'); }));
-drop.addEventListener('drop', e => send(e.dataTransfer.files[0]));
-document.addEventListener('paste', e => {
-  const f = [...(e.clipboardData || {}).files || []][0]; if (f) send(f); });
-"""
-
-_EXTRA_STYLE = """
-#drop{border:2px dashed #999;border-radius:8px;padding:18px;text-align:center;color:#555;margin-bottom:12px;background:#fff}
-#drop.over{border-color:#2e78c8;background:#eef6ff}
-#status{font-size:12px;color:#666;margin:6px 0 10px;min-height:1em}
-.meta{font-size:12px;color:#666}
-"""
-
-
-def page_html(index_label: str, encoders: dict[str, str], count: int, k: int) -> str:
-    cols = ", ".join(f"{html.escape(n)} ({html.escape(kind)})" for n, kind in encoders.items())
-    return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<title>relsearch</title>"
-        f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>"
-        "<h1>relsearch &mdash; relational neighbours beside attribute neighbours</h1>"
-        f"<p class=\"meta\">index {html.escape(index_label)} &middot; {count} images &middot; {cols}</p>"
-        "<div id=\"drop\">Drop an image here, paste one, or "
-        "<input id=\"pick\" type=\"file\" accept=\"image/*\"> &nbsp; "
-        f"k <input id=\"k\" type=\"number\" min=\"1\" max=\"{MAX_K}\" value=\"{k}\" style=\"width:4em\"></div>"
-        "<div id=\"status\"></div><div id=\"result\"><main id=\"rows\"></main></div>"
-        f"<script>{_SCRIPT}</script></body></html>\n"
-    )
-
-
 class ViewApp:
     """What the HTTP handler needs: a warm :class:`~relsearch.query.Searcher` behind a lock."""
 
     def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None,
-                 k: int = 20) -> None:
+                 k: int = 20, captions: str | None = None) -> None:
         from relsearch.query import Searcher
 
         if not 1 <= k <= MAX_K:
             raise RelsearchError(f"-k must be between 1 and {MAX_K}, got {k}")
         self.index = Path(index)
         self.k = k
+        self.captions = captions
         self.searcher = Searcher(index, encoders=encoders, device=device)
         # One query at a time: torch, FAISS and the LMDB reader are shared by all handler threads.
         self.lock = threading.Lock()
+        from relsearch.threads import use_query_threads
+
+        use_query_threads()  # one image per request: see relsearch.threads
         for name in self.searcher.encoders:  # load weights now, not on the first upload
             self.searcher.encoder(name)
 
@@ -113,14 +67,15 @@ class ViewApp:
         kinds = {n: e.kind for n, e in self.searcher.encoders.items()}
         with self.lock:
             count = self.searcher.opened.store.count("records")
-        return page_html(str(self.index), kinds, count, self.k)
+        return browse.page_html(str(self.index), kinds, count, self.k, MAX_K, STYLE)
 
     def record_path(self, record_id: int) -> str | None:
         with self.lock:
             rec = self.searcher.opened.store.get_records([record_id]).get(record_id)
         return rec.path if rec is not None else None
 
-    def query_bytes(self, data: bytes, k: int, name: str = "upload") -> dict[str, Any]:
+    def query_bytes(self, data: bytes, k: int, name: str = "upload", analogy: bool = False,
+                    explain: bool = False) -> dict[str, Any]:
         """Search with an uploaded image; the answer carries the rendered rows."""
         from relsearch.collection import DecodeError, load_image
 
@@ -136,10 +91,27 @@ class ViewApp:
                 raise RelsearchError(f"the upload is not a readable image ({exc.reason})") from exc
         with self.lock:
             result = self.searcher.query_image(image, k=k, label=name)
-        query_src = jpeg_data_uri(encode_jpeg(image, QUERY_PX))
-        rows = render_rows(result, src=lambda h: f"thumb/{h.id}", href=lambda h: f"file/{h.id}")
-        return {"html": render_query(name, query_src) + rows, "result": result.to_dict(),
-                "kinds": result.kinds, "timings_ms": result.timings_ms}
+            result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
+        return browse.answer(result, jpeg_data_uri(encode_jpeg(image, QUERY_PX)), name, show)
+
+    def search(self, params: dict[str, list[str]], k: int) -> dict[str, Any]:
+        """``GET /search``: an indexed image (``id``) or a caption (``text``)."""
+        analogy, explain = browse.flag(params, "analogy"), browse.flag(params, "explain")
+        with self.lock:
+            if "id" in params:
+                try:
+                    record_id = int(params["id"][0])
+                except ValueError:
+                    raise RelsearchError("id must be an integer") from None
+                result = browse.record_result(self.searcher, record_id, k)
+                label, src = result.query, f"thumb/{record_id}"
+            elif params.get("text", [""])[0].strip():
+                label, src = params["text"][0].strip(), None
+                result = self.searcher.query_text(label, k)
+            else:
+                raise RelsearchError("search needs id=IMAGE_ID or text=CAPTION")
+            result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
+        return browse.answer(result, src, label, show)
 
     def close(self) -> None:
         self.searcher.close()
@@ -174,6 +146,8 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
             parts = url.path.strip("/").split("/")
             if url.path in ("/", "/index.html"):
                 self._send(200, app.page().encode(), "text/html; charset=utf-8")
+            elif url.path.rstrip("/") == "/search":
+                self._search(parse_qs(url.query))
             elif len(parts) == 2 and parts[0] in ("thumb", "file"):
                 path = self._record(parts[1])
                 if path is None:
@@ -221,7 +195,21 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
                 return
             name = query.get("name", ["upload"])[0]
             try:
-                self._json(200, app.query_bytes(data, k, name))
+                self._json(200, app.query_bytes(data, k, name, browse.flag(query, "analogy"),
+                                                browse.flag(query, "explain")))
+            except RelsearchError as exc:
+                self._json(400, {"error": str(exc)})
+
+        def _search(self, params: dict[str, list[str]]) -> None:
+            try:
+                k = int(params.get("k", [app.k])[0])
+                if not 1 <= k <= MAX_K:
+                    raise ValueError
+            except ValueError:
+                self._json(400, {"error": f"k must be an integer between 1 and {MAX_K}"})
+                return
+            try:
+                self._json(200, app.search(params, k))
             except RelsearchError as exc:
                 self._json(400, {"error": str(exc)})
 
@@ -235,13 +223,14 @@ def make_server(
     encoders: str | None = None,
     device: str | None = None,
     k: int = 20,
+    captions: str | None = None,
 ) -> ThreadingHTTPServer:
     """A ready (not yet serving) HTTP server for ``index``; ``port=0`` picks a free one.
 
     Call ``serve_forever()``; ``shutdown()`` then ``server_close()`` stop it (the latter
     also closes the index).
     """
-    app = ViewApp(index, encoders=encoders, device=device, k=k)
+    app = ViewApp(index, encoders=encoders, device=device, k=k, captions=captions)
     try:
         server = _Server((host, port), _handler(app))
     except OSError as exc:
