@@ -37,14 +37,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from relsearch.collection import FileEntry, iter_batches, iter_decoded, scan, sha256_file
+from relsearch.collection import Decoded, FileEntry, iter_batches, iter_decoded, scan, sha256_file
 from relsearch.collection.exclude import STORED_NAME, effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
-from relsearch.encoders.base import EncoderSpec, parse_encoder_list
+from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
 from relsearch.faults import point
 from relsearch.indexdir import (
@@ -70,6 +70,25 @@ CHUNK = 256
 #: the build's named write points, in order (see the module docstring).
 FAULT_POINTS = ("locked", "planned", "chunk", "faiss", "switched", "exported", "cleaned")
 
+#: What an embedding step yields: batches of (decoded file, {encoder name: unit vector}); a
+#: failed file comes back with ``Decoded.error`` set and no vectors. ``Decoded.index`` is the
+#: position in the list of paths the step was given.
+EmbeddedBatch = list[tuple[Decoded, dict[str, np.ndarray]]]
+
+
+class EmbeddingStep(Protocol):
+    """Where a build's embedding runs; the default (None) is this process.
+
+    The build scans, diffs and commits itself; a step only loads encoders (or stands-ins
+    with ``name``, ``dim``, ``kind``, ``fingerprint``) and turns paths into vectors.
+    ``relsearch.backends.ray_embed.RayEmbedding`` runs it on Ray Data.
+    """
+
+    def load(self, spec: EncoderSpec, device: str | None = None) -> Encoder: ...
+
+    def embed(self, paths: list[str], missing: list[list[str]], encoders: list[Encoder],
+              opts: BuildOptions) -> Iterator[EmbeddedBatch]: ...
+
 
 @dataclass
 class BuildOptions:
@@ -80,16 +99,17 @@ class BuildOptions:
     device: str | None = None
     progress: bool = True
     recall_target: float = 0.95
-    commit_every: int = CHUNK  # images per LMDB commit while embedding
+    commit_every: int | None = None  # images per LMDB commit while embedding (None: CHUNK)
     # folder patterns added to those stored with the index (see relsearch.collection.exclude)
     exclude_dirs: tuple[str, ...] = ()
     default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
     forget_excludes: bool = False  # drop the stored patterns first
+    embedding: EmbeddingStep | None = field(default=None, repr=False)  # None: embed in this process
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if self.commit_every < 1:
+        if self.commit_every is not None and self.commit_every < 1:
             raise ValueError(f"commit_every must be >= 1, got {self.commit_every!r}")
         if not 0.0 < self.recall_target <= 1.0:
             raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target!r}")
@@ -165,7 +185,8 @@ def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: P
     """Load weights and check them (fingerprints, --index-spec) before anything is written."""
     from relsearch.index import check_spec
 
-    encoders = [get_encoder(spec, device=opts.device) for spec in specs]
+    load = opts.embedding.load if opts.embedding is not None else get_encoder
+    encoders = [load(spec, device=opts.device) for spec in specs]
     for spec, enc in zip(specs, encoders):
         entry = manifest.encoders.get(spec.name) if manifest else None
         if entry is not None:
@@ -387,11 +408,9 @@ def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report
 def _embed(store: Store, work: list[_Work], encoders: list[Encoder], specs: list[EncoderSpec],
            opts: BuildOptions, report: BuildReport) -> None:
     """Step ``chunk``: embed and store new content; nothing becomes live here."""
-    by_name = {e.name: e for e in encoders}
     building = [str(s) for s in specs]
     paths = [w.paths[0] for w in work]
     bar = _progress(len(work), opts.progress, "embedding")
-    decoded = iter_decoded(paths, max_side=512, workers=opts.workers)
     chunk: list[tuple[_Work, Any, dict[str, np.ndarray]]] = []
 
     def flush() -> None:
@@ -420,35 +439,48 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], specs: list
         store.write(txn_fn)
         point("chunk")
 
+    step = opts.embedding.embed if opts.embedding is not None else _embed_here
     try:
-        for batch, groups in _prepared(decoded, work, report, by_name, opts.batch_size):
-            vec_rows: list[dict[str, np.ndarray]] = [{} for _ in batch]
-            for rows, prepared in groups:
-                for name, x in prepared.items():
-                    enc = by_name[name]
-                    out = enc.embed_preprocessed(x) if _pipelined(enc) else enc.embed(x)
-                    for j, row in zip(rows, out):
-                        vec_rows[j][name] = row
-            for d, vecs in zip(batch, vec_rows):
+        for rows in step(paths, [w.missing for w in work], encoders, opts):
+            for d, vecs in rows:
+                if d.error is not None:
+                    _failed(work[d.index], d.error, report)
+                    continue
                 chunk.append((work[d.index], d, vecs))
-            report.embedded += len(batch)
-            bar.update(len(batch))
-            if len(chunk) >= opts.commit_every:
+                report.embedded += 1
+            bar.update(len(rows))
+            if len(chunk) >= (opts.commit_every or CHUNK):
                 flush()
         flush()
     finally:
         bar.close()
 
 
+def _embed_here(paths: list[str], missing: list[list[str]], encoders: list[Encoder],
+                opts: BuildOptions) -> Iterator[EmbeddedBatch]:
+    """The local embedding step: decode in worker threads, encoders in this process."""
+    by_name = {e.name: e for e in encoders}
+    decoded = iter_decoded(paths, max_side=512, workers=opts.workers)
+    for batch, groups in _prepared(decoded, missing, by_name, opts.batch_size):
+        vec_rows: list[dict[str, np.ndarray]] = [{} for _ in batch]
+        for rows, prepared in groups:
+            for name, x in prepared.items():
+                enc = by_name[name]
+                out = enc.embed_batch(x) if _pipelined(enc) else enc.embed(x)
+                for j, row in zip(rows, out):
+                    vec_rows[j][name] = row
+        yield list(zip(batch, vec_rows))
+
+
 def _pipelined(enc: Encoder) -> bool:
-    return callable(getattr(enc, "preprocess", None)) and callable(getattr(enc, "embed_preprocessed", None))
+    return isinstance(enc, PipelinedEncoder)
 
 
-def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by_name: dict[str, Encoder],
+def _prepared(decoded: Iterator[Any], missing: list[list[str]], by_name: dict[str, Encoder],
               batch_size: int) -> Iterator[tuple[list[Any], list[tuple[list[int], dict[str, Any]]]]]:
     """Batches with each encoder's input already prepared, one batch ahead, in a thread.
 
-    Encoders that expose ``preprocess``/``embed_preprocessed`` get their resize and
+    :class:`PipelinedEncoder` encoders get their resize and
     normalisation done here while the previous batch runs through the model, so the
     model is never waiting on image work; others get the PIL images.
     """
@@ -461,14 +493,15 @@ def _prepared(decoded: Iterator[Any], work: list[_Work], report: BuildReport, by
 
     def produce() -> None:
         try:
-            for batch in iter_batches(_with_failures(decoded, work, report), batch_size):
+            for batch in iter_batches(decoded, batch_size):  # failures travel along, flagged
                 groups: dict[tuple[str, ...], list[int]] = {}
                 for j, d in enumerate(batch):
-                    groups.setdefault(tuple(work[d.index].missing), []).append(j)
+                    if d.ok:
+                        groups.setdefault(tuple(missing[d.index]), []).append(j)
                 out = []
                 for names, rows in groups.items():
                     images = [batch[j].image for j in rows]
-                    out.append((rows, {n: by_name[n].preprocess(images) if _pipelined(by_name[n]) else images
+                    out.append((rows, {n: by_name[n].preprocess_batch(images) if _pipelined(by_name[n]) else images
                                        for n in names}))
                 for d in batch:
                     if _all_pipelined(by_name):
@@ -507,16 +540,11 @@ def _all_pipelined(by_name: dict[str, Encoder]) -> bool:
     return all(_pipelined(e) for e in by_name.values())
 
 
-def _with_failures(decoded: Iterator[Any], work: list[_Work], report: BuildReport) -> Iterator[Any]:
-    for d in decoded:
-        if d.error is not None:
-            w = work[d.index]
-            for p in w.paths:
-                report.failed.append({"path": p, "error": d.error})
-            for how in w.counted:  # it was not added (or updated) after all
-                setattr(report, how, getattr(report, how) - 1)
-            continue
-        yield d
+def _failed(w: _Work, error: str, report: BuildReport) -> None:
+    for p in w.paths:
+        report.failed.append({"path": p, "error": error})
+    for how in w.counted:  # it was not added (or updated) after all
+        setattr(report, how, getattr(report, how) - 1)
 
 
 def _commit(
@@ -621,8 +649,7 @@ def _commit(
             else:
                 enc = loaded[name]
                 spec = next(s for s in specs if s.name == name)
-                entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
-                                             getattr(enc, "kind", "attribute"), faiss_info)
+                entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim, enc.kind, faiss_info)
 
     new_manifest = Manifest(
         schema_version=SCHEMA_VERSION,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
 from relsearch.query import Hit, QueryResult, Searcher, load_query_image
 
@@ -146,7 +147,7 @@ def search_composed(searcher: Searcher, terms: list[QueryTerm], k: int = 20,
     for name, entry in searcher.encoders.items():
         t0 = time.perf_counter()
         enc = searcher.encoder(name)
-        has_text = callable(getattr(enc, "embed_text", None))
+        has_text = isinstance(enc, TextEncoder)
         notes: list[str] = []
         total = np.zeros(entry.dim, dtype=np.float64)
         positives = 0

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.encoders import get_encoder, resolve_factory
+from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import OpenIndex, check_fingerprint, find_indexes, index_info, open_index  # noqa: F401  (their former home; kept importable)
 
@@ -154,7 +155,7 @@ class Searcher:
         result = QueryResult(query=text, results={})
         for name, entry in self.encoders.items():
             enc = self.encoder(name)
-            if not hasattr(enc, "embed_text"):
+            if not isinstance(enc, TextEncoder):
                 continue
             vec = enc.embed_text([text])
             result.vectors[name] = vec[0]

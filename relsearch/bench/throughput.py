@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.bench import RESULTS_DIR, pyplot
+from relsearch.encoders.base import PipelinedEncoder
 from relsearch.errors import RelsearchError
 
 
@@ -72,7 +73,7 @@ class _Timers:
         self.in_embed_phase = False
 
 
-_WRAPPED = ("embed", "embed_preprocessed", "preprocess")
+_WRAPPED = ("embed", "embed_batch", "preprocess_batch")
 
 
 @contextlib.contextmanager
@@ -130,7 +131,7 @@ def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
     for name in _WRAPPED:
         fn = getattr(encoder, name, None)
         if callable(fn):
-            setattr(encoder, name, timed(fn, "preprocess" if name == "preprocess" else "embed"))
+            setattr(encoder, name, timed(fn, "preprocess" if name == "preprocess_batch" else "embed"))
     try:
         yield
     finally:
@@ -153,13 +154,12 @@ def _pct(values: list[float]) -> dict[str, float]:
 def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, Any]:
     """images/s of the model alone on pre-decoded batches (first batch is a warm-up).
 
-    For an encoder with ``preprocess``/``embed_preprocessed`` the batches are also
+    For a :class:`PipelinedEncoder` the batches are also
     pre-processed, so this is the forward pass only; ``embed_pil`` adds the resize and
     normalisation (``encoder.embed`` on decoded images).
     """
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    pipelined = callable(getattr(encoder, "preprocess", None)) and callable(
-        getattr(encoder, "embed_preprocessed", None))
+    pipelined = isinstance(encoder, PipelinedEncoder)
 
     def rate(fn: Any, inputs: list[Any]) -> dict[str, float]:
         for x in inputs[:2]:  # warm-up: first calls pick kernels and grow the allocator
@@ -172,7 +172,7 @@ def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[s
 
     out: dict[str, Any] = {"images": len(images), "pipelined": pipelined}
     if pipelined:
-        out.update(rate(encoder.embed_preprocessed, [encoder.preprocess(b) for b in batches]))
+        out.update(rate(encoder.embed_batch, [encoder.preprocess_batch(b) for b in batches]))
         out["embed_pil"] = rate(encoder.embed, batches)
     else:
         out.update(rate(encoder.embed, batches))
@@ -301,7 +301,7 @@ def run_throughput(
                 split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
                 build_ips = len(paths) / wall
                 report["encoders"][name] = {
-                    "kind": getattr(enc, "kind", "attribute"),
+                    "kind": enc.kind,
                     "dim": enc.dim,
                     "fingerprint": enc.fingerprint,
                     "raw_forward": raw,

@@ -42,6 +42,12 @@ def build_index_cmd(
         help="Leave out the default folders (on for a new index; the choice is stored).")] = None,
     forget_excludes: Annotated[bool, typer.Option(
         "--forget-excludes", help="Drop the --exclude-dir patterns stored with the index first.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]",
+        help="Embed on Ray Data: alone, a local Ray started for the build; 'auto': the running cluster; "
+             "ray://HOST:PORT.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(
+        "--ray-actors", min=1, help="Encoder actors on a cluster without GPUs (default: half its CPUs).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed a folder of images into one FAISS index per encoder, with LMDB metadata.
@@ -50,16 +56,18 @@ def build_index_cmd(
     (gitignore syntax, in any folder of the collection). --exclude-dir patterns are stored
     with the index, so later builds keep them without the flag; --forget-excludes drops them.
     """
+    from relsearch.backends.ray_embed import embedding_step
     from relsearch.build import BuildOptions, build_index
 
-    try:
-        opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
-                            device=device, progress=not as_json and os.isatty(2),
-                            exclude_dirs=tuple(exclude_dir or ()), default_excludes=default_excludes,
-                            forget_excludes=forget_excludes)
-    except ValueError as exc:
-        raise RelsearchError(str(exc)) from exc
-    report = build_index(directory, index, opts)
+    with embedding_step(ray, ray_actors) as step:
+        try:
+            opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
+                                device=device, progress=not as_json and os.isatty(2),
+                                exclude_dirs=tuple(exclude_dir or ()), default_excludes=default_excludes,
+                                forget_excludes=forget_excludes, embedding=step)
+        except ValueError as exc:
+            raise RelsearchError(str(exc)) from exc
+        report = build_index(directory, index, opts)
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
@@ -75,6 +83,20 @@ def build_index_cmd(
         typer.echo(f"  failed: {f['path']}: {f['error']}", err=True)
     if len(report.failed) > 20:
         typer.echo(f"  ... and {len(report.failed) - 20} more failures (see --json)", err=True)
+
+
+def bare_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` with no address means a local Ray: typer has no optional-value options, so
+    a bare ``--ray`` (one not followed by an address) is rewritten to ``--ray=local`` here."""
+    from relsearch.backends.ray_embed import is_ray_address
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--ray" and (i + 1 == len(out) or not is_ray_address(out[i + 1])):
+            out[i] = "--ray=local"
+    return out
 
 
 @app.command("query")
@@ -106,6 +128,13 @@ def query_cmd(
     captions: Annotated[Path | None, typer.Option(
         "--captions", help="Caption bank (.jsonl of {\"caption\": ...}) for encoders that ship none.")] = None,
     device: DeviceOpt = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="faiss (the index directory) or milvus (collections written by `export milvus`).")]
+    = "faiss",
+    uri: Annotated[str | None, typer.Option("--uri", help="Milvus server or milvus-lite file (--backend milvus).")]
+    = None,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", help="Collection prefix of the exported index (--backend milvus).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Relational and attribute neighbours of QUERY, one column per encoder.
@@ -117,14 +146,23 @@ def query_cmd(
     from relsearch.composed import composed_query
     from relsearch.modes import Modes
 
-    index = index or _chosen_index()
-    modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight,
-                  captions=str(captions) if captions is not None else None)
-    terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
-    if not terms:
-        raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
-    result = composed_query(terms, index, k=k, encoders=encoders, weights=weights, negatives=negatives,
-                            device=device, modes=modes)
+    if backend == "milvus":
+        from relsearch.backends.milvus import query_milvus_cli
+
+        result = query_milvus_cli(queries, text, uri, k, collection, encoders, device,
+                                  plain=not (weights or negatives or analogy or explain))
+    elif backend != "faiss" or uri is not None or collection is not None:
+        raise RelsearchError(f"--backend must be faiss or milvus, got {backend!r}" if backend != "faiss"
+                             else "--uri and --collection go with --backend milvus")
+    else:
+        index = index or _chosen_index()
+        modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight,
+                      captions=str(captions) if captions is not None else None)
+        terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
+        if not terms:
+            raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
+        result = composed_query(terms, index, k=k, encoders=encoders, weights=weights, negatives=negatives,
+                                device=device, modes=modes)
     if html is not None or sheet is not None:
         from relsearch.view import write_html, write_sheet
 

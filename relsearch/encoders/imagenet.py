@@ -39,12 +39,12 @@ class ImagenetEncoder:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def preprocess(self, images: list[Image.Image]):
+    def preprocess_batch(self, images: list[Image.Image]):
         from relsearch.encoders.backbones import LITE_MEAN, LITE_STD, to_tensor_batch
 
         return to_tensor_batch(images, self.image_size, LITE_MEAN, LITE_STD)
 
-    def embed_preprocessed(self, x) -> np.ndarray:
+    def embed_batch(self, x) -> np.ndarray:
         with self._torch.inference_mode():
             feats = self.model.extract_features(x.to(self.device))
             pooled = feats.mean(dim=(2, 3))
@@ -54,7 +54,7 @@ class ImagenetEncoder:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         parts = [
-            self.embed_preprocessed(self.preprocess(images[i : i + self.batch_size]))
+            self.embed_batch(self.preprocess_batch(images[i : i + self.batch_size]))
             for i in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(parts, axis=0)

@@ -319,7 +319,7 @@ def cpu_has_fast_bf16() -> bool:
 
 
 class RelsimMiniEncoder:
-    """The ``relsim-mini`` encoder (``Encoder`` and ``TrainableEncoder``)."""
+    """The ``relsim-mini`` encoder: ``PipelinedEncoder``, ``TextEncoder``, ``FeatureCachingEncoder``."""
 
     name = "relsim-mini"
     kind = "relational"
@@ -441,8 +441,12 @@ class RelsimMiniEncoder:
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 
     # -- preprocessing -------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image], train: bool = False,
-                   generator: np.random.Generator | None = None) -> torch.Tensor:
+    def preprocess_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """Pixels of a batch for :meth:`embed_batch` (the build runs this one batch ahead)."""
+        return self._pixels(images)
+
+    def _pixels(self, images: list[Image.Image], train: bool = False,
+                generator: np.random.Generator | None = None) -> torch.Tensor:
         """Whole image squashed to a square (no crop: a relation may span the canvas)."""
         from PIL import Image as PILImage
 
@@ -467,7 +471,7 @@ class RelsimMiniEncoder:
 
     def prepare(self, images: list[Image.Image], train: bool = False,
                 generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        return {"pixels": self.preprocess(images, train=train, generator=generator)}
+        return {"pixels": self._pixels(images, train=train, generator=generator)}
 
     def cache_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the frozen trunk once; ``forward_train`` accepts the result in place of pixels."""
@@ -495,12 +499,12 @@ class RelsimMiniEncoder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self.embed_preprocessed(self.preprocess(images[i : i + self.batch_size]))
+        parts = [self.embed_batch(self.preprocess_batch(images[i : i + self.batch_size]))
                  for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts, 0)
 
-    def embed_preprocessed(self, x: torch.Tensor) -> np.ndarray:
-        """Unit vectors for a batch from :meth:`preprocess` (the build runs that one batch ahead)."""
+    def embed_batch(self, x: torch.Tensor) -> np.ndarray:
+        """Unit vectors for a batch from :meth:`preprocess_batch`."""
         self._ready_for_inference()
         with torch.inference_mode(), self._autocast():
             return l2_normalize(self.model(x.to(self.device)).float().cpu().numpy())

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from relsearch.atomic import atomic_write
-from relsearch.encoders.base import TrainableEncoder
+from relsearch.encoders.base import FeatureCachingEncoder, TrainableEncoder
 from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
 from relsearch.train.loss import LossConfig, contrastive_loss, positive_mask
@@ -226,15 +226,10 @@ def batch_views(idx: np.ndarray, views: int, seed: int, step: int) -> np.ndarray
     return np.random.default_rng([seed, step, 1]).integers(0, views, size=len(idx))
 
 
-def prepare_batch(encoder: Any, images: list, train: bool,
+def prepare_batch(encoder: TrainableEncoder, images: list, train: bool,
                   generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """``encoder.prepare``, passing our seeded generator to encoders that take one
-    (so augmentations replay exactly on resume); others use their own randomness."""
-    import inspect
-
-    if generator is not None and "generator" in inspect.signature(encoder.prepare).parameters:
-        return encoder.prepare(images, train=train, generator=generator)
-    return encoder.prepare(images, train=train)
+    """``encoder.prepare`` with our seeded generator (augmentations replay exactly on resume)."""
+    return encoder.prepare(images, train=train, generator=generator)
 
 
 def _records_key(records: list[CaptionRecord]) -> str:
@@ -249,11 +244,11 @@ def _records_key(records: list[CaptionRecord]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_feature_cache(encoder: Any, records: list[CaptionRecord], views: int, seed: int,
+def build_feature_cache(encoder: FeatureCachingEncoder, records: list[CaptionRecord], views: int, seed: int,
                         path: Path | None, progress: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Frozen features for every image and view: ``{key: [views, N, ...]}``, reused from ``path``."""
     # Only the frozen part matters: runs with other heads or seeds share the cache.
-    fp = getattr(encoder, "cache_fingerprint", None) or getattr(encoder, "fingerprint", "")
+    fp = encoder.cache_fingerprint
     key = f"{fp}:{_records_key(records)}:{views}:{seed}"
     if path is not None and path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=False)
@@ -415,7 +410,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     np.random.seed(config.seed)
     random.seed(config.seed)
     encoder = build_encoder(config.encoder, config.device, dict(config.model_args))
-    device = getattr(encoder, "device", config.device)
+    device = encoder.device
     module = encoder.train_module()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -424,7 +419,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     text_emb = text_embeddings(records, device)
     val_text = text_embeddings(val_records, device).numpy() if val_records else None
 
-    can_cache = config.cache_views > 0 and hasattr(encoder, "cache_features")
+    can_cache = config.cache_views > 0 and isinstance(encoder, FeatureCachingEncoder)
     features = val_features = None
     if can_cache:
         features = build_feature_cache(encoder, records, config.cache_views, config.seed,

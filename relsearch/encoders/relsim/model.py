@@ -175,7 +175,7 @@ def relsim_module_class() -> type:
 
 
 class RelsimEncoder:
-    """The relsim encoder: implements ``Encoder`` and ``TrainableEncoder``."""
+    """The relsim encoder: ``Encoder``, ``TextEncoder`` and ``TrainableEncoder``."""
 
     name = "relsim"
     kind = "relational"
