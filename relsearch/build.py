@@ -105,6 +105,9 @@ class BuildOptions:
     default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
     forget_excludes: bool = False  # drop the stored patterns first
     embedding: EmbeddingStep | None = field(default=None, repr=False)  # None: embed in this process
+    # encoders the caller already holds, by spec ("name" or "name@source"): used instead of loading
+    # a second copy (the caller keeps ownership; the build never caches what it loads itself)
+    preloaded: dict[str, Encoder] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -186,7 +189,7 @@ def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: P
     from relsearch.index import check_spec
 
     load = opts.embedding.load if opts.embedding is not None else get_encoder
-    encoders = [load(spec, device=opts.device) for spec in specs]
+    encoders = [opts.preloaded.get(str(spec)) or load(spec, device=opts.device) for spec in specs]
     for spec, enc in zip(specs, encoders):
         entry = manifest.encoders.get(spec.name) if manifest else None
         if entry is not None:
@@ -216,8 +219,14 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 def _is_index(path: Path) -> bool:
     # a first build killed early leaves only some of these (the lock file, an empty store)
+    ours = {LOCK, STORE_DIR, FAISS_DIR, MANIFEST, STORED_NAME}
     return (path / STORE_DIR).exists() or (path / MANIFEST).exists() or \
-        {p.name for p in path.iterdir()} <= {LOCK, STORE_DIR, FAISS_DIR, MANIFEST, STORED_NAME}
+        all(p.name in ours or _is_temp(p.name) for p in path.iterdir())
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file of a killed atomic write (``relsearch.atomic``: ``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,10 +300,9 @@ def _scan(root: Path, index_path: Path, opts: BuildOptions, unless: Any = None) 
 def _remove_temp_files(index: Path) -> None:
     """Temp files a killed build left behind (FAISS and manifest writes: hidden names,
     see ``relsearch.atomic``). Called under the build lock, so none is still in use."""
-    for pattern in (f"{FAISS_DIR}/.*", f".{MANIFEST}.*"):
-        for tmp in index.glob(pattern):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+    for tmp in [*index.glob(f"{FAISS_DIR}/.*"), *index.glob(".*.tmp"), *index.glob(f".{MANIFEST}.*")]:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _committed_manifest(store: Store, index: Path) -> Manifest | None:

@@ -93,15 +93,7 @@ def read_manifest(index: Path) -> Manifest:
     """The index's manifest as committed in its LMDB store (``manifest.json`` is a copy)."""
     index = Path(index)
     if (index / STORE_DIR / "data.mdb").exists():
-        try:
-            store = Store.open(index / STORE_DIR, readonly=True)
-        except RelsearchError as exc:
-            if "already open in this process" not in str(exc):
-                raise
-            # Without a per-process shared environment LMDB refuses a second handle; the
-            # exported copy equals the committed manifest after every finished build.
-            return read_manifest_file(index)
-        with store:
+        with Store.open(index / STORE_DIR, readonly=True) as store:
             return stored_manifest(store, index)[0]
     return read_manifest_file(index)
 

@@ -316,3 +316,14 @@ def test_first_build_killed_before_its_first_commit_reads_as_unfinished(tmp_path
     with pytest.raises(RelsearchError, match="no finished build yet"):
         query(str(root / "img_001.png"), idx)
     assert _build(root, idx).added == 3 and verify_index(idx).consistent
+
+
+def test_first_build_killed_in_an_atomic_write_is_resumed(tmp_path):
+    # (found by the soak) a kill while exclusions.json was being written leaves its temp file
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    make_collection(root, 3)
+    idx.mkdir()
+    (idx / ".build.lock").write_text("")
+    (idx / ".exclusions.json.k1ll3d.tmp").write_text("{")
+    assert _build(root, idx).added == 3
+    assert not (idx / ".exclusions.json.k1ll3d.tmp").exists() and verify_index(idx).consistent

@@ -46,6 +46,7 @@ from relsearch.encoders.relsim.release import (
     read_query_token_id,
     write_release,
 )
+from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -192,6 +193,7 @@ class RelsimEncoder:
         self._fingerprint = fingerprint
         self._training_started = False
         self._prompt: str | None = None
+        self._captions = OwnedTextTower(device)  # MiniLM, loaded on the first text query
         self._fast: Any = None
         self._merged = False
 
@@ -316,9 +318,7 @@ class RelsimEncoder:
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Captions into the 384-d all-MiniLM-L6-v2 space the head was trained to match."""
-        from relsearch.encoders.text import embed_text
-
-        return embed_text(texts, device=self.device)
+        return self._captions.embed_text(texts)
 
     # --------------------------------------------------------- TrainableEncoder
     def train_module(self) -> Any:
