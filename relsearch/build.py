@@ -566,6 +566,7 @@ def _commit(
     manifest: Manifest | None,
     plan: _Plan,
 ) -> None:
+<<<<<<< HEAD
     """Steps ``faiss``, ``switched``, ``exported``, ``cleaned``."""
     from relsearch.index import VectorIndex
 
@@ -599,6 +600,11 @@ def _commit(
         if rec is not None and rec.paths != sorted(by_id[rid]):
             rec.paths = sorted(by_id[rid])
             record_updates.append(rec)
+=======
+    from relsearch.index import IndexConfig, VectorIndex
+    from relsearch.index.refine import write_generation_store
+    from relsearch.index.sharded import ivfdata_path
+>>>>>>> main
 
     entries = dict(manifest.encoders) if manifest else {}
     loaded = {enc.name: enc for enc in encoders or ()}
@@ -631,6 +637,7 @@ def _commit(
     lmdb_changes = bool(new_faiss or dropped or path_puts or path_dels or record_updates
                         or store.get_meta("building") is not None)
 
+<<<<<<< HEAD
     new_gen = gen + 1 if new_faiss else gen
     if new_faiss:
         (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
@@ -658,6 +665,41 @@ def _commit(
                 enc = loaded[name]
                 spec = next(s for s in specs if s.name == name)
                 entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim, enc.kind, faiss_info)
+=======
+    new_gen = gen + 1
+    (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
+    for name, (spec, enc) in loaded.items():
+        entry = entries.get(name)
+        dim = enc.dim
+        requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
+        config = IndexConfig(spec=requested, recall_target=opts.recall_target)
+        lookup = _lookup(store, name, dim)
+        new_file, rebuilt = faiss_path(index_path, name, new_gen), None
+        index: VectorIndex | None = None
+        if not stale(name):
+            index = VectorIndex.load(faiss_path(index_path, name, gen))
+            if index.needs_rebuild(index.ntotal - len(tombstones) + len(pending)):
+                index = None
+        if index is None:
+            ids, vecs = store.all_vectors(name, dim)
+            if len(ids) == 0:
+                raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
+            # Large collections get memory-mapped on-disk lists beside the FAISS file.
+            index = VectorIndex.build(vecs, ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file))
+            rebuilt = (ids, vecs)
+        else:
+            # On-disk lists are rewritten into the new generation's file, never edited under readers.
+            index = index.updated(new_file, tombstones, pending,
+                                  store.get_vectors(name, pending, dim) if len(pending) else None)
+        index.save(new_file)
+        # The re-ranking's raw vectors, contiguous and memory-mapped, per generation.
+        write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
+                               removed=tombstones, added=pending, vectors_of=lookup,
+                               all_vectors=lambda n=name, d=dim: store.all_vectors(n, d))
+        faiss_info = {**index.info(), "requested": requested}
+        entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
+                                     enc.kind, faiss_info)
+>>>>>>> main
 
     new_manifest = Manifest(
         schema_version=SCHEMA_VERSION,
