@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from engine_helpers import make_collection, run_cli
 from PIL import Image
-from ray_helpers import register
+from ray_helpers import register, square
 
 from relsearch import encoders as encoders_mod
 from relsearch.build import BuildOptions, build_index
@@ -168,3 +168,25 @@ def test_kill_9_of_the_driver_mid_ray_build(tmp_path, ray_cluster):
     fresh_by_path = dict(zip(fresh_vecs["tinyslow"][0], fresh_vecs["tinyslow"][1]))
     for p in paths:
         assert np.abs(by_path[paths[p]] - fresh_by_path[fresh_paths[p]]).max() <= 1e-5
+
+
+def test_ray_tasks_map_in_order_and_bench_scale_bad_input(tmp_path, ray_cluster, capsys):
+    with RayEmbedding() as step:
+        assert list(step.executor().map(square, [3, 1, -2])) == [9, 1, 4]
+    assert run_cli("bench", "scale", "--part", "nope") == 2
+    assert "--part must be ray, index or all" in capsys.readouterr().err
+    assert run_cli("bench", "scale", "--ray-actors", "0,2", "--results-dir", str(tmp_path / "r")) == 2
+    assert "--ray-actors must be counts" in capsys.readouterr().err
+    assert run_cli("bench", "scale", "--ray-collection", str(tmp_path / "none"), "--results-dir",
+                   str(tmp_path / "r")) == 2
+    assert "is not a folder" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_bench_photo_folder_makes_distinct_photographs(tmp_path):
+    from relsearch.bench.scale_ray import PHOTO_DIRS, photo_folder
+
+    if not any(os.path.isdir(d) for d in PHOTO_DIRS):
+        pytest.skip("no wallpaper photographs installed (tools/setup.sh installs them)")
+    paths = photo_folder(tmp_path, 6)
+    assert len(paths) == 6 and len({p.read_bytes() for p in paths}) == 6
+    assert all(Image.open(p).size == (640, 480) for p in paths)

@@ -1,4 +1,4 @@
-"""CLI commands: bench ann, bench relational, bench throughput, bench relsim.
+"""CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale.
 
 The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
 path); these commands parse, call them and print. Results go to ``--results-dir``
@@ -216,3 +216,44 @@ def relsim_cmd(
         typer.echo(f"  build-index, {x['images']} JPEGs: {x['img_per_s']:.2f} img/s in the embed step "
                    f"({100 * x['ratio_to_bench']:.0f}% of the benchmark's best)")
     typer.echo(f"  wrote {out / (name + '.json')}")
+
+
+@bench_app.command("scale")
+@user_errors
+def scale_cmd(
+    part: Annotated[str, typer.Option(
+        "--part", help="ray: images/s of build-index --ray vs a local build; index: the sharded on-disk index; "
+                       "all: both.")] = "ray",
+    ray_images: Annotated[int, typer.Option(
+        "--ray-images", min=1, help="Photographs in the folder built locally and on Ray.")] = 500,
+    ray_encoders: Annotated[str, typer.Option("--ray-encoders", help="Encoders of those builds.")] = "imagenet",
+    ray_collection: Annotated[Path | None, typer.Option(
+        "--ray-collection", help="Build this folder instead (default: crops of the installed photographs).")]
+    = None,
+    ray_actors: Annotated[str, typer.Option("--ray-actors", help="Actor counts to measure, e.g. 1,2.")] = "1,2",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past one machine: Ray build images/s against a local build (JSON + PNG)."""
+    if part not in ("ray", "index", "all"):
+        raise RelsearchError(f"--part must be ray, index or all, got {part!r}")
+    if part != "ray":
+        raise RelsearchError("the index part of bench scale is not in this build; use --part ray")
+    try:
+        actors = tuple(int(a) for a in ray_actors.split(",") if a.strip())
+    except ValueError:
+        actors = ()
+    if not actors or min(actors) < 1:
+        raise RelsearchError(f"--ray-actors must be counts >= 1 like 1,2, got {ray_actors!r}")
+    if ray_collection is not None and not ray_collection.is_dir():
+        raise RelsearchError(f"--ray-collection {ray_collection} is not a folder")
+    from relsearch.bench import RESULTS_DIR, scale_ray
+
+    report = scale_ray.run_scale_ray(ray_images, ray_encoders, ray_collection, actors, batch_size,
+                                     results_dir or RESULTS_DIR)
+    if as_json:
+        print_json({"ray": report})
+        return
+    typer.echo(scale_ray.format_table(report))
+    typer.echo(f"wrote {report['json']} {report['png']}")
