@@ -150,6 +150,8 @@ def run_scale_ray(n: int = 500, encoders: str = "imagenet", collection: str | os
         "cpus": cpus,
         "ray_version": ray.__version__,
         "ray_start_seconds": round(ray_start, 2),
+        # a shared machine: the runs compete with whatever else runs, so say how busy it was
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "runs": runs,
         "note": "Ray started once before the Ray builds (a running cluster, as with --ray auto); a one-off "
                 "`--ray` build also pays ray_start_seconds. vs_local_mean divides by the mean of the two "
