@@ -32,6 +32,9 @@ DEFAULT_WEIGHT = 1.0
 #: Relational candidates re-ranked per query: ``max(POOL_FACTOR * k, MIN_POOL)``.
 POOL_FACTOR = 5
 MIN_POOL = 100
+#: A candidate this close to the query in *both* columns is the query's own image (or a copy):
+#: an analogy of nothing, so it is left out of the analogy column.
+SAME_IMAGE = 0.999
 
 
 def analogy_columns(kinds: dict[str, str], order: list[str]) -> tuple[str, str]:
@@ -74,7 +77,8 @@ def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIG
     attr_vecs = searcher.opened.store.get_vectors(attr, ids, entry.dim)
     attr_scores = attr_vecs @ np.asarray(result.vectors[attr], dtype=np.float32)
     rel_scores = np.asarray([h.score for h in pool], dtype=np.float32)
-    order = rerank(rel_scores, attr_scores, weight)[:k]
+    same = (rel_scores >= SAME_IMAGE) & (attr_scores >= SAME_IMAGE)
+    order = [j for j in rerank(rel_scores, attr_scores, weight) if not same[j]][:k]
     result.analogy = [Hit(r + 1, float(rel_scores[j] - weight * attr_scores[j]), pool[j].path, pool[j].id,
                           list(pool[j].paths)) for r, j in enumerate(order)]
     result.analogy_of = {"relational": rel, "attribute": attr, "weight": weight}

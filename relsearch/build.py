@@ -86,6 +86,9 @@ class BuildOptions:
     default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
     forget_excludes: bool = False  # drop the stored patterns first
     embedding: EmbeddingStep | None = field(default=None, repr=False)  # None: embed in this process
+    # encoders the caller already holds, by spec ("name" or "name@source"): used instead of loading
+    # a second copy (the caller keeps ownership; the build never caches what it loads itself)
+    preloaded: dict[str, Encoder] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -149,7 +152,7 @@ def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: P
     from relsearch.index import check_spec
 
     load = opts.embedding.load if opts.embedding is not None else get_encoder
-    encoders = [load(spec, device=opts.device) for spec in specs]
+    encoders = [opts.preloaded.get(str(spec)) or load(spec, device=opts.device) for spec in specs]
     for spec, enc in zip(specs, encoders):
         entry = manifest.encoders.get(spec.name) if manifest else None
         if entry is not None:

@@ -156,6 +156,7 @@ def load_bank(path: str | os.PathLike[str], device: str | None = None) -> Captio
     return CaptionBank(captions, families, vectors.astype(np.float32, copy=False), str(p))
 
 
+#: Loaded banks by (file identity, device): a few hundred kB of vectors, reread when the file changes.
 _BANKS: dict[tuple[str, str | None], CaptionBank] = {}
 
 
@@ -174,7 +175,12 @@ def bank_for(spec: str, captions: str | os.PathLike[str] | None = None, device: 
     else:
         raise RelsearchError(f"encoder {spec!r} ships no caption bank; pass --captions FILE.jsonl "
                              "(one {\"caption\": ...} per line, e.g. its training captions)")
-    key = (str(path.resolve()), device)
+    from relsearch.home import file_identity
+
+    try:
+        key = (file_identity(path), device)
+    except OSError:
+        raise RelsearchError(f"caption bank {path} does not exist") from None
     if key not in _BANKS:
         _BANKS[key] = load_bank(path, device=device)
     return _BANKS[key]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +102,38 @@ def choose_index() -> Chosen:
         return Chosen(found[0], f"the only index in {index_home()}")
     return Chosen(found[0], f"the most recently built of {len(found)} indexes in {index_home()}; "
                             "--index picks another")
+
+
+def file_identity(path: str | os.PathLike[str]) -> str:
+    """``path:inode:size:mtime_ns:ctime_ns``: a rewritten or replaced file gets a new identity."""
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def cached_fingerprint(key: str, compute: Callable[[], str]) -> str:
+    """A weight fingerprint remembered under ``key`` (built from :func:`file_identity` of every file
+    the weights come from), so a cold process does not hash tens of MB of tensors again.
+
+    The cache is advisory: unreadable or missing entries are recomputed, and a failed write is
+    ignored (a read-only home still works).
+    """
+    import hashlib
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    try:
+        path = cache_dir() / "fingerprints" / f"{digest}.txt"
+        text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    except OSError:
+        path, text = None, ""
+    if len(text) == 16 and all(c in "0123456789abcdef" for c in text):
+        return text
+    value = compute()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(value + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return value

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.encoders import get_encoder, resolve_factory
+from relsearch import snapshot
+from relsearch.encoders import get_encoder
 from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import OpenIndex, check_fingerprint, find_indexes, index_info, open_index  # noqa: F401  (their former home; kept importable)
@@ -62,52 +63,63 @@ class QueryResult:
 
 
 class Searcher:
-    """Loaded encoders + FAISS indexes of one index directory."""
+    """Loaded encoders + FAISS indexes of one index directory.
+
+    Follows rebuilds: each query first checks LMDB's generation and, when a build has
+    switched it, loads the new FAISS files (:mod:`relsearch.snapshot`). Many searchers
+    (and a build) may share an index in one process: the LMDB handle is shared.
+    """
 
     def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None) -> None:
-        from relsearch.index import VectorIndex
-
         self.opened: OpenIndex = open_index(index)
+        self._asked = [e.strip().partition("@")[0] for e in encoders.split(",") if e.strip()] if encoders else None
         try:
-            self._load(index, encoders, VectorIndex)
+            self._snapshot = snapshot.load(self.opened.path, self.opened.store, self._asked)
         except BaseException:
             self.opened.close()
             raise
+        self._sync_opened()
         self._loaded: dict[str, Any] = {}
         self.device = device
 
-    def _load(self, index: str | os.PathLike[str], encoders: str | None, VectorIndex: Any) -> None:
-        manifest = self.opened.manifest
-        names = list(manifest.encoders)
-        if encoders:
-            asked = [e.strip() for e in encoders.split(",") if e.strip()]
-            for name in asked:
-                base = name.partition("@")[0]
-                resolve_factory(base)  # unknown name -> the registry's message
-                if base not in manifest.encoders:
-                    raise RelsearchError(
-                        f"index {index} has no {base!r} column; it was built with: {', '.join(names)}"
-                    )
-            names = [n.partition("@")[0] for n in asked]
-        self.encoders: dict[str, Any] = {}
-        self.indexes: dict[str, Any] = {}
-        for name in names:
-            entry = manifest.encoders[name]
-            path = self.opened.faiss_file(name)
-            if not path.exists():
-                raise RelsearchError(f"index {index} is missing its FAISS file {path.name}; rebuild it")
-            self.indexes[name] = VectorIndex.load(path)
-            self.encoders[name] = entry
+    @property
+    def encoders(self) -> dict[str, Any]:
+        """Manifest entries of the searched columns (of the generation in use)."""
+        return self._snapshot.encoders
+
+    @property
+    def indexes(self) -> dict[str, Any]:
+        return self._snapshot.indexes
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot.generation
+
+    def refresh(self) -> bool:
+        """Load the index's current generation if a build switched it; True when it did."""
+        snap = snapshot.current(self._snapshot, self.opened.path, self.opened.store, self._asked)
+        if snap is self._snapshot:
+            return False
+        self._snapshot = snap
+        self._sync_opened()
+        return True
+
+    def _sync_opened(self) -> None:
+        self.opened.manifest = self._snapshot.manifest
+        self.opened.generation = self._snapshot.generation
 
     def encoder(self, name: str) -> Any:
-        if name not in self._loaded:
-            entry = self.opened.manifest.encoders[name]
+        entry = self.opened.manifest.encoders[name]
+        cached = self._loaded.get(name)
+        if cached is None or cached[0] != (entry.spec, entry.fingerprint):
             enc = get_encoder(entry.spec, device=self.device)
             check_fingerprint(entry, enc.fingerprint, self.opened.path)
-            self._loaded[name] = enc
-        return self._loaded[name]
+            self._loaded[name] = ((entry.spec, entry.fingerprint), enc)
+        return self._loaded[name][1]
 
     def close(self) -> None:
+        """Close the index and drop the loaded models (nothing else keeps them alive)."""
+        self._loaded.clear()
         self.opened.close()
 
     def __enter__(self) -> Searcher:
@@ -138,6 +150,7 @@ class Searcher:
         return out
 
     def query_image(self, image: Any, k: int = 20, label: str = "") -> QueryResult:
+        self.refresh()
         result = QueryResult(query=label, results={})
         for name, entry in self.encoders.items():
             t = time.perf_counter()
@@ -152,6 +165,7 @@ class Searcher:
 
     def query_text(self, text: str, k: int = 20) -> QueryResult:
         """Search every relational column through its caption (text) tower."""
+        self.refresh()
         result = QueryResult(query=text, results={})
         for name, entry in self.encoders.items():
             enc = self.encoder(name)

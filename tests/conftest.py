@@ -20,12 +20,6 @@ _enc.REGISTRY.setdefault("tinyflip", "engine_helpers:load_tinyflip")
 
 
 @pytest.fixture(autouse=True)
-def _clean_encoder_cache():
-    yield
-    _enc._CACHE.clear()
-
-
-@pytest.fixture(autouse=True)
 def _reset_cli_logging():
     """A CLI run leaves a handler on the stderr CliRunner swapped in; drop it after each test."""
     yield

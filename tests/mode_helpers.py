@@ -20,7 +20,10 @@ class TinyRelEncoder:
     dim = 384
 
     def __init__(self, source: str | None = None) -> None:
+        from relsearch.encoders.text import OwnedTextTower
+
         self.source = source or "v1"
+        self._text = OwnedTextTower("cpu")
 
     @property
     def fingerprint(self) -> str:
@@ -33,9 +36,7 @@ class TinyRelEncoder:
         return l2_normalize(x @ _PROJ + 1e-3)
 
     def embed_text(self, texts):
-        from relsearch.encoders.text import embed_text
-
-        return embed_text(texts, device="cpu")
+        return self._text.embed_text(texts)
 
 
 def load_tinyrel(source: str | None = None, device: str | None = None) -> TinyRelEncoder:

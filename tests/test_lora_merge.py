@@ -102,3 +102,17 @@ def test_inference_paths_do_not_import_peft_transformers_or_open_clip() -> None:
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_imagenet_folded_batchnorm_keeps_the_vectors() -> None:
+    from relsearch.encoders.backbones import efficientnet_lite0
+    from relsearch.encoders.imagenet import ImagenetEncoder
+
+    enc = ImagenetEncoder(device="cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.model.modules())
+    ref = efficientnet_lite0(pretrained=True).eval()  # BatchNorm unfolded
+    imgs = _images(2)
+    with torch.inference_mode():
+        want = ref.extract_features(enc.preprocess(imgs)).mean(dim=(2, 3)).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    assert float((enc.embed(imgs) * want).sum(1).min()) >= 0.9999

@@ -283,3 +283,50 @@ def test_bench_throughput_times_whole_queries_with_modes(tmp_path):
 def test_bench_cold_bad_input_is_one_line(tmp_path):
     res = run("bench", "cold", "--image", tmp_path / "missing.jpg", "--runs", "1")
     assert res.exit_code == 2 and "does not exist" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cold_cli_import_stays_light():
+    """The CLI module graph must not pull in the corpus, peft, transformers or open_clip."""
+    import subprocess
+    import sys
+
+    from relsearch.cli import compose as cli_compose
+    from relsearch.corpus.art import SPLITS
+    from relsearch.corpus.compose import IMAGE_FORMATS
+
+    assert (cli_compose.SPLITS, cli_compose.IMAGE_FORMATS) == (SPLITS, IMAGE_FORMATS)
+    code = ("import sys, relsearch.cli\n"
+            "print(sorted(m for m in ('relsearch.corpus', 'peft', 'transformers', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_analogy_leaves_out_the_query_itself(two_columns):
+    index, paths = two_columns
+    res = query(str(paths[4]), index, k=30, modes=Modes(analogy=True))
+    assert str(paths[4]) not in {h.path for h in res.analogy}
+    assert res.results["tinyrel"][0].path == str(paths[4])
+    assert len(res.analogy) == 23  # every other image of the 24
+
+
+def test_cached_fingerprint_computes_once_and_survives_garbage(tmp_path):
+    from relsearch.home import cache_dir, cached_fingerprint, file_identity
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    calls = []
+
+    def compute() -> str:
+        calls.append(1)
+        return "0123456789abcdef"
+
+    key = "enc|" + file_identity(f)
+    assert cached_fingerprint(key, compute) == cached_fingerprint(key, compute) == "0123456789abcdef"
+    assert len(calls) == 1
+    for entry in (cache_dir() / "fingerprints").iterdir():
+        entry.write_text("not a fingerprint")
+    assert cached_fingerprint(key, compute) == "0123456789abcdef" and len(calls) == 2
+    time.sleep(0.01)
+    f.write_bytes(b"other weights!")  # a changed file is another key
+    assert file_identity(f) not in key

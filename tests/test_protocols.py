@@ -38,12 +38,12 @@ def test_shipped_encoders_declare_what_they_can(shipped) -> None:
     assert _caps(TinyColorEncoder()) == {"Encoder"}
 
 
-def test_relsim_is_trainable_and_textual_but_not_pipelined(tmp_path) -> None:
+def test_relsim_is_pipelined_trainable_and_textual(tmp_path) -> None:
     from relsearch.encoders import relsim
 
     release = str(tm.make_tiny_relsim(tmp_path / "r"))
     enc = relsim.load(release, device="cpu")
-    assert _caps(enc) == {"Encoder", "TextEncoder", "TrainableEncoder"}
+    assert _caps(enc) == {"Encoder", "PipelinedEncoder", "TextEncoder", "TrainableEncoder"}
     # `preprocess` is only the dreamsim-style PIL -> PIL helper relsim() returns beside the model
     assert enc.preprocess([tm.tiny_images(1)[0].convert("L")])[0].mode == "RGB"
 

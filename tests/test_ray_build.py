@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import make_collection, run_cli
+from engine_helpers import TinyColorEncoder, make_collection, run_cli
 from PIL import Image
 from ray_helpers import register, square
 
-from relsearch import encoders as encoders_mod
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli.core import bare_ray_flag
 from relsearch.indexdir import read_manifest
@@ -75,9 +74,10 @@ def test_ray_build_equals_local_build_and_stays_equal_incrementally(tmp_path, ra
     loc, on_ray = tmp_path / "local", tmp_path / "ray"
     enc = "tinycolor,tinyflip"
 
+    loaded_here = TinyColorEncoder.instances
     b = _on_ray(root, on_ray, enc)
     # the driver never loaded the weights: the actors embedded
-    assert not any(key[0] in DIMS for key in encoders_mod._CACHE)
+    assert TinyColorEncoder.instances == loaded_here
     a = _local(root, loc, enc)
     assert (b.added, b.embedded) == (a.added, a.embedded) == (31, 30)
     assert b.failed == a.failed and [f["path"] for f in b.failed] == [str(root / "broken.jpg")]

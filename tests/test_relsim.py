@@ -350,18 +350,19 @@ def test_growing_the_vocabulary_saves_the_new_rows(images, tmp_path):
     assert loaded.fingerprint == fresh.fingerprint
 
 
-def test_captions_go_to_the_shared_text_space(encoder, monkeypatch):
-    import relsearch.encoders.text as text
+def test_captions_go_to_the_shared_text_space(encoder):
+    """The real caption tower (all-MiniLM-L6-v2 from its PyPI package), owned by the encoder."""
+    from relsearch.encoders.text import MiniLMTextEncoder
 
-    seen = {}
-
-    def fake_embed_text(texts, device=None):
-        seen.update(texts=texts, device=device)
-        return np.ones((len(texts), 384), dtype=np.float32)
-
-    monkeypatch.setattr(text, "embed_text", fake_embed_text)
-    assert encoder.embed_text(["a cat chasing a mouse"]).shape == (1, 384)
-    assert seen == {"texts": ["a cat chasing a mouse"], "device": "cpu"}
+    caps = ["{Object}s arranged in a ring around a central {Center}", "a cat chasing a mouse"]
+    got = encoder.embed_text(caps)
+    assert got.shape == (2, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, MiniLMTextEncoder(device="cpu").embed_text(caps), atol=1e-6)
+    assert float(got[0] @ got[1]) < 0.9  # different captions, different vectors
+    tower = encoder._captions._tower
+    encoder.embed_text(caps[:1])
+    assert encoder._captions._tower is tower  # loaded once, kept by the encoder
 
 
 def test_matches_the_reference_computation(encoder, images):

@@ -29,12 +29,22 @@ class ImagenetEncoder:
     def __init__(self, device: str | None = None, pretrained: bool = True, batch_size: int = 32) -> None:
         import torch
 
-        from relsearch.encoders.backbones import efficientnet_lite0
+        from relsearch.encoders.backbones import efficientnet_lite0, fold_batchnorms
 
         self.device = pick_device(device)
         self.batch_size = batch_size
         self.model = frozen(efficientnet_lite0(pretrained=pretrained), self.device)
-        self._fingerprint = fingerprint_tensors(self.model.state_dict().items(), extra="imagenet/224")
+        if pretrained:  # hashing 18 MB of tensors is skipped when the weights file is unchanged
+            from relsearch.encoders.backbones import pretrained_path
+            from relsearch.home import cached_fingerprint, file_identity
+
+            self._fingerprint = cached_fingerprint(
+                f"imagenet/224|fp1|{file_identity(pretrained_path())}",
+                lambda: fingerprint_tensors(self.model.state_dict().items(), extra="imagenet/224"))
+        else:
+            self._fingerprint = fingerprint_tensors(self.model.state_dict().items(), extra="imagenet/224")
+        # after the fingerprint (it names the released weights): inference-only speed-ups
+        self.model = fold_batchnorms(self.model).to(memory_format=torch.channels_last)
         self._torch = torch
 
     @property
@@ -54,7 +64,7 @@ class ImagenetEncoder:
 
     def embed_batch(self, x) -> np.ndarray:
         with self._torch.inference_mode():
-            feats = self.model.extract_features(x.to(self.device))
+            feats = self.model.extract_features(x.to(self.device).contiguous(memory_format=self._torch.channels_last))
             pooled = feats.mean(dim=(2, 3))
         return l2_normalize(pooled.float().cpu().numpy())
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import MissingWeightsError, RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -339,6 +340,7 @@ class RelsimMiniEncoder:
         self.weights_label = weights_label
         self._fingerprint: str | None = None
         self._inference_ready = False
+        self._captions = OwnedTextTower(self.device)
         # Frozen-feature caching and inference run in bf16 where the CPU does it
         # natively; the trainable part always trains in float32.
         self.bf16 = self.device == "cpu" and cpu_has_fast_bf16()
@@ -510,12 +512,10 @@ class RelsimMiniEncoder:
             return l2_normalize(self.model(x.to(self.device)).float().cpu().numpy())
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        """Captions into the same 384-d space (all-MiniLM-L6-v2)."""
-        from relsearch.encoders.text import embed_text
-
+        """Captions into the same 384-d space (all-MiniLM-L6-v2, loaded on first use, owned)."""
         if self.dim != 384:
             raise RelsearchError(f"relsim-mini with out_dim {self.dim} is not in the caption space")
-        return embed_text(texts, device=self.device)
+        return self._captions.embed_text(texts)
 
 
 def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -566,4 +566,11 @@ def load(source: str | None = None, device: str | None = None, trainable: bool =
     encoder = RelsimMiniEncoder(read_config(directory), device=device, weights_label=str(directory),
                                 trainable=trainable)
     encoder.load_state(weights)
+    if encoder.config.pretrained_backbone:  # every input of the fingerprint is a file: remember it
+        from relsearch.encoders.backbones import pretrained_path
+        from relsearch.home import cached_fingerprint, file_identity
+
+        key = "|".join(["relsim-mini", "fp1", "trainable" if trainable else "plain", file_identity(weights),
+                        file_identity(pretrained_path()), json.dumps(asdict(encoder.config), sort_keys=True)])
+        encoder._fingerprint = cached_fingerprint(key, lambda: encoder.fingerprint)
     return encoder

@@ -29,6 +29,7 @@ import lmdb
 import numpy as np
 
 from relsearch.errors import IndexMismatchError, RelsearchError
+from relsearch.store import envs
 
 SCHEMA_VERSION = 1
 _INITIAL_MAP_SIZE = 1 << 30  # virtual; sparse on disk, doubled on MapFullError
@@ -84,6 +85,7 @@ class Store:
         self.readonly = readonly
         self._dbs: dict[str, Any] = {}
         self._txn: lmdb.Transaction | None = None
+        self._closed = False
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -92,24 +94,25 @@ class Store:
         if not create and not (path / "data.mdb").exists():
             raise RelsearchError(f"no metadata store at {path} (is this a relsearch index?)")
         try:
-            env = lmdb.open(
-                str(path),
-                map_size=_INITIAL_MAP_SIZE,
-                max_dbs=_MAX_DBS,
-                readonly=readonly,
-                create=create,
-                subdir=True,
-                # lock=True even read-only: a concurrent build must not be read mid-write.
-                max_readers=126,
-            )
+            # Shared per process (relsearch.store.envs): LMDB forbids a second handle.
+            # lock=True even read-only: a concurrent build must not be read mid-write.
+            env = envs.acquire(path, write=not readonly, create=create, map_size=_INITIAL_MAP_SIZE,
+                               max_dbs=_MAX_DBS, max_readers=126)
         except lmdb.Error as exc:
             raise RelsearchError(f"cannot open metadata store {path}: {exc}") from exc
         store = cls(env, readonly)
-        store._check_schema(create)
+        try:
+            store._check_schema(create)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
-        self.env.close()
+        """Give the environment back (closed with the last store using it)."""
+        if not self._closed:
+            self._closed = True
+            envs.release(self.env)
 
     def __enter__(self) -> Store:
         return self
@@ -120,9 +123,13 @@ class Store:
     def _db(self, name: str) -> Any:
         if name not in self._dbs:
             try:
-                # Inside write() the open must join the running txn: LMDB's open_db would
-                # otherwise start its own write txn and wait forever on ours.
-                self._dbs[name] = self.env.open_db(name.encode(), txn=self._txn, create=not self.readonly)
+                if self._txn is not None:
+                    # Inside write() the open must join the running txn: LMDB's open_db would
+                    # otherwise start its own write txn and wait forever on ours.
+                    self._dbs[name] = self.env.open_db(name.encode(), txn=self._txn, create=not self.readonly)
+                else:
+                    # Outside a txn: once per name per (shared) environment, see envs.open_db.
+                    self._dbs[name] = envs.open_db(self.env, name, create=not self.readonly)
             except lmdb.NotFoundError:
                 return None
             except lmdb.Error as exc:
@@ -250,6 +257,15 @@ class Store:
             for k, v in txn.cursor(db=db):
                 out[bytes(k).decode()] = PathEntry(**json.loads(bytes(v)))
         return out
+
+    def get_path(self, path: str) -> PathEntry | None:
+        """What the last build stored for one path (id, size, mtime), or None."""
+        db = self._db("paths")
+        if db is None:
+            return None
+        with self.read() as txn:
+            raw = txn.get(path.encode(), db=db)
+        return None if raw is None else PathEntry(**json.loads(bytes(raw)))
 
     def put_path(self, txn: lmdb.Transaction, path: str, entry: PathEntry) -> None:
         txn.put(path.encode(), json.dumps(asdict(entry)).encode(), db=self._db("paths"))

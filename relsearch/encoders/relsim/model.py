@@ -16,6 +16,7 @@ Library use::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,10 @@ from relsearch.encoders.relsim.release import (
     read_query_token_id,
     write_release,
 )
+from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import RelsearchError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -192,6 +196,7 @@ class RelsimEncoder:
         self._fingerprint = fingerprint
         self._training_started = False
         self._prompt: str | None = None
+        self._captions = OwnedTextTower(device)  # MiniLM, loaded on the first text query
         self._fast: Any = None
         self._merged = False
 
@@ -316,9 +321,7 @@ class RelsimEncoder:
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Captions into the 384-d all-MiniLM-L6-v2 space the head was trained to match."""
-        from relsearch.encoders.text import embed_text
-
-        return embed_text(texts, device=self.device)
+        return self._captions.embed_text(texts)
 
     # --------------------------------------------------------- TrainableEncoder
     def train_module(self) -> Any:
@@ -397,7 +400,8 @@ class RelsimEncoder:
 
         try:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-        except ImportError:  # the processor still resizes, only in its own way
+        except ImportError as exc:  # the processor still resizes, only in its own way
+            log.debug("no smart_resize in this transformers (%s): the processor resizes", exc)
             return img
         from relsearch.encoders.relsim.fast import pixel_budget
 
