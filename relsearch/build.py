@@ -501,6 +501,8 @@ def _commit(
     manifest: Manifest | None,
 ) -> None:
     from relsearch.index import IndexConfig, VectorIndex
+    from relsearch.index.refine import write_generation_store
+    from relsearch.index.sharded import ivfdata_path
 
     gen = store.generation
     pending = np.asarray(store.marked("pending"), dtype=np.int64)
@@ -528,6 +530,7 @@ def _commit(
         requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
         config = IndexConfig(spec=requested, recall_target=opts.recall_target)
         lookup = _lookup(store, name, dim)
+        new_file, rebuilt = faiss_path(index_path, name, new_gen), None
         index: VectorIndex | None = None
         if not stale(name):
             index = VectorIndex.load(faiss_path(index_path, name, gen))
@@ -537,13 +540,21 @@ def _commit(
             ids, vecs = store.all_vectors(name, dim)
             if len(ids) == 0:
                 raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
-            index = VectorIndex.build(vecs, ids, config, vector_lookup=lookup)
+            # Large collections get memory-mapped on-disk lists beside the FAISS file.
+            # a Ray build also adds the shards of an on-disk index as Ray tasks
+            executor = opts.embedding.executor() if hasattr(opts.embedding, "executor") else None
+            index = VectorIndex.build(vecs, ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file),
+                                      executor=executor)
+            rebuilt = (ids, vecs)
         else:
-            if len(tombstones):
-                index.remove(tombstones)
-            if len(pending):
-                index.add(store.get_vectors(name, pending, dim), pending)
-        index.save(faiss_path(index_path, name, new_gen))
+            # On-disk lists are rewritten into the new generation's file, never edited under readers.
+            index = index.updated(new_file, tombstones, pending,
+                                  store.get_vectors(name, pending, dim) if len(pending) else None)
+        index.save(new_file)
+        # The re-ranking's raw vectors, contiguous and memory-mapped, per generation.
+        write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
+                               removed=tombstones, added=pending, vectors_of=lookup,
+                               all_vectors=lambda n=name, d=dim: store.all_vectors(n, d))
         faiss_info = {**index.info(), "requested": requested}
         entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
                                      enc.kind, faiss_info)

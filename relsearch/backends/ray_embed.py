@@ -353,10 +353,10 @@ class RayTasks:
     def __init__(self, embedding: RayEmbedding) -> None:
         self._embedding = embedding
 
-    def map(self, fn: Callable[[Any], Any], items: Any) -> Iterator[Any]:
+    def map(self, fn: Callable[..., Any], *iterables: Any) -> Iterator[Any]:
         ray = self._embedding._connect()
         task = ray.remote(fn)
-        refs = [task.remote(item) for item in items]
+        refs = [task.remote(*args) for args in zip(*iterables)]
         try:
             yield from (ray.get(ref) for ref in refs)
         except ray.exceptions.RayTaskError as exc:

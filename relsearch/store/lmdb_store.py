@@ -264,7 +264,8 @@ class Store:
         if db is None:
             return None
         with self.read() as txn:
-            raw = txn.get(path.encode(), db=db)
+            # fsencode: a name that is not UTF-8 (surrogateescape str) must not raise here.
+            raw = txn.get(os.fsencode(path), db=db)
         return None if raw is None else PathEntry(**json.loads(bytes(raw)))
 
     def put_path(self, txn: lmdb.Transaction, path: str, entry: PathEntry) -> None:
