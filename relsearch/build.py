@@ -726,8 +726,11 @@ def write_generation(store: Store, index_path: Path, name: str, dim: int, gen: i
         if len(all_ids) == 0:
             raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
         config = IndexConfig(spec=requested, recall_target=opts.recall_target)
-        # Large collections get memory-mapped on-disk lists beside the FAISS file.
-        index = VectorIndex.build(vecs, all_ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file))
+        # Large collections get memory-mapped on-disk lists beside the FAISS file;
+        # a Ray build also adds the shards of an on-disk index as Ray tasks.
+        executor = opts.embedding.executor() if hasattr(opts.embedding, "executor") else None
+        index = VectorIndex.build(vecs, all_ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file),
+                                  executor=executor)
         rebuilt = (all_ids, vecs)
     else:
         # On-disk lists are rewritten into the new generation's file, never edited under readers.
