@@ -222,3 +222,17 @@ def test_pool_shape_one_gpu_per_actor_else_cpu_actors_leave_room_for_decoding():
     assert step._pool_shape()[0] == 4  # default: half the CPUs
     with pytest.raises(ValueError, match="--ray-actors must be >= 1"):
         RayOptions(actors=0)
+
+
+def test_imagenet_preprocessor_is_its_preprocess_batch_without_the_model():
+    import pickle
+
+    import torch
+
+    from relsearch.encoders.imagenet import ImagenetEncoder
+
+    enc = ImagenetEncoder(device="cpu", pretrained=False)
+    blob = pickle.dumps(enc.preprocessor())
+    assert len(blob) < 10_000  # what the CPU tasks receive: no weights
+    images = [Image.new("RGB", (300 + 40 * i, 200), (40 * i, 120, 200)) for i in range(3)]
+    assert torch.equal(pickle.loads(blob)(images), enc.preprocess_batch(images))
