@@ -1,4 +1,4 @@
-"""CLI commands: bench ann, bench relational, bench throughput, bench relsim.
+"""CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale, bench text-vectors.
 
 The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
 path); these commands parse, call them and print. Results go to ``--results-dir``
@@ -127,6 +127,69 @@ def throughput_cmd(
         return
     typer.echo(tp.format_table(report))
     typer.echo(f"wrote {report['json']} {report['png']}")
+
+
+@bench_app.command("scale")
+@user_errors
+def scale_cmd(
+    part: Annotated[str, typer.Option(
+        "--part", help="index: the sharded on-disk index against the in-memory one; ray: images/s of a Ray "
+                       "build against a local build; all: both.")] = "index",
+    work: Annotated[Path | None, typer.Option(
+        "--work", help="Index part: folder for vectors, indexes and shards (several GB at 4M).")] = None,
+    n: Annotated[int, typer.Option("--n", min=1000, help="Synthetic vectors when --base is not given.")]
+    = 1_000_000,
+    n_queries: Annotated[int, typer.Option("--n-queries", min=1)] = 1000,
+    d: Annotated[int, typer.Option("--d", min=8)] = 384,
+    base: Annotated[Path | None, typer.Option("--base", help="float32 [N, d] .npy instead of synthetic.")]
+    = None,
+    queries: Annotated[Path | None, typer.Option("--queries", help="float32 [Q, d] .npy (with --base).")]
+    = None,
+    spec: Annotated[str | None, typer.Option(
+        "--spec", help="IVF-PQ factory string without 'fs' (default: the on-disk auto spec).")] = None,
+    nprobe: Annotated[int, typer.Option("--nprobe", min=1)] = 32,
+    rerank: Annotated[int, typer.Option("--rerank", min=0)] = 100,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", min=1)] = 1_000_000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Shard-building processes.")] = 2,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past one machine: the sharded on-disk IVF-PQ against the in-memory index (recall, QPS, build time,
+    peak RSS) and, with --part ray/all, Ray build images/s (JSON + PNG)."""
+    if part not in ("ray", "index", "all"):
+        raise RelsearchError(f"--part must be index, ray or all, got {part!r}")
+    if part != "index":
+        raise RelsearchError("the ray part of bench scale is not in this build; use --part index")
+    if work is None:
+        raise RelsearchError("--part index needs --work")
+    from relsearch.bench import scale_index
+
+    report = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
+                                   str(queries) if queries else None, spec, nprobe, rerank, shard_rows, workers,
+                                   str(results_dir or scale_index.RESULTS_DIR))
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(scale_index.format_table(report))
+
+
+@bench_app.command("text-vectors")
+@user_errors
+def text_vectors_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for base.npy, queries.npy and their sentences.")],
+    n: Annotated[int, typer.Option("--n", min=1)] = 100_000,
+    n_queries: Annotated[int, typer.Option("--queries", min=1)] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Real 384-d ANN test vectors: MiniLM embeddings of Debian package descriptions (offline)."""
+    from relsearch.bench import text_vectors
+
+    summary = text_vectors.make_text_vectors(str(out), n, n_queries, seed)
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"wrote {out}/base.npy ({summary['n']} x {summary['d']}) and {out}/queries.npy ({summary['queries']})")
 
 
 @bench_app.command("cold")
