@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -254,7 +254,10 @@ def build_index(
     # for, loaded into the per-process cache. What the index says is re-read under it.
     exclusions, scanned = _scan(root, index_path, opts)
     if opts.encoders or not (index_path / STORE_DIR / "data.mdb").exists():
-        _load_encoders(_resolve_encoders(opts.encoders, None, None), None, index_path, opts)
+        asked = _resolve_encoders(opts.encoders, None, None)
+        loaded = _load_encoders(asked, None, index_path, opts)
+        # handed to the locked part, which checks them against the index (no second load)
+        opts = replace(opts, preloaded={**{str(s): e for s, e in zip(asked, loaded)}, **opts.preloaded})
     report = BuildReport(index=str(index_path))
 
     try:
@@ -566,7 +569,6 @@ def _commit(
     manifest: Manifest | None,
     plan: _Plan,
 ) -> None:
-<<<<<<< HEAD
     """Steps ``faiss``, ``switched``, ``exported``, ``cleaned``."""
     from relsearch.index import VectorIndex
 
@@ -600,11 +602,6 @@ def _commit(
         if rec is not None and rec.paths != sorted(by_id[rid]):
             rec.paths = sorted(by_id[rid])
             record_updates.append(rec)
-=======
-    from relsearch.index import IndexConfig, VectorIndex
-    from relsearch.index.refine import write_generation_store
-    from relsearch.index.sharded import ivfdata_path
->>>>>>> main
 
     entries = dict(manifest.encoders) if manifest else {}
     loaded = {enc.name: enc for enc in encoders or ()}
@@ -637,7 +634,6 @@ def _commit(
     lmdb_changes = bool(new_faiss or dropped or path_puts or path_dels or record_updates
                         or store.get_meta("building") is not None)
 
-<<<<<<< HEAD
     new_gen = gen + 1 if new_faiss else gen
     if new_faiss:
         (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
@@ -645,61 +641,15 @@ def _commit(
             dim = dims[name]
             entry = entries.get(name)
             requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
-            index = current.get(name)
-            if index is not None and index.needs_rebuild(len(by_id)):
-                index = None
-            if index is None:
-                index = _build_from_raw(store, name, dim, sorted(by_id), requested, opts)
-            else:
-                index.remove(np.asarray(removed, dtype=np.int64))
-                if added:
-                    ids = np.asarray(added, dtype=np.int64)
-                    index.add(store.get_vectors(name, ids, dim, strict=True), ids)
-            path = faiss_path(index_path, name, new_gen)
-            _save(index, path)
+            faiss_info = write_generation(store, index_path, name, dim, gen, new_gen, current.get(name),
+                                          sorted(by_id), removed, added, requested, opts)
             point("faiss")
-            faiss_info = {**index.info(), "requested": requested, "file_sha256": _file_sha256(path)}
             if entry is not None and name not in loaded:
                 entries[name] = EncoderEntry(**{**asdict(entry), "faiss": faiss_info})
             else:
                 enc = loaded[name]
                 spec = next(s for s in specs if s.name == name)
                 entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim, enc.kind, faiss_info)
-=======
-    new_gen = gen + 1
-    (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
-    for name, (spec, enc) in loaded.items():
-        entry = entries.get(name)
-        dim = enc.dim
-        requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
-        config = IndexConfig(spec=requested, recall_target=opts.recall_target)
-        lookup = _lookup(store, name, dim)
-        new_file, rebuilt = faiss_path(index_path, name, new_gen), None
-        index: VectorIndex | None = None
-        if not stale(name):
-            index = VectorIndex.load(faiss_path(index_path, name, gen))
-            if index.needs_rebuild(index.ntotal - len(tombstones) + len(pending)):
-                index = None
-        if index is None:
-            ids, vecs = store.all_vectors(name, dim)
-            if len(ids) == 0:
-                raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
-            # Large collections get memory-mapped on-disk lists beside the FAISS file.
-            index = VectorIndex.build(vecs, ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file))
-            rebuilt = (ids, vecs)
-        else:
-            # On-disk lists are rewritten into the new generation's file, never edited under readers.
-            index = index.updated(new_file, tombstones, pending,
-                                  store.get_vectors(name, pending, dim) if len(pending) else None)
-        index.save(new_file)
-        # The re-ranking's raw vectors, contiguous and memory-mapped, per generation.
-        write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
-                               removed=tombstones, added=pending, vectors_of=lookup,
-                               all_vectors=lambda n=name, d=dim: store.all_vectors(n, d))
-        faiss_info = {**index.info(), "requested": requested}
-        entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
-                                     enc.kind, faiss_info)
->>>>>>> main
 
     new_manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -753,18 +703,53 @@ def _commit(
     point("cleaned")
 
 
-def _build_from_raw(store: Store, name: str, dim: int, ids: list[int], requested: str,
-                    opts: BuildOptions) -> Any:
-    """A FAISS index of ``name`` over the raw vectors of ``ids`` (no embedding)."""
+def write_generation(store: Store, index_path: Path, name: str, dim: int, gen: int, new_gen: int,
+                     current: Any, ids: list[int], removed: list[int], added: list[int], requested: str,
+                     opts: BuildOptions) -> dict[str, Any]:
+    """Write encoder ``name``'s files of generation ``new_gen`` (FAISS file, its on-disk
+    lists and refine store when it has them): ``current`` (generation ``gen``, loaded)
+    less ``removed`` plus ``added``, or, when ``current`` is None or due for a rebuild,
+    built afresh from the raw vectors of ``ids``. No model is needed. Returns the
+    manifest's ``faiss`` entry."""
     from relsearch.index import IndexConfig, VectorIndex
+    from relsearch.index.refine import write_generation_store
+    from relsearch.index.sharded import ivfdata_path
 
+    new_file = faiss_path(index_path, name, new_gen)
+    lookup = _lookup(store, name, dim)
+    rebuilt = None
+    index = current
+    if index is not None and index.needs_rebuild(len(ids)):
+        index = None
+    if index is None:
+        all_ids, vecs = _raw_vectors(store, name, dim, ids)
+        if len(all_ids) == 0:
+            raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
+        config = IndexConfig(spec=requested, recall_target=opts.recall_target)
+        # Large collections get memory-mapped on-disk lists beside the FAISS file;
+        # a Ray build also adds the shards of an on-disk index as Ray tasks.
+        executor = opts.embedding.executor() if hasattr(opts.embedding, "executor") else None
+        index = VectorIndex.build(vecs, all_ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file),
+                                  executor=executor)
+        rebuilt = (all_ids, vecs)
+    else:
+        # On-disk lists are rewritten into the new generation's file, never edited under readers.
+        add = np.asarray(added, dtype=np.int64)
+        index = index.updated(new_file, np.asarray(removed, dtype=np.int64), add,
+                              store.get_vectors(name, add, dim, strict=True) if len(add) else None)
+    _save(index, new_file)
+    # The re-ranking's raw vectors, contiguous and memory-mapped, per generation.
+    write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
+                           removed=np.asarray(removed, dtype=np.int64), added=np.asarray(added, dtype=np.int64),
+                           vectors_of=lookup, all_vectors=lambda: _raw_vectors(store, name, dim, ids))
+    return {**index.info(), "requested": requested, "file_sha256": _file_sha256(new_file)}
+
+
+def _raw_vectors(store: Store, name: str, dim: int, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The stored (checksum-verified) vectors of ``name`` for ``ids`` that have one."""
     all_ids, vecs = store.all_vectors(name, dim)
     keep = np.isin(all_ids, np.asarray(ids, dtype=np.int64))
-    all_ids, vecs = all_ids[keep], vecs[keep]
-    if len(all_ids) == 0:
-        raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
-    config = IndexConfig(spec=requested, recall_target=opts.recall_target)
-    return VectorIndex.build(vecs, all_ids, config, vector_lookup=_lookup(store, name, dim))
+    return all_ids[keep], vecs[keep]
 
 
 def _save(index: Any, path: Path) -> None:

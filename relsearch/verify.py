@@ -223,7 +223,7 @@ def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, li
 
 def _repair(path: Path, found: _Findings) -> list[str]:
     """Fix what ``_check`` found, from the store alone. Caller holds the build lock."""
-    from relsearch.build import BuildOptions, _build_from_raw, _file_sha256, _save
+    from relsearch.build import BuildOptions, write_generation
     from relsearch.index import VectorIndex
 
     done: list[str] = []
@@ -261,17 +261,14 @@ def _repair(path: Path, found: _Findings) -> list[str]:
             entries = dict(manifest.encoders)
             (path / FAISS_DIR).mkdir(exist_ok=True)
             for name, entry in manifest.encoders.items():
-                out = faiss_path(path, name, new_gen)
                 requested = entry.faiss.get("requested", "auto")
+                ids = sorted(set(live) & store.vector_ids(name))
+                # an encoder in order is carried over unchanged into the new generation
+                current = None if name in rebuild else VectorIndex.load(faiss_path(path, name, generation))
+                info = write_generation(store, path, name, entry.dim, generation, new_gen, current, ids,
+                                        [], [], requested, BuildOptions(progress=False))
                 if name in rebuild:
-                    ids = sorted(set(live) & store.vector_ids(name))
-                    index = _build_from_raw(store, name, entry.dim, ids, requested,
-                                            BuildOptions(progress=False))
                     done.append(f"{name}: FAISS rebuilt from {len(ids)} raw vectors")
-                else:
-                    index = VectorIndex.load(faiss_path(path, name, generation))
-                _save(index, out)
-                info = {**index.info(), "requested": requested, "file_sha256": _file_sha256(out)}
                 entries[name] = EncoderEntry(**{**asdict(entry), "faiss": info})
             manifest = Manifest(**{**manifest.__dict__, "encoders": entries, "generation": new_gen,
                                    "count": len(live)})

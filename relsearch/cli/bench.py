@@ -8,7 +8,7 @@ path); these commands parse, call them and print. Results go to ``--results-dir`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -151,26 +151,57 @@ def scale_cmd(
     rerank: Annotated[int, typer.Option("--rerank", min=0)] = 100,
     shard_rows: Annotated[int, typer.Option("--shard-rows", min=1)] = 1_000_000,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Shard-building processes.")] = 2,
+    ray_images: Annotated[int, typer.Option(
+        "--ray-images", min=1, help="Ray part: photographs in the folder built locally and on Ray.")] = 500,
+    ray_encoders: Annotated[str, typer.Option("--ray-encoders", help="Ray part: encoders of those builds.")]
+    = "imagenet",
+    ray_collection: Annotated[Path | None, typer.Option(
+        "--ray-collection", help="Ray part: build this folder (default: crops of the installed photographs).")]
+    = None,
+    ray_actors: Annotated[str, typer.Option(
+        "--ray-actors", help="Ray part: actor counts to measure, e.g. 1,2.")] = "1,2",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Ray part: build batch size.")] = 32,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Past one machine: the sharded on-disk IVF-PQ against the in-memory index (recall, QPS, build time,
-    peak RSS) and, with --part ray/all, Ray build images/s (JSON + PNG)."""
+    peak RSS) and, with --part ray/all, Ray build images/s against a local build (JSON + PNG)."""
     if part not in ("ray", "index", "all"):
         raise RelsearchError(f"--part must be index, ray or all, got {part!r}")
-    if part != "index":
-        raise RelsearchError("the ray part of bench scale is not in this build; use --part index")
-    if work is None:
+    if part != "ray" and work is None:
         raise RelsearchError("--part index needs --work")
-    from relsearch.bench import scale_index
+    actors: tuple[int, ...] = ()
+    if part != "index":
+        try:
+            actors = tuple(int(a) for a in ray_actors.split(",") if a.strip())
+        except ValueError:
+            actors = ()
+        if not actors or min(actors) < 1:
+            raise RelsearchError(f"--ray-actors must be counts >= 1 like 1,2, got {ray_actors!r}")
+        if ray_collection is not None and not ray_collection.is_dir():
+            raise RelsearchError(f"--ray-collection {ray_collection} is not a folder")
+    from relsearch.bench import RESULTS_DIR
 
-    report = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
-                                   str(queries) if queries else None, spec, nprobe, rerank, shard_rows, workers,
-                                   str(results_dir or scale_index.RESULTS_DIR))
+    reports: dict[str, Any] = {}
+    if part != "ray":
+        from relsearch.bench import scale_index
+
+        reports["index"] = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
+                                                 str(queries) if queries else None, spec, nprobe, rerank,
+                                                 shard_rows, workers, str(results_dir or scale_index.RESULTS_DIR))
+    if part != "index":
+        from relsearch.bench import scale_ray
+
+        reports["ray"] = scale_ray.run_scale_ray(ray_images, ray_encoders, ray_collection, actors, batch_size,
+                                                 results_dir or RESULTS_DIR)
     if as_json:
-        print_json(report)
+        print_json(reports["index"] if part == "index" else reports)
         return
-    typer.echo(scale_index.format_table(report))
+    if "index" in reports:
+        typer.echo(scale_index.format_table(reports["index"]))
+    if "ray" in reports:
+        typer.echo(scale_ray.format_table(reports["ray"]))
+        typer.echo(f"wrote {reports['ray']['json']} {reports['ray']['png']}")
 
 
 @bench_app.command("text-vectors")
