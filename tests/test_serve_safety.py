@@ -287,3 +287,18 @@ class server_paused:
 
         time.sleep(self.seconds)  # the 64 connects wait in the listen queue meanwhile
         self.gate.set()
+
+
+@pytest.mark.parametrize(("header", "bound", "ok"), [
+    ("192.168.1.20:8765", "0.0.0.0", True),   # bound to every interface: any address is the server's
+    ("[fe80::1]:8765", "::", True),
+    ("myhost.local:8765", "0.0.0.0", False),  # a DNS name may be rebound: refused
+    ("192.168.1.20:8765", "127.0.0.1", False),
+    ("192.168.1.20:8765", "192.168.1.20", True),  # bound to that address explicitly
+    ("192.168.1.20:9999", "0.0.0.0", False),
+    ("localhost", "127.0.0.1", False),        # no port means 80
+])
+def test_host_rule_for_other_bindings(header, bound, ok):
+    from relsearch.view.server import host_allowed
+
+    assert host_allowed(header, 8765, bound) is ok
