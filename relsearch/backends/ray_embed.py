@@ -274,7 +274,7 @@ class RayEmbedding:
     def embed(self, paths: list[str], missing: list[list[str]], encoders: list[Any],
               opts: BuildOptions) -> Iterator[EmbeddedBatch]:
         ray = self._connect()
-        from ray.data import ActorPoolStrategy, DataContext
+        from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
         batch = self.options.batch_size or opts.batch_size
         actors, actor_cpus, threads = self._pool_shape()
@@ -290,8 +290,11 @@ class RayEmbedding:
         ctx.enable_progress_bars = False  # the build's own bar counts committed rows
         try:
             ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch)))
+            # A few long-lived decode workers: each new one pays its imports (PIL, numpy, torch for
+            # a preprocessor) again, and decoding is a small share of the work next to a model.
             ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocessors": preprocessors},
-                                batch_size=batch, num_cpus=DECODE_CPUS)
+                                batch_size=batch, num_cpus=DECODE_CPUS,
+                                compute=TaskPoolStrategy(size=max(1, int(self._cpus) // 2)))
             ds = ds.map_batches(
                 _EncoderActor,
                 fn_constructor_kwargs={"specs": specs, "device": self._device(opts.device), "threads": threads,
@@ -311,6 +314,10 @@ class RayEmbedding:
             raise _user_error(exc, "the Ray embedding failed") from None
         finally:
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+    def executor(self) -> RayTasks:
+        """A ``map(fn, items)`` over Ray tasks (sharded index builds run their shards through it)."""
+        return RayTasks(self)
 
     # -- helpers ---------------------------------------------------------------------------
     def _pool_shape(self) -> tuple[int, float, int]:
@@ -338,6 +345,22 @@ class RayEmbedding:
 
         names = [EncoderSpec.parse(str(s)).name for s in specs]
         return list(sys.path), {n: encoders.REGISTRY[n] for n in names if n in encoders.REGISTRY}
+
+
+class RayTasks:
+    """``concurrent.futures``-style ``map`` on Ray: one task per item, results in order."""
+
+    def __init__(self, embedding: RayEmbedding) -> None:
+        self._embedding = embedding
+
+    def map(self, fn: Callable[..., Any], *iterables: Any) -> Iterator[Any]:
+        ray = self._embedding._connect()
+        task = ray.remote(fn)
+        refs = [task.remote(*args) for args in zip(*iterables)]
+        try:
+            yield from (ray.get(ref) for ref in refs)
+        except ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc, f"a Ray task ({getattr(fn, '__name__', fn)}) failed") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,7 +7,7 @@ distractors, never queries) and reports per encoder precision@k, mAP@k and
 recall@k of the query's family, and attribute leakage@k (a neighbour sharing an
 object with the query but showing another relation).
 
-    python -m tools.compose_corpus --out data/bench --split test --grouped --groups 30 --seed 1
+    relsearch compose --out data/bench --split test --grouped --groups 30 --seed 1
     relsearch bench relational --collection data/bench --encoders imagenet,relsim-mini
 """
 

@@ -1,4 +1,4 @@
-"""CLI commands: bench ann, bench relational, bench throughput, bench relsim.
+"""CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale, bench text-vectors.
 
 The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
 path); these commands parse, call them and print. Results go to ``--results-dir``
@@ -8,7 +8,7 @@ path); these commands parse, call them and print. Results go to ``--results-dir`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -127,6 +127,100 @@ def throughput_cmd(
         return
     typer.echo(tp.format_table(report))
     typer.echo(f"wrote {report['json']} {report['png']}")
+
+
+@bench_app.command("scale")
+@user_errors
+def scale_cmd(
+    part: Annotated[str, typer.Option(
+        "--part", help="index: the sharded on-disk index against the in-memory one; ray: images/s of a Ray "
+                       "build against a local build; all: both.")] = "index",
+    work: Annotated[Path | None, typer.Option(
+        "--work", help="Index part: folder for vectors, indexes and shards (several GB at 4M).")] = None,
+    n: Annotated[int, typer.Option("--n", min=1000, help="Synthetic vectors when --base is not given.")]
+    = 1_000_000,
+    n_queries: Annotated[int, typer.Option("--n-queries", min=1)] = 1000,
+    d: Annotated[int, typer.Option("--d", min=8)] = 384,
+    base: Annotated[Path | None, typer.Option("--base", help="float32 [N, d] .npy instead of synthetic.")]
+    = None,
+    queries: Annotated[Path | None, typer.Option("--queries", help="float32 [Q, d] .npy (with --base).")]
+    = None,
+    spec: Annotated[str | None, typer.Option(
+        "--spec", help="IVF-PQ factory string without 'fs' (default: the on-disk auto spec).")] = None,
+    nprobe: Annotated[int, typer.Option("--nprobe", min=1)] = 32,
+    rerank: Annotated[int, typer.Option("--rerank", min=0)] = 100,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", min=1)] = 1_000_000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Shard-building processes.")] = 2,
+    ray_images: Annotated[int, typer.Option(
+        "--ray-images", min=1, help="Ray part: photographs in the folder built locally and on Ray.")] = 500,
+    ray_encoders: Annotated[str, typer.Option("--ray-encoders", help="Ray part: encoders of those builds.")]
+    = "imagenet",
+    ray_collection: Annotated[Path | None, typer.Option(
+        "--ray-collection", help="Ray part: build this folder (default: crops of the installed photographs).")]
+    = None,
+    ray_actors: Annotated[str, typer.Option(
+        "--ray-actors", help="Ray part: actor counts to measure, e.g. 1,2.")] = "1,2",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Ray part: build batch size.")] = 32,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past one machine: the sharded on-disk IVF-PQ against the in-memory index (recall, QPS, build time,
+    peak RSS) and, with --part ray/all, Ray build images/s against a local build (JSON + PNG)."""
+    if part not in ("ray", "index", "all"):
+        raise RelsearchError(f"--part must be index, ray or all, got {part!r}")
+    if part != "ray" and work is None:
+        raise RelsearchError("--part index needs --work")
+    actors: tuple[int, ...] = ()
+    if part != "index":
+        try:
+            actors = tuple(int(a) for a in ray_actors.split(",") if a.strip())
+        except ValueError:
+            actors = ()
+        if not actors or min(actors) < 1:
+            raise RelsearchError(f"--ray-actors must be counts >= 1 like 1,2, got {ray_actors!r}")
+        if ray_collection is not None and not ray_collection.is_dir():
+            raise RelsearchError(f"--ray-collection {ray_collection} is not a folder")
+    from relsearch.bench import RESULTS_DIR
+
+    reports: dict[str, Any] = {}
+    if part != "ray":
+        from relsearch.bench import scale_index
+
+        reports["index"] = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
+                                                 str(queries) if queries else None, spec, nprobe, rerank,
+                                                 shard_rows, workers, str(results_dir or scale_index.RESULTS_DIR))
+    if part != "index":
+        from relsearch.bench import scale_ray
+
+        reports["ray"] = scale_ray.run_scale_ray(ray_images, ray_encoders, ray_collection, actors, batch_size,
+                                                 results_dir or RESULTS_DIR)
+    if as_json:
+        print_json(reports["index"] if part == "index" else reports)
+        return
+    if "index" in reports:
+        typer.echo(scale_index.format_table(reports["index"]))
+    if "ray" in reports:
+        typer.echo(scale_ray.format_table(reports["ray"]))
+        typer.echo(f"wrote {reports['ray']['json']} {reports['ray']['png']}")
+
+
+@bench_app.command("text-vectors")
+@user_errors
+def text_vectors_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for base.npy, queries.npy and their sentences.")],
+    n: Annotated[int, typer.Option("--n", min=1)] = 100_000,
+    n_queries: Annotated[int, typer.Option("--queries", min=1)] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Real 384-d ANN test vectors: MiniLM embeddings of Debian package descriptions (offline)."""
+    from relsearch.bench import text_vectors
+
+    summary = text_vectors.make_text_vectors(str(out), n, n_queries, seed)
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"wrote {out}/base.npy ({summary['n']} x {summary['d']}) and {out}/queries.npy ({summary['queries']})")
 
 
 @bench_app.command("cold")

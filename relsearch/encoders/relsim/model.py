@@ -16,6 +16,7 @@ Library use::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ from relsearch.encoders.relsim.release import (
 )
 from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import RelsearchError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -397,7 +400,8 @@ class RelsimEncoder:
 
         try:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-        except ImportError:  # the processor still resizes, only in its own way
+        except ImportError as exc:  # the processor still resizes, only in its own way
+            log.debug("no smart_resize in this transformers (%s): the processor resizes", exc)
             return img
         from relsearch.encoders.relsim.fast import pixel_budget
 
