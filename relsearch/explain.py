@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.atomic import atomic_write
 from relsearch.errors import RelsearchError
 
 BANK_NAME = "captions.jsonl"
@@ -150,9 +151,8 @@ def load_bank(path: str | os.PathLike[str], device: str | None = None) -> Captio
         from relsearch.encoders.text import embed_text
 
         vectors = np.ascontiguousarray(embed_text(captions, device=device), dtype=np.float32)
-        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, vectors)
-        os.replace(tmp, cached)
+        with atomic_write(cached, durable=False) as f:  # a rebuildable cache
+            np.save(f, vectors)
     return CaptionBank(captions, families, vectors.astype(np.float32, copy=False), str(p))
 
 

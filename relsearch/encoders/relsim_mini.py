@@ -436,7 +436,9 @@ class RelsimMiniEncoder:
 
     def save(self, out_dir: str) -> None:
         """Write ``config.json`` + ``model.safetensors`` (LoRA + head) into ``out_dir``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from relsearch.atomic import atomic_write_bytes
 
         self._ensure_trainable()
         if self.model.merged:
@@ -444,10 +446,8 @@ class RelsimMiniEncoder:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"architecture": ARCHITECTURE})
-        tmp.chmod(0o644)  # safetensors creates the file owner-only; weights are package data
-        tmp.replace(out / WEIGHTS_NAME)
+        # weights are package data: readable by all, unlike the owner-only default
+        atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"architecture": ARCHITECTURE}), mode=0o644)
         cfg = {"architecture": ARCHITECTURE, **asdict(self.config)}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 
