@@ -113,6 +113,6 @@ def test_imagenet_folded_batchnorm_keeps_the_vectors() -> None:
     ref = efficientnet_lite0(pretrained=True).eval()  # BatchNorm unfolded
     imgs = _images(2)
     with torch.inference_mode():
-        want = ref.extract_features(enc.preprocess(imgs)).mean(dim=(2, 3)).numpy()
+        want = ref.extract_features(enc.preprocess_batch(imgs)).mean(dim=(2, 3)).numpy()
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert float((enc.embed(imgs) * want).sum(1).min()) >= 0.9999
