@@ -225,6 +225,15 @@ def test_malformed_or_out_of_range_id_is_400(served, raw):
         assert ctype == "application/json" and "id" in json.loads(body)["error"]
 
 
+def test_search_by_bad_id_is_400(served):
+    server, paths, index = served
+    for raw in (str(2**64), "-3", "x"):
+        status, body, _ = _get(server, f"/search?id={raw}&k=2")
+        assert status == 400 and "id" in json.loads(body)["error"], (raw, status)
+    status, body, _ = _get(server, f"/search?id={_id_of(index, paths[1])}&k=2")
+    assert status == 200 and json.loads(body)["result"]["results"]["tinycolor"][0]["path"] == str(paths[1])
+
+
 def test_absent_id_in_range_is_404(served):
     server, paths, index = served
     assert _get(server, "/file/987654")[0] == 404
