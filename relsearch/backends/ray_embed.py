@@ -34,7 +34,7 @@ import numpy as np
 
 from relsearch.collection import Decoded
 from relsearch.encoders.base import EncoderSpec, PipelinedEncoder
-from relsearch.errors import RelsearchError
+from relsearch.errors import RelsearchError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from relsearch.build import BuildOptions, EmbeddedBatch
@@ -249,7 +249,7 @@ class RayEmbedding:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 where = "a local Ray" if address is None else f"Ray at {address}"
-                raise RelsearchError(f"cannot start {where}: {_first_line(exc)}") from exc
+                raise RelsearchError(f"cannot start {where}: {first_line(exc)}") from exc
             self._started = True
         resources = ray.cluster_resources()
         self._gpus = float(resources.get("GPU", 0.0))
@@ -367,11 +367,6 @@ class RayTasks:
             yield from (ray.get(ref) for ref in refs)
         except ray.exceptions.RayTaskError as exc:
             raise _user_error(exc, f"a Ray task ({getattr(fn, '__name__', fn)}) failed") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _user_error(exc: BaseException, what: str) -> RelsearchError:
