@@ -316,6 +316,13 @@ def test_first_build_killed_before_its_first_commit_reads_as_unfinished(tmp_path
     with pytest.raises(RelsearchError, match="no finished build yet"):
         query(str(root / "img_001.png"), idx)
     assert _build(root, idx).added == 3 and verify_index(idx).consistent
+    # ... or even before LMDB wrote its meta pages (an empty data.mdb)
+    idx2 = tmp_path / "idx2"
+    (idx2 / "meta.lmdb").mkdir(parents=True)
+    (idx2 / "meta.lmdb" / "data.mdb").write_bytes(b"")
+    with pytest.raises(RelsearchError, match="no finished build yet"):
+        query(str(root / "img_001.png"), idx2)
+    assert _build(root, idx2).added == 3 and verify_index(idx2).consistent
 
 
 def test_first_build_killed_in_an_atomic_write_is_resumed(tmp_path):
