@@ -268,7 +268,7 @@ def explain_pair(image_a: Any, image_b: Any, encoders: list[Any], specs: list[st
     first: tuple[str, str, np.ndarray, np.ndarray] | None = None
     for enc, spec in zip(encoders, specs):
         va, vb = enc.embed([image_a, image_b])
-        kind = getattr(enc, "kind", "attribute")
+        kind = enc.kind
         (relational if kind == "relational" else attribute)[enc.name] = float(va @ vb)
         if kind == "relational" and first is None:
             first = (enc.name, spec, va, vb)

@@ -116,9 +116,10 @@ def _load_on_worker(spec: str, device: str | None, sys_path: list[str], registry
 
 def _describe(spec: str, device: str | None, sys_path: list[str], registry: dict[str, str]) -> RemoteEncoder:
     enc = _load_on_worker(spec, device, sys_path, registry)
-    make = getattr(enc, "preprocessor", None)
-    return RemoteEncoder(enc.name, int(enc.dim), getattr(enc, "kind", "attribute"), enc.fingerprint, spec,
-                         make() if callable(make) else None)
+    from relsearch.encoders.base import PortablePreprocessing
+
+    return RemoteEncoder(enc.name, int(enc.dim), enc.kind, enc.fingerprint, spec,
+                         enc.preprocessor() if isinstance(enc, PortablePreprocessing) else None)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocessors: dict[str, Callable[[list[Any]], Any]],
