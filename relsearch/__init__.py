@@ -7,9 +7,13 @@ Heavy parts (torch, faiss, model code) are imported on first use, never at
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# A library leaves logging set-up to its application (the CLI: -v / --quiet).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> "module:attr", resolved lazily
 _LAZY = {

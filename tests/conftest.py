@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,6 +20,16 @@ _enc.REGISTRY.setdefault("tinyflip", "engine_helpers:load_tinyflip")
 
 
 @pytest.fixture(autouse=True)
-def _clean_encoder_cache():
+def _reset_cli_logging():
+    """A CLI run leaves a handler on the stderr CliRunner swapped in; drop it after each test."""
     yield
-    _enc._CACHE.clear()
+    logger = logging.getLogger("relsearch")
+    for handler in [h for h in logger.handlers if getattr(h, "_relsearch_cli", False)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def _relsearch_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own index home and cache: nothing lands in the user's folders."""
+    monkeypatch.setenv("RELSEARCH_HOME", str(tmp_path_factory.mktemp("relsearch-home")))

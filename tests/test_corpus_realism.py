@@ -20,7 +20,7 @@ from relsearch.corpus.art import (
     missing_photo_packages,
     package_files,
 )
-from relsearch.corpus.captions import TEMPLATES, has_placeholder
+from relsearch.corpus.captions import PLACEHOLDERS, TEMPLATES
 from relsearch.corpus.families import CLASSIC_FAMILIES, RENDERERS
 from relsearch.corpus.realism import Style, drawing_style
 from relsearch.errors import RelsearchError
@@ -47,6 +47,10 @@ def _blob(ident: str, colour: tuple[int, int, int]) -> ArtObject:
     d.ellipse([0, 20, 140, 160], fill=(*colour, 255))
     d.rectangle([90, 0, 200, 90], fill=(*colour, 255))
     return _describe(im, ident)
+
+
+def has_placeholder(text: str) -> bool:
+    return any(p in text for p in PLACEHOLDERS)
 
 
 def _source(objs: list[ArtObject]):
@@ -171,6 +175,13 @@ def test_drop_shadow_darkens_pixels_beside_the_object(art: Path) -> None:
     a, b = np.asarray(plain.convert("L"), float), np.asarray(shaded.convert("L"), float)
     assert (b < a - 30).sum() > 200  # shadow pixels
     assert (_mask_of(plain, (220, 20, 20)) == _mask_of(shaded, (220, 20, 20))).mean() > 0.95
+
+
+def test_cli_background_modes_match_the_composer() -> None:
+    from relsearch.cli import compose as cli_compose
+    from relsearch.corpus.compose import BACKGROUND_MODES
+
+    assert cli_compose.BACKGROUND_MODES == BACKGROUND_MODES
 
 
 def test_bad_background_options_are_user_errors(art: Path, tmp_path: Path) -> None:

@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Set up relsearch on a fresh machine: system packages (clip art for the example and the
-# relational corpus, Chromium for the HTML view tests) and a .venv at the repository root
-# (reused when present). Idempotent: a second run installs nothing new.
+# Set up relsearch on a fresh machine: Debian packages (clip art for the example and the
+# relational corpus, wallpaper photographs and emoji art for its scenes and benchmark sets,
+# Chromium for the HTML view tests) and a .venv at the repository root (reused when present)
+# with relsearch and every extra (ray, milvus, clip, bench, dev) at the exact versions of
+# constraints.txt. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages, and why.
+apt_packages=(
+  openclipart-png          # clip art: example collection, relational corpus
+  chromium                 # tests/test_view.py renders the page in headless Chromium
+  fonts-noto-color-emoji   # unseen emoji art for the relational benchmark sets
+  gnome-backgrounds        # wallpaper photographs: backgrounds of training scenes
+  mate-backgrounds
+  ukui-wallpapers
+  lomiri-wallpapers        # evaluation-only backgrounds (tests/test_relsim_mini.py)
+)
 need_apt=()
-[ -d /usr/share/openclipart/png ] || need_apt+=(openclipart-png)
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -19,7 +32,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 stamp=.venv/.relsearch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[ray,milvus,clip,bench,dev]"
   touch "$stamp"
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -30,6 +31,34 @@ bench_app = typer.Typer(help="Benchmarks (ANN recall/speed, relational precision
 app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Send the ``relsearch`` loggers to stderr: warnings by default, -v info, -vv debug, --quiet errors."""
+    if quiet:
+        level = logging.ERROR
+    else:
+        level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logger = logging.getLogger("relsearch")
+    for old in [h for h in logger.handlers if getattr(h, "_relsearch_cli", False)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)  # the stderr of this invocation (tests swap it)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler._relsearch_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True,
+                                         help="More log output on stderr (-v info, -vv debug).")] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+) -> None:
+    """Relational image retrieval: relational neighbours next to attribute neighbours."""
+    configure_logging(verbose, quiet)
 
 # Options several commands share, defined once so their flags and help read the same everywhere.
 # Use as ``as_json: JsonOpt = False`` / ``encoders: ColumnsOpt = None``.

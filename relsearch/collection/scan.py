@@ -14,6 +14,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relsearch.collection.exclude import (
+    IGNORE_FILE,
+    Excluded,
+    Exclusions,
+    IgnoreFile,
+    ignored_by,
+    read_ignore_file,
+)
 from relsearch.errors import RelsearchError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -40,6 +48,7 @@ class ScanResult:
 
     files: list[FileEntry] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    excluded: Excluded = field(default_factory=Excluded)
 
 
 def is_image_name(name: str) -> bool:
@@ -63,7 +72,7 @@ def _duplicate_reason(parent: str, first: str) -> str:
     return f"folder already scanned as {first}"
 
 
-def scan(root: str | Path) -> ScanResult:
+def scan(root: str | Path, exclude: Exclusions | None = None) -> ScanResult:
     """List the image files under ``root``, recursively.
 
     Hidden files and folders (name starting with ``.``) are skipped silently.
@@ -72,6 +81,11 @@ def scan(root: str | Path) -> ScanResult:
     but keep the names they were reached by. Unreadable folders, broken links and
     folders reached twice are reported in ``skipped``; an empty result is not an
     error here (the caller decides).
+
+    ``exclude`` (default: :class:`Exclusions` with the default folder patterns) prunes
+    folders by name or relative path, and ``.relsearchignore`` files prune folders and
+    files; what they left out is listed in ``excluded`` (folders are not descended into,
+    so the files under them are not counted).
 
     Raises :class:`RelsearchError` when ``root`` is missing or not a folder.
     """
@@ -82,6 +96,9 @@ def scan(root: str | Path) -> ScanResult:
         raise RelsearchError(f"not a folder: {top}")
 
     result = ScanResult()
+    exclude = exclude if exclude is not None else Exclusions()
+    # ignore files in force for each folder still to list (its own is added when listed)
+    rules: dict[str, tuple[IgnoreFile, ...]] = {}
     # real path of every folder listed -> the path it was listed under
     seen: dict[str, str] = {os.path.realpath(top): top}
     # Folders reached without crossing a symlink are listed before any linked
@@ -92,9 +109,11 @@ def scan(root: str | Path) -> ScanResult:
 
     while plain or linked:
         if plain:
-            folder = plain.popleft()
+            folder, parent = plain.popleft(), None
         else:
             folder, parent = linked.popleft()
+        chain = rules.pop(folder, ())  # ignore files of the folders above this one
+        if parent is not None:
             real = os.path.realpath(folder)
             if real in seen:
                 result.skipped.append((folder, _duplicate_reason(parent, seen[real])))
@@ -106,6 +125,14 @@ def scan(root: str | Path) -> ScanResult:
         except OSError as err:
             result.skipped.append((folder, f"unreadable folder: {_short(err)}"))
             continue
+        if exclude.ignore_files and any(e.name == IGNORE_FILE for e in entries):
+            try:
+                own = read_ignore_file(folder)
+            except OSError as err:
+                result.skipped.append((os.path.join(folder, IGNORE_FILE), f"unreadable: {_short(err)}"))
+                own = None
+            if own is not None:
+                chain = (*chain, own)
 
         for entry in entries:
             if _is_hidden(entry.name):
@@ -127,6 +154,11 @@ def scan(root: str | Path) -> ScanResult:
                 continue
 
             if stat.S_ISDIR(st.st_mode):
+                why = _excluded_dir(exclude, chain, top, path, entry.name)
+                if why is not None:
+                    result.excluded.folders.append((path, why))
+                    continue
+                rules[path] = chain
                 if is_link:
                     linked.append((path, folder))
                     continue
@@ -137,6 +169,10 @@ def scan(root: str | Path) -> ScanResult:
                 seen[real] = path
                 plain.append(path)
             elif is_image_name(entry.name):
+                hit = ignored_by(chain, path, is_dir=False) if chain else None
+                if hit is not None:
+                    result.excluded.files.append((path, _ignore_rule(hit)))
+                    continue
                 if not stat.S_ISREG(st.st_mode):
                     result.skipped.append((path, "not a regular file"))
                     continue
@@ -144,6 +180,20 @@ def scan(root: str | Path) -> ScanResult:
 
     result.files.sort(key=lambda f: f.path)
     return result
+
+
+def _excluded_dir(exclude: Exclusions, chain: tuple[IgnoreFile, ...], top: str, path: str,
+                  name: str) -> str | None:
+    rel = path[len(top) :].lstrip(os.sep).replace(os.sep, "/")
+    pat = exclude.dir_rule(rel, name)
+    if pat is not None:
+        return f"exclude-dir {pat}"
+    hit = ignored_by(chain, path, is_dir=True) if chain else None
+    return _ignore_rule(hit) if hit is not None else None
+
+
+def _ignore_rule(hit: IgnoreFile) -> str:
+    return os.path.join(hit.folder, IGNORE_FILE)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

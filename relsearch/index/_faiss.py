@@ -6,10 +6,13 @@ faiss is imported on first use, never at ``import relsearch``.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import sys
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _GPU_RESOURCES: Any = None
 
@@ -75,7 +78,8 @@ def gpu_count() -> int:
         return 0
     try:
         return int(faiss.get_num_gpus())
-    except Exception:  # a broken CUDA install must not stop CPU search
+    except Exception as exc:  # a broken CUDA install must not stop CPU search
+        log.warning("faiss GPU support unusable, using the CPU: %s: %s", type(exc).__name__, exc)
         return 0
 
 
@@ -101,7 +105,8 @@ def to_gpu(cpu_index: Any) -> Any | None:
         # small precision loss.
         co.useFloat16 = True
         return faiss.index_cpu_to_gpu(gpu_resources(), 0, cpu_index, co)
-    except Exception:
+    except Exception as exc:  # any GPU failure: the CPU copy answers instead
+        log.warning("cannot copy the index to the GPU, searching on the CPU: %s: %s", type(exc).__name__, exc)
         return None
 
 
@@ -111,7 +116,8 @@ def gpu_flat_for_training(d: int, metric: int) -> Any | None:
     try:
         flat = faiss.IndexFlatIP(d) if metric == faiss.METRIC_INNER_PRODUCT else faiss.IndexFlatL2(d)
         return faiss.index_cpu_to_gpu(gpu_resources(), 0, flat)
-    except Exception:
+    except Exception as exc:  # any GPU failure: k-means runs on the CPU instead
+        log.warning("cannot train on the GPU, training on the CPU: %s: %s", type(exc).__name__, exc)
         return None
 
 

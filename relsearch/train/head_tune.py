@@ -93,7 +93,7 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
     val_records = read_dataset(val) if val else None
     val_feats = upper_features(init, val_records, out_dir / "val_upper_features.pt") if val_records else None
 
-    enc = load(init)
+    enc = load(init, trainable=True)  # the peft model: what ``save`` writes LoRA + head from
     head = enc.model.head
     # Only the head is optimised; LoRA keeps requires_grad (it is part of the saved release) but
     # gets no gradient: the cached maps are computed after it.
