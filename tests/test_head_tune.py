@@ -50,6 +50,21 @@ def test_tune_changes_only_the_head_and_learns(init_release: Path, tmp_path: Pat
     assert summary["final"]["precision@10"] == pytest.approx(0.7)
 
 
+def test_cached_maps_through_the_head_equal_the_encoder(init_release: Path, tmp_path: Path) -> None:
+    """The head trains on exactly what inference computes before it."""
+    from relsearch.train.data import load_image, read_dataset
+    from relsearch.train.head_tune import upper_features
+
+    data = make_scene_set(tmp_path / "data", n=4)
+    records = read_dataset(data / "labels.jsonl")
+    feats = upper_features(str(init_release), records, tmp_path / "maps.pt")
+    enc = load(str(init_release))
+    with torch.no_grad():
+        via_cache = torch.nn.functional.normalize(enc.model.head(feats.float()), dim=-1).numpy()
+    direct = enc.embed([load_image(r.image) for r in records])
+    assert (via_cache * direct).sum(1).min() > 0.99
+
+
 def test_cli_reports_bad_input_in_one_line(init_release: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.jsonl"
     img = make_scene_set(tmp_path / "data", n=2) / "img" / "000.png"

@@ -50,7 +50,7 @@ def upper_features(init: str, records: list[CaptionRecord], cache: Path, batch: 
     started = time.perf_counter()
     for i in range(0, len(records), batch):
         ims = [load_image(r.image) for r in records[i : i + batch]]
-        x = enc.preprocess(ims).to(enc.device)
+        x = enc.preprocess_batch(ims).to(enc.device)
         with torch.inference_mode(), enc._autocast():
             parts.append(model.upper(model.trunk(x)).to(torch.float16).cpu())
         if log and (i // batch) % 10 == 0:
