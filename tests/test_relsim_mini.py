@@ -215,14 +215,9 @@ def test_index_of_other_relsim_mini_weights_refuses_with_rebuild_message(
     save_file(state, str(old / WEIGHTS_NAME))
     coll, idx = tmp_path / "coll", tmp_path / "idx"
     make_collection(coll, n=4)
-    import relsearch.encoders as encoders
-
-    # A fresh process each time, as a user would run build and query: no reused encoder objects.
-    monkeypatch.setattr(encoders, "_CACHE", {})
     monkeypatch.setattr(rm, "WEIGHTS_DIR", old)
     assert run_cli("build-index", str(coll), "--index", str(idx), "--encoders", "relsim-mini") == 0
     monkeypatch.setattr(rm, "WEIGHTS_DIR", WEIGHTS_DIR)
-    monkeypatch.setattr(encoders, "_CACHE", {})
     outside = tmp_path / "outside.png"
     images(1, seed=5)[0].save(outside)  # not in the index: its vector must come from the encoder
     capsys.readouterr()
