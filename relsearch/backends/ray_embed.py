@@ -249,8 +249,8 @@ class RayEmbedding:
                 else:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                where = "a local Ray" if address is None else f"Ray at {address}"
-                raise RelsearchError(f"cannot start {where}: {first_line(exc)}") from exc
+                what = "start a local Ray" if address is None else f"connect to Ray at {address}"
+                raise RelsearchError(f"cannot {what}: {first_line(exc)}") from exc
             self._started = True
         resources = ray.cluster_resources()
         self._gpus = float(resources.get("GPU", 0.0))
