@@ -244,7 +244,9 @@ class RayEmbedding:
             kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
             try:
                 if address is None:
-                    ray.init(num_cpus=self.options.num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                    # address="local": a new Ray for this build even where `ray start` runs one
+                    ray.init(address="local", num_cpus=self.options.num_cpus or os.cpu_count() or 1,
+                             include_dashboard=False,
                              **kwargs)
                 else:
                     ray.init(address=address, **kwargs)
