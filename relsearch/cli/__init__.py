@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from relsearch.cli import bench, compose, core, train, view  # noqa: F401  (register commands)
+from relsearch.cli import bench, compose, core, dupes, train, view  # noqa: F401  (register commands)
 from relsearch.cli.app import app
 
 
