@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
-from relsearch.dupes import _project, components, find_dupes, near_pairs
+from relsearch.dupes import components, find_dupes, near_pairs, whiten
 from relsearch.errors import RelsearchError
 
 
@@ -40,24 +40,25 @@ def _brute(x: np.ndarray, t: float) -> set[tuple[int, int]]:
 @pytest.mark.parametrize("flat_max", [10_000, 100])  # flat range search, then the IVF path
 def test_near_pairs_match_brute_force(flat_max: int) -> None:
     x = _vectors(3000, 256, 150)
-    want = _brute(x, 0.97)
-    assert 100 <= len(want) < 400  # most planted copies (the noisiest fall below 0.97)
-    i, j, s = near_pairs(x, 0.97, flat_max=flat_max)
+    y = whiten(x)
+    s = y @ y.T
+    want = set(zip(*(a.tolist() for a in np.nonzero(np.triu(s >= 0.9, 1)))))
+    assert 90 <= len(want) < 400  # most planted copies, a few chance pairs
+    i, j, sim = near_pairs(x, 0.9, flat_max=flat_max)
     got = set(zip(i.tolist(), j.tolist()))
-    assert got <= want  # exact scores: never a pair below the threshold
-    np.testing.assert_allclose(s, np.einsum("ij,ij->i", x[i], x[j]), atol=1e-5)
-    assert all(a < b for a, b in got)
+    assert got <= want and all(a < b for a, b in got)
+    np.testing.assert_allclose(sim, np.minimum(s[i, j], 1.0), atol=1e-4)
     recall = len(got) / len(want)
     assert recall == 1.0 if flat_max > len(x) else recall >= 0.95
 
 
-def test_projection_never_lengthens_a_distance() -> None:
-    x = _vectors(600, 300, 0, seed=1)
-    y = _project(x, dim=32)
-    a, b = np.random.default_rng(0).integers(0, len(x), (2, 2000))
-    full = np.linalg.norm(x[a] - x[b], axis=1)
-    proj = np.linalg.norm(y[a] - y[b], axis=1)
-    assert y.shape == (600, 32) and (proj <= full + 1e-5).all() and (proj < full - 1e-3).any()
+def test_whitening_is_unit_norm_and_ignores_a_shared_offset() -> None:
+    x = _vectors(3000, 256, 150)
+    y = whiten(x)
+    assert y.shape == (3000 + 150, 128)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(whiten(x + 0.3), y, atol=1e-3)  # the shared direction is removed
+    assert whiten(x[:20]).shape == (20, 19)  # no more axes than the rows span
 
 
 def test_components_join_chains_and_keep_the_lowest_edge() -> None:
@@ -119,3 +120,42 @@ def test_relational_only_index_is_refused(planted, monkeypatch) -> None:
     build_index(root2, idx2, BuildOptions(encoders="tinycolor", progress=False, workers=2))
     with pytest.raises(RelsearchError, match="no attribute column"):
         find_dupes(idx2)
+
+
+# --------------------------------------------------------------------------- bench helpers
+def test_score_counts_pairs_and_copy_recall() -> None:
+    from relsearch.bench.dupes import score
+
+    truth = [["o1", "r1", "c1"], ["o2", "r2"], ["o3"]]
+    kind = {"r1": "resized", "c1": "cropped", "r2": "resized"}
+    s = score([["o1", "r1"], ["o2", "r2", "o3"]], truth, kind)
+    # found pairs: (o1,r1) (o2,r2) (o2,o3) (o3,r2); true: (o1,r1) (o1,c1) (c1,r1) (o2,r2)
+    assert (s["pairs_found"], s["pairs_true"], s["pairs_correct"]) == (4, 4, 2)
+    assert s["precision"] == 0.5 and s["recall"] == 0.5
+    assert s["copy_recall"] == {"cropped": 0.0, "resized": 1.0}
+
+
+def test_plant_writes_every_kind_of_copy(tmp_path: Path) -> None:
+    from relsearch.bench.dupes import TRANSFORMS, plant
+
+    srcs = make_collection(tmp_path / "src", 5, size=96)
+    truth = plant(srcs, tmp_path / "out", n_copied=2, n_exact=1)
+    assert [len(g) for g in truth["groups"]] == [6, 1, 1, 5, 1]  # every third, two at most
+    assert sorted(truth["kind"][p] for p in truth["groups"][0][1:]) == sorted([*TRANSFORMS, "exact"])
+    assert all(Path(p).is_file() for g in truth["groups"] for p in g)
+    a, b = truth["groups"][0][0], truth["groups"][0][-1]
+    assert Path(a).read_bytes() == Path(b).read_bytes()
+    resized = next(p for p in truth["groups"][0] if p.endswith("_resized.jpg"))
+    assert Image.open(resized).size[0] < Image.open(a).size[0]
+
+
+def test_synthetic_vectors_plant_copies_at_the_asked_similarity() -> None:
+    from relsearch.bench.dupes import synthetic_vectors
+
+    real = _vectors(300, 128, 0, seed=2)
+    x, pairs = synthetic_vectors(real, 2000, [0.95, 0.99], copy_fraction=0.1)
+    assert x.shape == (2000, 128) and pairs.shape == (200, 2)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
+    sims = np.einsum("ij,ij->i", x[pairs[:, 0]], x[pairs[:, 1]])
+    assert np.all(np.isclose(sims, 0.95, atol=1e-3) | np.isclose(sims, 0.99, atol=1e-3))
+    assert (x[:1800] >= 0).all()  # base rows are ReLU-floored like the pooled features they imitate
