@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
 from relsearch.query import Hit, QueryResult, Searcher, load_query_image
 
@@ -146,7 +147,7 @@ def search_composed(searcher: Searcher, terms: list[QueryTerm], k: int = 20,
     for name, entry in searcher.encoders.items():
         t0 = time.perf_counter()
         enc = searcher.encoder(name)
-        has_text = callable(getattr(enc, "embed_text", None))
+        has_text = isinstance(enc, TextEncoder)
         notes: list[str] = []
         total = np.zeros(entry.dim, dtype=np.float64)
         positives = 0
@@ -168,6 +169,7 @@ def search_composed(searcher: Searcher, terms: list[QueryTerm], k: int = 20,
         if positives == 0 or norm < _MIN_NORM:
             continue
         q = (total / norm).astype(np.float32)[None, :]
+        result.vectors[name] = q[0]  # what --analogy / --explain compare against
         hits = searcher.search_vectors(name, q, k + len(drop))[0]
         kept = [h for h in hits if h.id not in drop][:k]
         result.results[name] = [Hit(r + 1, h.score, h.path, h.id, h.paths) for r, h in enumerate(kept)]
@@ -192,12 +194,21 @@ def composed_query(
     weights: str | list[float] | None = None,
     negatives: list[str] | None = None,
     device: str | None = None,
+    modes: Any = None,
 ) -> ComposedResult:
-    """Neighbours of a composed query in every column of ``index`` (see the module doc)."""
+    """Neighbours of a composed query in every column of ``index`` (see the module doc).
+
+    ``modes`` (:class:`relsearch.modes.Modes`) adds the analogy column and explanations.
+    """
+    from relsearch.modes import apply_modes
+    from relsearch.threads import use_query_threads
+
+    use_query_threads()
     if k < 1:
         raise RelsearchError(f"-k must be at least 1, got {k}")
     terms = parse_terms(queries, weights, negatives)
     # a bad path fails before any model loads
     images = {t.query: load_query_image(t.query) for t in terms if not t.is_text}
     with Searcher(index, encoders=encoders, device=device) as searcher:
-        return search_composed(searcher, terms, k, images)
+        result = search_composed(searcher, terms, k, images)
+        return apply_modes(searcher, result, k, modes) if modes else result

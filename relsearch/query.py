@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.encoders import get_encoder, resolve_factory
+from relsearch import snapshot
+from relsearch.encoders import get_encoder
+from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import OpenIndex, check_fingerprint, find_indexes, index_info, open_index  # noqa: F401  (their former home; kept importable)
 
@@ -35,13 +37,25 @@ class QueryResult:
     results: dict[str, list[Hit]]
     kinds: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: the query's vector per column (analogy and explanations need them)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: ``--analogy`` (relsearch.analogy): its hits, and which columns and weight made them
+    analogy: list[Hit] | None = None
+    analogy_of: dict[str, Any] = field(default_factory=dict)
+    #: ``--explain`` (relsearch.explain.Explanation)
+    explain: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "query": self.query,
             "results": {name: [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in hits]
                         for name, hits in self.results.items()},
         }
+        if self.analogy is not None:
+            out["analogy"] = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in self.analogy]
+        if self.explain is not None:
+            out["explain"] = self.explain.to_dict(self)
+        return out
 
     def ordered(self) -> list[str]:
         """Encoder names, relational columns first."""
@@ -49,52 +63,63 @@ class QueryResult:
 
 
 class Searcher:
-    """Loaded encoders + FAISS indexes of one index directory."""
+    """Loaded encoders + FAISS indexes of one index directory.
+
+    Follows rebuilds: each query first checks LMDB's generation and, when a build has
+    switched it, loads the new FAISS files (:mod:`relsearch.snapshot`). Many searchers
+    (and a build) may share an index in one process: the LMDB handle is shared.
+    """
 
     def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None) -> None:
-        from relsearch.index import VectorIndex
-
         self.opened: OpenIndex = open_index(index)
+        self._asked = [e.strip().partition("@")[0] for e in encoders.split(",") if e.strip()] if encoders else None
         try:
-            self._load(index, encoders, VectorIndex)
+            self._snapshot = snapshot.load(self.opened.path, self.opened.store, self._asked)
         except BaseException:
             self.opened.close()
             raise
+        self._sync_opened()
         self._loaded: dict[str, Any] = {}
         self.device = device
 
-    def _load(self, index: str | os.PathLike[str], encoders: str | None, VectorIndex: Any) -> None:
-        manifest = self.opened.manifest
-        names = list(manifest.encoders)
-        if encoders:
-            asked = [e.strip() for e in encoders.split(",") if e.strip()]
-            for name in asked:
-                base = name.partition("@")[0]
-                resolve_factory(base)  # unknown name -> the registry's message
-                if base not in manifest.encoders:
-                    raise RelsearchError(
-                        f"index {index} has no {base!r} column; it was built with: {', '.join(names)}"
-                    )
-            names = [n.partition("@")[0] for n in asked]
-        self.encoders: dict[str, Any] = {}
-        self.indexes: dict[str, Any] = {}
-        for name in names:
-            entry = manifest.encoders[name]
-            path = self.opened.faiss_file(name)
-            if not path.exists():
-                raise RelsearchError(f"index {index} is missing its FAISS file {path.name}; rebuild it")
-            self.indexes[name] = VectorIndex.load(path)
-            self.encoders[name] = entry
+    @property
+    def encoders(self) -> dict[str, Any]:
+        """Manifest entries of the searched columns (of the generation in use)."""
+        return self._snapshot.encoders
+
+    @property
+    def indexes(self) -> dict[str, Any]:
+        return self._snapshot.indexes
+
+    @property
+    def generation(self) -> int:
+        return self._snapshot.generation
+
+    def refresh(self) -> bool:
+        """Load the index's current generation if a build switched it; True when it did."""
+        snap = snapshot.current(self._snapshot, self.opened.path, self.opened.store, self._asked)
+        if snap is self._snapshot:
+            return False
+        self._snapshot = snap
+        self._sync_opened()
+        return True
+
+    def _sync_opened(self) -> None:
+        self.opened.manifest = self._snapshot.manifest
+        self.opened.generation = self._snapshot.generation
 
     def encoder(self, name: str) -> Any:
-        if name not in self._loaded:
-            entry = self.opened.manifest.encoders[name]
+        entry = self.opened.manifest.encoders[name]
+        cached = self._loaded.get(name)
+        if cached is None or cached[0] != (entry.spec, entry.fingerprint):
             enc = get_encoder(entry.spec, device=self.device)
             check_fingerprint(entry, enc.fingerprint, self.opened.path)
-            self._loaded[name] = enc
-        return self._loaded[name]
+            self._loaded[name] = ((entry.spec, entry.fingerprint), enc)
+        return self._loaded[name][1]
 
     def close(self) -> None:
+        """Close the index and drop the loaded models (nothing else keeps them alive)."""
+        self._loaded.clear()
         self.opened.close()
 
     def __enter__(self) -> Searcher:
@@ -125,11 +150,13 @@ class Searcher:
         return out
 
     def query_image(self, image: Any, k: int = 20, label: str = "") -> QueryResult:
+        self.refresh()
         result = QueryResult(query=label, results={})
         for name, entry in self.encoders.items():
             t = time.perf_counter()
             vec = self.encoder(name).embed([image])
             t_embed = time.perf_counter()
+            result.vectors[name] = vec[0]
             result.results[name] = self.search_vectors(name, vec, k)[0]
             result.kinds[name] = entry.kind
             result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
@@ -138,12 +165,14 @@ class Searcher:
 
     def query_text(self, text: str, k: int = 20) -> QueryResult:
         """Search every relational column through its caption (text) tower."""
+        self.refresh()
         result = QueryResult(query=text, results={})
         for name, entry in self.encoders.items():
             enc = self.encoder(name)
-            if not hasattr(enc, "embed_text"):
+            if not isinstance(enc, TextEncoder):
                 continue
             vec = enc.embed_text([text])
+            result.vectors[name] = vec[0]
             result.results[name] = self.search_vectors(name, vec, k)[0]
             result.kinds[name] = entry.kind
         if not result.results:
@@ -175,14 +204,21 @@ def query(
     encoders: str | None = None,
     text: str | None = None,
     device: str | None = None,
+    modes: Any = None,
 ) -> QueryResult:
-    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``."""
+    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``.
+
+    ``modes`` (:class:`relsearch.modes.Modes`) adds the analogy column and explanations.
+    """
+    from relsearch.modes import apply_modes
+    from relsearch.threads import use_query_threads
+
+    use_query_threads()
     if k < 1:
         raise RelsearchError(f"-k must be at least 1, got {k}")
     if (image is None) == (text is None):
         raise RelsearchError("give exactly one of an image path or --text")
     img = load_query_image(image) if image is not None else None
     with Searcher(index, encoders=encoders, device=device) as searcher:
-        if text is not None:
-            return searcher.query_text(text, k)
-        return searcher.query_image(img, k, label=str(image))
+        result = searcher.query_text(text, k) if text is not None else searcher.query_image(img, k, label=str(image))
+        return apply_modes(searcher, result, k, modes) if modes else result

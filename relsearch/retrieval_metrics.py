@@ -88,12 +88,6 @@ def precision_at_k(emb_or_nn: np.ndarray, families: Sequence[str], k: int = 10) 
     return _mean_over_queries(_per_query(nn, families, None)["precision"], families)
 
 
-def average_precision_at_k(emb_or_nn: np.ndarray, families: Sequence[str], k: int = 10) -> float:
-    """mAP@k over queries, each AP normalised by min(k, number of relevant items)."""
-    nn = _as_neighbours(emb_or_nn, k)
-    return _mean_over_queries(_per_query(nn, families, None)["map"], families)
-
-
 def recall_at_k(emb_or_nn: np.ndarray, families: Sequence[str], k: int = 10) -> float:
     """Mean share of each query's other family members found in its top k."""
     nn = _as_neighbours(emb_or_nn, k)

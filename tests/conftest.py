@@ -20,12 +20,6 @@ _enc.REGISTRY.setdefault("tinyflip", "engine_helpers:load_tinyflip")
 
 
 @pytest.fixture(autouse=True)
-def _clean_encoder_cache():
-    yield
-    _enc._CACHE.clear()
-
-
-@pytest.fixture(autouse=True)
 def _reset_cli_logging():
     """A CLI run leaves a handler on the stderr CliRunner swapped in; drop it after each test."""
     yield
@@ -33,3 +27,9 @@ def _reset_cli_logging():
     for handler in [h for h in logger.handlers if getattr(h, "_relsearch_cli", False)]:
         logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def _relsearch_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own index home and cache: nothing lands in the user's folders."""
+    monkeypatch.setenv("RELSEARCH_HOME", str(tmp_path_factory.mktemp("relsearch-home")))

@@ -17,10 +17,14 @@ class TinyColorEncoder:
     name = "tinycolor"
     kind = "attribute"
     dim = 48
+    #: across every instance: encoders are not cached, each build / Searcher loads its own.
+    images_embedded = 0
+    instances = 0
 
     def __init__(self, source: str | None = None) -> None:
         self.source = source or "v1"
         self.calls = 0
+        TinyColorEncoder.instances += 1
 
     @property
     def fingerprint(self) -> str:
@@ -28,6 +32,7 @@ class TinyColorEncoder:
 
     def embed(self, images):
         self.calls += len(images)
+        TinyColorEncoder.images_embedded += len(images)
         rows = [np.asarray(im.convert("RGB").resize((4, 4), Image.BILINEAR), dtype=np.float32).ravel()
                 for im in images]
         x = np.stack(rows) / 255.0 - 0.5

@@ -221,7 +221,7 @@ def test_throughput_instrumentation_is_undone(tmp_path):
     assert (build_mod._prepared, build_mod._embed, Store.write) == before
     from relsearch.encoders import get_encoder
 
-    assert not {"embed", "preprocess", "embed_preprocessed"} & set(vars(get_encoder("tinycolor")))
+    assert not {"embed", "preprocess_batch", "embed_batch"} & set(vars(get_encoder("tinycolor")))
 
 
 def test_throughput_bad_input_is_one_line(tmp_path):
@@ -243,14 +243,14 @@ class _PipedColor:
 
         self._inner = TinyColorEncoder()
 
-    def preprocess(self, images):
+    def preprocess_batch(self, images):
         return list(images)
 
-    def embed_preprocessed(self, x):
+    def embed_batch(self, x):
         return self._inner.embed(x)
 
     def embed(self, images):
-        return self.embed_preprocessed(self.preprocess(images))
+        return self.embed_batch(self.preprocess_batch(images))
 
 
 def load_piped(source=None, device=None):

@@ -75,7 +75,7 @@ def test_clip_local_dir_brings_its_own_preprocessing(images, tmp_path):
                       "resize_mode": "squash"}
     folder = tm.make_tiny_clip(tmp_path / "hub_layout", preprocess_cfg=preprocess_cfg)
     local = get_encoder(f"clip@{folder}", device="cpu")
-    norm = [t for t in local.preprocess.transforms if type(t).__name__ == "Normalize"][0]
+    norm = [t for t in local.transform.transforms if type(t).__name__ == "Normalize"][0]
     assert tuple(norm.mean) == (0.5, 0.5, 0.5) and tuple(norm.std) == (0.25, 0.25, 0.25)
     vecs = local.embed(images)
     assert vecs.shape == (4, 32)

@@ -10,7 +10,7 @@ import pytest
 
 from relsearch.bench.synthetic import clustered, clustered_with_queries
 from relsearch.errors import RelsearchError
-from relsearch.index import IndexConfig, VectorIndex, auto_pq, auto_spec, exact_search, recall_at
+from relsearch.index import IndexConfig, VectorIndex, auto_spec, exact_search, recall_at
 
 D = 32
 
@@ -225,13 +225,20 @@ def test_auto_spec_switches_at_threshold(data) -> None:
 
 def test_auto_spec_at_scale_fits_byte_budget() -> None:
     config = IndexConfig()
-    assert auto_spec(1_000_000, 384, config) == "IVF2048,PQ48"
+    # In memory: 4-bit fast-scan codes; on disk (where FAISS keeps plain codes): 8-bit PQ.
+    assert auto_spec(1_000_000, 384, config) == "IVF2048,PQ96x4fs"
+    assert auto_spec(1_000_000, 384, IndexConfig(layout="ondisk")) == "IVF2048,PQ48"
+    assert auto_spec(20_000_000, 384, config).endswith(",PQ48")  # past the on-disk threshold
+    assert IndexConfig(spec="ondisk:auto").layout == "ondisk"
     for n, d in ((1_000_000, 384), (100_000, 384), (20_000, 384), (1_000_000, 1280), (50_000, 768)):
-        spec = auto_spec(n, d, config)
-        nlist = int(spec.split(",")[0][3:])
-        m, nbits = auto_pq(d, n, nlist, 80)
-        est = m * nbits / 8 + 8 + (nlist * d * 4 + (1 << nbits) * d * 4) / n
-        assert d % m == 0 and est <= 80, (n, d, spec, est)
+        for layout in ("memory", "ondisk"):
+            spec = auto_spec(n, d, IndexConfig(layout=layout))
+            nlist = int(spec.split(",")[0][3:])
+            m = int(spec.split(",PQ")[1].split("x")[0])
+            nbits = 4 if "x4" in spec else 8
+            est = m * nbits / 8 + 8 + (nlist * d * 4 + (1 << nbits) * d * 4) / n
+            assert d % m == 0 and est <= 80, (n, d, spec, est)
+            assert spec.endswith("fs") == (layout == "memory"), spec
 
 
 def test_bad_spec_and_unsupported_removal(data) -> None:

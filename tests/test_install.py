@@ -54,7 +54,7 @@ def test_only_relsearch_lands_in_site_packages(installed: dict) -> None:
     own = sorted(p.name for p in installed["purelib"].iterdir() if p.name != "_test_shared_env.pth")
     assert own == ["relsearch", "relsearch-0.1.0.dist-info"], own
     pkg = installed["purelib"] / "relsearch"
-    assert (pkg / "py.typed").is_file()
+    assert (pkg / "py.typed").is_file() and (pkg / "view" / "static" / "browse.js").is_file()
     assert (pkg / "weights" / "relsim-mini" / "model.safetensors").is_file()
     assert (pkg / "bench" / "ann.py").is_file() and (pkg / "encoders" / "relsim" / "model.py").is_file()
     assert not list(pkg.rglob("tests")) and not (installed["purelib"] / "benchmarks").exists()

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from relsearch.retrieval_metrics import (
-    average_precision_at_k,
     leakage_at_k,
     neighbours,
     precision_at_k,
@@ -41,7 +40,7 @@ def test_precision_recall_map_by_hand() -> None:
     # each query has one other family member: found by q0, q1, q3
     assert recall_at_k(EMB, FAMILIES, k=2) == pytest.approx(0.75)
     # AP@2 normalised by min(2, 1): q0 1/2, q1 1/2, q2 0, q3 1
-    assert average_precision_at_k(EMB, FAMILIES, k=2) == pytest.approx(0.5)
+    assert retrieval_report(EMB, FAMILIES, k=2)["map_at_k"] == pytest.approx(0.5)
 
 
 def test_leakage_counts_shared_objects_in_other_families() -> None:

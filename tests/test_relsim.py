@@ -118,11 +118,16 @@ def test_image_size_cap_and_patch_grid(encoder):
     # The tiny processor's pixel budget is 784..12544 with 28-pixel cells.
     old = encoder.options
     try:
+        # default: the paper's square training crop, on the processor's grid
         encoder.options = R.RelsimOptions(max_image_size=448)
+        square = encoder.preprocess(Image.new("L", (100, 50)))
+        assert square.mode == "RGB" and square.size == (112, 112)
+        # the reference script's aspect-preserving resize
+        encoder.options = R.RelsimOptions(max_image_size=448, square=False, fast=False)
         fitted = encoder.preprocess(Image.new("L", (100, 50)))
         assert fitted.mode == "RGB" and fitted.size == (112, 56)
         assert all(side % 28 == 0 for side in encoder.preprocess(Image.new("RGB", (1000, 500))).size)
-        encoder.options = R.RelsimOptions(max_image_size=None)
+        encoder.options = R.RelsimOptions(max_image_size=None, square=False, fast=False)
         big = encoder.preprocess(Image.new("RGB", (1000, 500)))
         assert big.width * big.height <= 12544 and big.width % 28 == 0 and big.height % 28 == 0
     finally:
@@ -139,7 +144,7 @@ class _Stub:
     """The cap alone, without a processor's patch grid."""
 
     def __init__(self, cap):
-        self.options = R.RelsimOptions(max_image_size=cap)
+        self.options = R.RelsimOptions(max_image_size=cap, square=False, fast=False)
 
     _fit = R.RelsimEncoder._fit
 
@@ -345,18 +350,19 @@ def test_growing_the_vocabulary_saves_the_new_rows(images, tmp_path):
     assert loaded.fingerprint == fresh.fingerprint
 
 
-def test_captions_go_to_the_shared_text_space(encoder, monkeypatch):
-    import relsearch.encoders.text as text
+def test_captions_go_to_the_shared_text_space(encoder):
+    """The real caption tower (all-MiniLM-L6-v2 from its PyPI package), owned by the encoder."""
+    from relsearch.encoders.text import MiniLMTextEncoder
 
-    seen = {}
-
-    def fake_embed_text(texts, device=None):
-        seen.update(texts=texts, device=device)
-        return np.ones((len(texts), 384), dtype=np.float32)
-
-    monkeypatch.setattr(text, "embed_text", fake_embed_text)
-    assert encoder.embed_text(["a cat chasing a mouse"]).shape == (1, 384)
-    assert seen == {"texts": ["a cat chasing a mouse"], "device": "cpu"}
+    caps = ["{Object}s arranged in a ring around a central {Center}", "a cat chasing a mouse"]
+    got = encoder.embed_text(caps)
+    assert got.shape == (2, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, MiniLMTextEncoder(device="cpu").embed_text(caps), atol=1e-6)
+    assert float(got[0] @ got[1]) < 0.9  # different captions, different vectors
+    tower = encoder._captions._tower
+    encoder.embed_text(caps[:1])
+    assert encoder._captions._tower is tower  # loaded once, kept by the encoder
 
 
 def test_matches_the_reference_computation(encoder, images):

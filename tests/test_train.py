@@ -225,7 +225,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     with pytest.raises(Killed):
         train(_config(data / "captions.jsonl", out), on_step=kill_at_5)
-    at_kill = torch.load(out / CHECKPOINT_NAME, weights_only=False)
+    at_kill = torch.load(out / CHECKPOINT_NAME, weights_only=True)
     assert at_kill["step"] == 4
     with pytest.raises(RelsearchError, match="--resume"):
         train(_config(data / "captions.jsonl", out))
@@ -236,8 +236,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     starts = [json.loads(x) for x in (out / METRICS_NAME).read_text().splitlines() if '"start"' in x]
     assert [s["step"] for s in starts] == [0, 4]
 
-    a = torch.load(tmp_path / "full" / CHECKPOINT_NAME, weights_only=False)
-    b = torch.load(out / CHECKPOINT_NAME, weights_only=False)
+    a = torch.load(tmp_path / "full" / CHECKPOINT_NAME, weights_only=True)
+    b = torch.load(out / CHECKPOINT_NAME, weights_only=True)
     assert a["step"] == b["step"] == 6
     for key in a["trainable"]:
         torch.testing.assert_close(a["trainable"][key], b["trainable"][key], rtol=0, atol=0)

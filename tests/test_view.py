@@ -170,7 +170,7 @@ def test_server_answers_posted_image(indexed, tmp_path):
         assert status == 200 and body == Path(hits[1]["path"]).read_bytes()
 
         assert _request(base + "thumb/987654")[0] == 404
-        assert _request(base + "file/..%2F..%2Fetc%2Fpasswd")[0] == 404
+        assert _request(base + "file/..%2F..%2Fetc%2Fpasswd")[0] == 400  # not an id
         status, body, _ = _request(base + "query", b"not an image at all")
         assert status == 400 and "not a readable image" in json.loads(body)["error"]
         assert _request(base + "query?k=0", Path(paths[5]).read_bytes())[0] == 400

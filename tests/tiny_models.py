@@ -10,117 +10,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-QUERY_TOKEN = "<|query|>"
+from relsearch.encoders.relsim import synthetic
+from relsearch.encoders.relsim.synthetic import CHAT_TEMPLATE, QUERY_TOKEN, QWEN_SPECIAL_TOKENS  # noqa: F401
 
-# Qwen's chat and vision special tokens, in the order the real tokenizer has them.
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-# A Qwen2.5-VL style chat template (system default, vision block per image,
-# generation prompt), small enough to read.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-TEXT_HIDDEN = 64
+TEXT_HIDDEN = synthetic.TINY_ARCH["text_config"]["hidden_size"]
 # Like the real checkpoint, the embedding matrix is padded past the tokenizer
 # length, so resizing to the tokenizer shrinks it and `<|query|>` keeps a row
 # that already exists in the base.
-TINY_VOCAB = 280
+TINY_VOCAB = synthetic.TINY_ARCH["text_config"]["vocab_size"]
 
 
 def tiny_tokenizer(with_query: bool = True):
     """Byte-level BPE over the 256 byte symbols plus Qwen's special tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = QWEN_SPECIAL_TOKENS + ([QUERY_TOKEN] if with_query else [])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        padding_side="right",
-    )
+    return synthetic.tokenizer(with_query=with_query)
 
 
 def tiny_processor(with_query: bool = True, chat_template: str = CHAT_TEMPLATE):
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-
     # Small pixel budget: a 64x48 image becomes a 2x2 grid of merged tokens.
-    image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56 * 4)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=28 * 28, max_pixels=56 * 56 * 4)
-    return Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tiny_tokenizer(with_query=with_query),
-        video_processor=video_processor,
-        chat_template=chat_template,
-    )
+    return synthetic.processor(with_query=with_query, chat_template=chat_template, pixels=synthetic.TINY_PIXELS)
 
 
 def tiny_qwen_config(tokenizer, vocab_size: int = TINY_VOCAB):
-    from transformers import Qwen2_5_VLConfig
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    text = {
-        "vocab_size": vocab_size,
-        "hidden_size": TEXT_HIDDEN,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        # head_dim 16 -> 8 rotary frequencies split over (t, h, w)
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
-    }
-    vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": TEXT_HIDDEN,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "window_size": 56,
-        "fullatt_block_indexes": [1],
-    }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    arch = {**synthetic.TINY_ARCH, "text_config": {**synthetic.TINY_ARCH["text_config"], "vocab_size": vocab_size}}
+    return synthetic.qwen_config(arch, tokenizer)
 
 
 def make_tiny_qwen_base(out_dir: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB) -> Path:

@@ -7,7 +7,7 @@ distractors, never queries) and reports per encoder precision@k, mAP@k and
 recall@k of the query's family, and attribute leakage@k (a neighbour sharing an
 object with the query but showing another relation).
 
-    python -m tools.compose_corpus --out data/bench --split test --grouped --groups 30 --seed 1
+    relsearch compose --out data/bench --split test --grouped --groups 30 --seed 1
     relsearch bench relational --collection data/bench --encoders imagenet,relsim-mini
 """
 
@@ -95,6 +95,8 @@ def run_relational(
     out: str | os.PathLike[str] | None = None,
     device: str | None = None,
     results_dir: str | os.PathLike[str] | None = RESULTS_DIR,
+    analogy_weight: float | None = None,
+    captions: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Index ``collection`` (or update ``index``), score every encoder; returns the report.
 
@@ -109,7 +111,8 @@ def run_relational(
     root = Path(collection)
     if not root.is_dir():
         raise RelsearchError(f"collection folder {root} does not exist")
-    items = read_labels(labels if labels is not None else root / "labels.jsonl", root)
+    labels_path = labels if labels is not None else root / "labels.jsonl"
+    items = read_labels(labels_path, root)
 
     with tempfile.TemporaryDirectory(prefix="relsearch-bench-") as tmp:
         index_path = Path(index) if index is not None else Path(tmp) / "index"
@@ -149,6 +152,11 @@ def run_relational(
             counts = {f: int((fam == f).sum()) for f in set(families)}
             report["chance_precision"] = float(np.mean([(counts[f] - 1) / (len(fam) - 1) for f in fam[q]]))
             lines = []
+            from relsearch.bench import modes_eval
+
+            group_of = modes_eval.read_groups(labels_path)
+            twin = modes_eval.twin_matrix([group_of.get(it.path) for it in used], objects)
+            nns = {}
             for name, entry in searcher.encoders.items():
                 t = time.perf_counter()
                 vecs = searcher.opened.store.get_vectors(name, ids, entry.dim)
@@ -160,13 +168,16 @@ def run_relational(
                     "fingerprint": entry.fingerprint,
                     "faiss": entry.faiss.get("spec"),
                     **{m: metrics[m] for m in ("precision_at_k", "map_at_k", "recall_at_k", "leakage_at_k")},
+                    "twins_at_k": modes_eval.twins_at_k(nn, families, twin),
                     "per_family": metrics["per_family"],
                     "search_s": search_s,
                 }
+                nns[name] = nn
                 if out is not None:
                     for r in np.flatnonzero(q):
                         lines.append(json.dumps({"query": used[r].path, "encoder": name,
                                                  "neighbours": [used[j].path for j in nn[r]]}))
+            _add_mode_rows(report, searcher, ids, row_of_id, kk, families, twin, nns, analogy_weight, captions)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -175,6 +186,28 @@ def run_relational(
     if results_dir is not None:
         report["json"], report["png"] = _write(report, Path(results_dir))
     return report
+
+
+def _add_mode_rows(report: dict[str, Any], searcher: Any, ids: np.ndarray, row_of_id: dict[int, int], k: int,
+                   families: list[str], twin: Any, nns: dict[str, np.ndarray], analogy_weight: float | None,
+                   captions: str | os.PathLike[str] | None) -> None:
+    """The analogy row and explanation accuracy (relsearch.bench.modes_eval), where the columns allow."""
+    from relsearch.analogy import DEFAULT_WEIGHT
+    from relsearch.bench import modes_eval
+
+    enc = report["encoders"]
+    rel = next((n for n in enc if enc[n]["kind"] == "relational"), None)
+    attr = next((n for n in enc if enc[n]["kind"] != "relational"), None)
+    if rel is not None and attr is not None:
+        report["analogy"] = modes_eval.analogy_report(
+            searcher, ids, row_of_id, k, families, twin, enc[rel], enc[attr],
+            DEFAULT_WEIGHT if analogy_weight is None else analogy_weight)
+    if rel is not None:
+        try:
+            report["explain"] = modes_eval.explain_report(searcher, rel, ids, nns[rel], families,
+                                                          str(captions) if captions else None)
+        except RelsearchError as exc:
+            report["explain_error"] = str(exc)
 
 
 def _write(report: dict[str, Any], results: Path) -> tuple[str, str]:
@@ -222,10 +255,13 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 def format_table(report: dict[str, Any]) -> str:
     k = report["k"]
-    head = f"{'encoder':<14}{'kind':<12}{f'P@{k}':>8}{f'mAP@{k}':>9}{f'R@{k}':>8}{f'leak@{k}':>9}"
+    head = (f"{'encoder':<14}{'kind':<12}{f'P@{k}':>8}{f'mAP@{k}':>9}{f'R@{k}':>8}{f'leak@{k}':>9}"
+            f"{f'twins@{k}':>9}")
     lines = [f"{report['queries']} queries, {report['items']} images, chance P@{k} "
              f"{report['chance_precision']:.3f}", head, "-" * len(head)]
     for name, r in sorted(report["encoders"].items(), key=lambda kv: (kv[1]["kind"] != "relational", kv[0])):
         lines.append(f"{name:<14}{r['kind']:<12}{r['precision_at_k']:>8.3f}{r['map_at_k']:>9.3f}"
-                     f"{r['recall_at_k']:>8.3f}{r['leakage_at_k']:>9.3f}")
-    return "\n".join(lines)
+                     f"{r['recall_at_k']:>8.3f}{r['leakage_at_k']:>9.3f}{r.get('twins_at_k', float('nan')):>9.3f}")
+    from relsearch.bench.modes_eval import format_rows
+
+    return "\n".join(lines + format_rows(report))

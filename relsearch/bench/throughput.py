@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.bench import RESULTS_DIR, pyplot
+from relsearch.encoders.base import PipelinedEncoder
 from relsearch.errors import RelsearchError
 
 
@@ -72,7 +73,7 @@ class _Timers:
         self.in_embed_phase = False
 
 
-_WRAPPED = ("embed", "embed_preprocessed", "preprocess")
+_WRAPPED = ("embed", "embed_batch", "preprocess_batch")
 
 
 @contextlib.contextmanager
@@ -130,7 +131,7 @@ def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
     for name in _WRAPPED:
         fn = getattr(encoder, name, None)
         if callable(fn):
-            setattr(encoder, name, timed(fn, "preprocess" if name == "preprocess" else "embed"))
+            setattr(encoder, name, timed(fn, "preprocess" if name == "preprocess_batch" else "embed"))
     try:
         yield
     finally:
@@ -153,13 +154,12 @@ def _pct(values: list[float]) -> dict[str, float]:
 def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, Any]:
     """images/s of the model alone on pre-decoded batches (first batch is a warm-up).
 
-    For an encoder with ``preprocess``/``embed_preprocessed`` the batches are also
+    For a :class:`PipelinedEncoder` the batches are also
     pre-processed, so this is the forward pass only; ``embed_pil`` adds the resize and
     normalisation (``encoder.embed`` on decoded images).
     """
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    pipelined = callable(getattr(encoder, "preprocess", None)) and callable(
-        getattr(encoder, "embed_preprocessed", None))
+    pipelined = isinstance(encoder, PipelinedEncoder)
 
     def rate(fn: Any, inputs: list[Any]) -> dict[str, float]:
         for x in inputs[:2]:  # warm-up: first calls pick kernels and grow the allocator
@@ -172,7 +172,7 @@ def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[s
 
     out: dict[str, Any] = {"images": len(images), "pipelined": pipelined}
     if pipelined:
-        out.update(rate(encoder.embed_preprocessed, [encoder.preprocess(b) for b in batches]))
+        out.update(rate(encoder.embed_batch, [encoder.preprocess_batch(b) for b in batches]))
         out["embed_pil"] = rate(encoder.embed, batches)
     else:
         out.update(rate(encoder.embed, batches))
@@ -220,6 +220,8 @@ def run_throughput(
     device: str | None = None,
     results_dir: str | os.PathLike[str] | None = RESULTS_DIR,
     threads: int | None = None,
+    analogy: bool = False,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Measure every encoder of ``encoders``; returns the report (JSON + PNG in ``results_dir``).
 
@@ -232,7 +234,7 @@ def run_throughput(
     """
     from relsearch.build import BuildOptions, build_index
     from relsearch.collection import load_image, scan
-    from relsearch.encoders import get_encoder, get_encoders
+    from relsearch.encoders import get_encoders
 
     if n < 1 or batch_size < 1 or queries < 1 or k < 1:
         raise RelsearchError("--n, --batch-size, --queries and -k must all be at least 1")
@@ -276,11 +278,11 @@ def run_throughput(
                 before = raw_forward_rate(enc, decoded, batch_size)
                 timers = _Timers()
                 index = Path(tmp) / f"index-{name}"
-                same = get_encoder(name, device=device)  # the instance build_index will use
-                with _instrumented(same, timers):
+                with _instrumented(enc, timers):  # the build uses this very instance
                     t = time.perf_counter()
                     b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
-                                                              device=device, progress=False))
+                                                              device=device, progress=False,
+                                                              preloaded={name: enc}))
                     wall = time.perf_counter() - t
                 after = raw_forward_rate(enc, decoded, batch_size)
                 raw = {**before, "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
@@ -299,7 +301,7 @@ def run_throughput(
                 split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
                 build_ips = len(paths) / wall
                 report["encoders"][name] = {
-                    "kind": getattr(enc, "kind", "attribute"),
+                    "kind": enc.kind,
                     "dim": enc.dim,
                     "fingerprint": enc.fingerprint,
                     "raw_forward": raw,
@@ -313,6 +315,11 @@ def run_throughput(
                     "forward_share": split["embed"] / wall if wall > 0 else 0.0,
                     "query": query_latency(index, name, paths[:queries], k, device),
                 }
+            if analogy or explain:  # the whole query with its modes, on one index of every encoder
+                from relsearch.bench.modes_eval import modes_latency
+
+                report["query_modes"] = modes_latency(root, paths[:queries], encoders, k, analogy, explain,
+                                                      Path(tmp) / "index-all", device)
         finally:
             torch.set_num_threads(saved_threads)
     if results_dir is not None:
@@ -385,10 +392,19 @@ def format_table(report: dict[str, Any]) -> str:
         spread = f"({raw.get('before_build_images_per_s', 0):.1f}/{raw.get('after_build_images_per_s', 0):.1f})"
         lines.append(f"{name:<12}{raw['images_per_s']:>12.1f} {spread:>13}{r['build']['images_per_s']:>12.1f}"
                      f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
+    if "query_modes" in report:
+        qm = report["query_modes"]
+        modes = " ".join(f"--{m}" for m in qm["modes"])
+        lines_modes = [f"whole query {modes} ({qm['encoders']}, k {qm['k']}, {qm['queries']} queries): "
+                       + ", ".join(f"{p} p50 {qm[p]['p50_ms']:.1f} ms" for p in
+                                   ("decode", "columns", "analogy", "explain", "total"))
+                       + f"; total p95 {qm['total']['p95_ms']:.1f} ms"]
+    else:
+        lines_modes = []
     head = f"{'encoder':<12}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
     lines += ["", head, "-" * len(head)]
     for name, r in report["encoders"].items():
         q = r["query"]
         lines.append(f"{name:<12}" + "".join(f"{q[st]['p50_ms']:>14.2f} / {q[st]['p95_ms']:>7.2f}"
                                              for st in (*STEPS, "total")))
-    return "\n".join(lines)
+    return "\n".join(lines + lines_modes)

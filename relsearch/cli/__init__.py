@@ -6,8 +6,9 @@ import sys
 
 import typer
 
-from relsearch.cli import bench, compose, core, dupes, train, view  # noqa: F401  (register commands)
+from relsearch.cli import bench, compose, core, dupes, explain, export, train, verify, view  # noqa: F401  (register commands)
 from relsearch.cli.app import app
+from relsearch.cli.core import bare_ray_flag
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
         from click import exceptions as click
 
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=bare_ray_flag(sys.argv[1:] if argv is None else argv), standalone_mode=False)
     except click.NoArgsIsHelpError as exc:  # bare `relsearch` / `relsearch bench`: help, as asked
         text = exc.format_message()  # typer's rich help has printed itself already; plain help has not
         if text and text.strip():

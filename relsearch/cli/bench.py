@@ -1,4 +1,4 @@
-"""CLI commands: bench ann, bench relational, bench throughput.
+"""CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale, bench text-vectors.
 
 The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
 path); these commands parse, call them and print. Results go to ``--results-dir``
@@ -8,7 +8,7 @@ path); these commands parse, call them and print. Results go to ``--results-dir`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -76,13 +76,18 @@ def relational_cmd(
         "--out", help="Write neighbours, one JSON line per query and encoder.")] = None,
     device: DeviceOpt = None,
     results_dir: ResultsOpt = None,
+    analogy_weight: Annotated[float | None, typer.Option(
+        "--analogy-weight", min=0.0, help="Weight of the analogy row (default: query's default).")] = None,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Caption bank for explanation accuracy (default: the encoder's own).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Relational precision/mAP/recall@k and attribute leakage@k of each encoder."""
+    """Relational precision/mAP/recall@k, attribute leakage/twins@k, the analogy row, explanation accuracy."""
     from relsearch.bench import relational as rel
 
     report = rel.run_relational(collection, labels=labels, encoders=encoders, k=k, index=index, out=out,
-                                device=device, results_dir=results_dir or rel.RESULTS_DIR)
+                                device=device, results_dir=results_dir or rel.RESULTS_DIR,
+                                analogy_weight=analogy_weight, captions=captions)
     if as_json:
         print_json(report)
         return
@@ -103,6 +108,10 @@ def throughput_cmd(
     workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
+    analogy: Annotated[bool, typer.Option(
+        "--analogy", help="Also time whole queries with the analogy column (one index of all encoders).")] = False,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Also time whole queries with explanations (one index of all encoders).")] = False,
     device: DeviceOpt = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
@@ -112,7 +121,7 @@ def throughput_cmd(
 
     report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
                                workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR,
-                               threads=threads)
+                               threads=threads, analogy=analogy, explain=explain)
     if as_json:
         print_json(report)
         return
@@ -146,3 +155,186 @@ def dupes_cmd(
     for part in report.values():
         typer.echo(bd.format_report(part))
         typer.echo(f"wrote {part['json']}" + (f" {part['png']}" if "png" in part else ""))
+
+
+@bench_app.command("scale")
+@user_errors
+def scale_cmd(
+    part: Annotated[str, typer.Option(
+        "--part", help="index: the sharded on-disk index against the in-memory one; ray: images/s of a Ray "
+                       "build against a local build; all: both.")] = "index",
+    work: Annotated[Path | None, typer.Option(
+        "--work", help="Index part: folder for vectors, indexes and shards (several GB at 4M).")] = None,
+    n: Annotated[int, typer.Option("--n", min=1000, help="Synthetic vectors when --base is not given.")]
+    = 1_000_000,
+    n_queries: Annotated[int, typer.Option("--n-queries", min=1)] = 1000,
+    d: Annotated[int, typer.Option("--d", min=8)] = 384,
+    base: Annotated[Path | None, typer.Option("--base", help="float32 [N, d] .npy instead of synthetic.")]
+    = None,
+    queries: Annotated[Path | None, typer.Option("--queries", help="float32 [Q, d] .npy (with --base).")]
+    = None,
+    spec: Annotated[str | None, typer.Option(
+        "--spec", help="IVF-PQ factory string without 'fs' (default: the on-disk auto spec).")] = None,
+    nprobe: Annotated[int, typer.Option("--nprobe", min=1)] = 32,
+    rerank: Annotated[int, typer.Option("--rerank", min=0)] = 100,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", min=1)] = 1_000_000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Shard-building processes.")] = 2,
+    ray_images: Annotated[int, typer.Option(
+        "--ray-images", min=1, help="Ray part: photographs in the folder built locally and on Ray.")] = 500,
+    ray_encoders: Annotated[str, typer.Option("--ray-encoders", help="Ray part: encoders of those builds.")]
+    = "imagenet",
+    ray_collection: Annotated[Path | None, typer.Option(
+        "--ray-collection", help="Ray part: build this folder (default: crops of the installed photographs).")]
+    = None,
+    ray_actors: Annotated[str, typer.Option(
+        "--ray-actors", help="Ray part: actor counts to measure, e.g. 1,2.")] = "1,2",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Ray part: build batch size.")] = 32,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Past one machine: the sharded on-disk IVF-PQ against the in-memory index (recall, QPS, build time,
+    peak RSS) and, with --part ray/all, Ray build images/s against a local build (JSON + PNG)."""
+    if part not in ("ray", "index", "all"):
+        raise RelsearchError(f"--part must be index, ray or all, got {part!r}")
+    if part != "ray" and work is None:
+        raise RelsearchError("--part index needs --work")
+    actors: tuple[int, ...] = ()
+    if part != "index":
+        try:
+            actors = tuple(int(a) for a in ray_actors.split(",") if a.strip())
+        except ValueError:
+            actors = ()
+        if not actors or min(actors) < 1:
+            raise RelsearchError(f"--ray-actors must be counts >= 1 like 1,2, got {ray_actors!r}")
+        if ray_collection is not None and not ray_collection.is_dir():
+            raise RelsearchError(f"--ray-collection {ray_collection} is not a folder")
+    from relsearch.bench import RESULTS_DIR
+
+    reports: dict[str, Any] = {}
+    if part != "ray":
+        from relsearch.bench import scale_index
+
+        reports["index"] = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
+                                                 str(queries) if queries else None, spec, nprobe, rerank,
+                                                 shard_rows, workers, str(results_dir or scale_index.RESULTS_DIR))
+    if part != "index":
+        from relsearch.bench import scale_ray
+
+        reports["ray"] = scale_ray.run_scale_ray(ray_images, ray_encoders, ray_collection, actors, batch_size,
+                                                 results_dir or RESULTS_DIR)
+    if as_json:
+        print_json(reports["index"] if part == "index" else reports)
+        return
+    if "index" in reports:
+        typer.echo(scale_index.format_table(reports["index"]))
+    if "ray" in reports:
+        typer.echo(scale_ray.format_table(reports["ray"]))
+        typer.echo(f"wrote {reports['ray']['json']} {reports['ray']['png']}")
+
+
+@bench_app.command("text-vectors")
+@user_errors
+def text_vectors_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for base.npy, queries.npy and their sentences.")],
+    n: Annotated[int, typer.Option("--n", min=1)] = 100_000,
+    n_queries: Annotated[int, typer.Option("--queries", min=1)] = 2000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Real 384-d ANN test vectors: MiniLM embeddings of Debian package descriptions (offline)."""
+    from relsearch.bench import text_vectors
+
+    summary = text_vectors.make_text_vectors(str(out), n, n_queries, seed)
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"wrote {out}/base.npy ({summary['n']} x {summary['d']}) and {out}/queries.npy ({summary['queries']})")
+
+
+@bench_app.command("cold")
+@user_errors
+def cold_cmd(
+    image: Annotated[Path, typer.Option("--image", help="Query image.")],
+    index: Annotated[Path | None, typer.Option(
+        "--index", help="Index to query (default: what `relsearch query` picks).")] = None,
+    k: KOpt = 20,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Alternating runs of each command.")] = 7,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cold `relsearch query` wall and RSS against a bare `python -c "import torch"` (medians)."""
+    from relsearch.bench import RESULTS_DIR, cold
+
+    report = cold.run_cold(str(image), str(index) if index else None, k=k, runs=runs,
+                           results_dir=results_dir or RESULTS_DIR)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(cold.format_report(report))
+    typer.echo(f"wrote {report['json']}")
+
+
+@bench_app.command("relsim")
+@user_errors
+def relsim_cmd(
+    device: Annotated[str, typer.Option("--device", help="torch device: cuda for the real measurement.")] = "cuda",
+    arch: Annotated[str, typer.Option(
+        "--arch", help="full (Qwen2.5-VL-7B shapes, random weights), tiny (CPU test) or an architecture JSON.")]
+    = "full",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,8,32,64",
+    images: Annotated[int, typer.Option("--images", min=1, help="Images timed per batch size.")] = 256,
+    paper_images: Annotated[int, typer.Option(
+        "--paper-images", min=1, help="Images through the paper's one-image loop (the baseline).")] = 32,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="bfloat16 / float32 (default: bf16 on CUDA).")] = None,
+    e2e_images: Annotated[int, typer.Option(
+        "--e2e-images", min=0, help="Also build-index a folder of this many JPEGs through a release written to "
+        "disk (0: skip).")] = 0,
+    work_dir: Annotated[Path | None, typer.Option(
+        "--work-dir", help="Scratch folder for --e2e-images (default: a temporary one).")] = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """relsim embedding speed at full size: the fast path against the paper's one-image loop."""
+    import json
+
+    from relsearch.bench import RESULTS_DIR, relsim_speed
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+        config = relsim_speed.RelsimBenchConfig(device=device, arch=arch, batch_sizes=sizes, images=images,
+                                                paper_images=paper_images, dtype=dtype)
+    except ValueError as exc:
+        raise RelsearchError(f"bench relsim: {exc}") from exc
+    if arch not in ("full", "tiny") and not Path(arch).is_file():
+        raise RelsearchError(f"bench relsim: --arch {arch!r} is neither full, tiny nor an existing JSON file")
+    result = relsim_speed.run(config)
+    if e2e_images:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            e2e = relsim_speed.end_to_end(arch, e2e_images, Path(tmp), device, result["best"]["batch"])
+        e2e["ratio_to_bench"] = e2e["img_per_s"] / result["best"]["img_per_s"]
+        result["end_to_end"] = e2e
+    out = Path(results_dir or RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    name = relsim_speed.result_name(result)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    relsim_speed.plot(result, out / f"{name}.png")
+    if as_json:
+        print_json(result)
+        return
+    typer.echo(f"relsim {result['arch']} ({result['parameters_b']:.2f}B parameters, {result['dtype']}) "
+               f"on {result['device']}, {result['side']} px, {result['visual_tokens_per_image']} visual tokens")
+    for r in result["runs"]:
+        typer.echo(f"  batch {r['batch']:>3}: {r['img_per_s']:8.2f} img/s  peak {r['peak_gb']:6.2f} GB  "
+                   f"vision {100 * r['vision_share']:.0f}%")
+    p = result["paper_procedure"]
+    typer.echo(f"  paper procedure (1 image/call, output_hidden_states): {p['img_per_s']:.2f} img/s, "
+               f"peak {p['peak_gb']:.2f} GB")
+    e = result["equivalence"]
+    typer.echo(f"  fast vs paper vectors: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}")
+    if "end_to_end" in result:
+        x = result["end_to_end"]
+        typer.echo(f"  build-index, {x['images']} JPEGs: {x['img_per_s']:.2f} img/s in the embed step "
+                   f"({100 * x['ratio_to_bench']:.0f}% of the benchmark's best)")
+    typer.echo(f"  wrote {out / (name + '.json')}")

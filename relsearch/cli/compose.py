@@ -15,9 +15,12 @@ from typing import Annotated
 import typer
 
 from relsearch.cli.app import app, print_json, user_errors
-from relsearch.corpus.art import SPLITS
-from relsearch.corpus.compose import IMAGE_FORMATS
 from relsearch.errors import RelsearchError
+
+# Spelled out rather than imported: importing relsearch.corpus here would cost every other
+# command (a cold `relsearch query`) its import time. tests/test_modes.py checks they agree.
+SPLITS = ("train", "val", "test", "all")
+IMAGE_FORMATS = ("jpg", "png")
 
 
 @app.command("compose")

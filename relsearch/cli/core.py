@@ -8,11 +8,14 @@ from typing import Annotated
 
 import typer
 
+from relsearch.analogy import DEFAULT_WEIGHT as DEFAULT_ANALOGY_WEIGHT
 from relsearch.cli.app import ColumnsOpt, DeviceOpt, JsonOpt, app, print_json, user_errors
 from relsearch.collection.exclude import DEFAULT_EXCLUDES
 from relsearch.errors import RelsearchError
 
-IndexOpt = Annotated[Path | None, typer.Option("--index", help="Index directory (default: indexes/<name of DIR>).")]
+IndexOpt = Annotated[Path | None, typer.Option(
+    "--index", help="Index directory (default: the index home, $RELSEARCH_HOME or the XDG data dir; "
+                    "see `relsearch info`).")]
 ExcludeOpt = Annotated[list[str] | None, typer.Option(
     "--exclude-dir", metavar="NAME_OR_GLOB",
     help="Leave out folders with this name or glob at any depth, or this path relative to DIR "
@@ -39,6 +42,12 @@ def build_index_cmd(
         help="Leave out the default folders (on for a new index; the choice is stored).")] = None,
     forget_excludes: Annotated[bool, typer.Option(
         "--forget-excludes", help="Drop the --exclude-dir patterns stored with the index first.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="[ADDRESS]",
+        help="Embed on Ray Data: alone, a local Ray started for the build; 'auto': the running cluster; "
+             "ray://HOST:PORT.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(
+        "--ray-actors", min=1, help="Encoder actors on a cluster without GPUs (default: half its CPUs).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Embed a folder of images into one FAISS index per encoder, with LMDB metadata.
@@ -47,16 +56,18 @@ def build_index_cmd(
     (gitignore syntax, in any folder of the collection). --exclude-dir patterns are stored
     with the index, so later builds keep them without the flag; --forget-excludes drops them.
     """
+    from relsearch.backends.ray_embed import embedding_step
     from relsearch.build import BuildOptions, build_index
 
-    try:
-        opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
-                            device=device, progress=not as_json and os.isatty(2),
-                            exclude_dirs=tuple(exclude_dir or ()), default_excludes=default_excludes,
-                            forget_excludes=forget_excludes)
-    except ValueError as exc:
-        raise RelsearchError(str(exc)) from exc
-    report = build_index(directory, index, opts)
+    with embedding_step(ray, ray_actors) as step:
+        try:
+            opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
+                                device=device, progress=not as_json and os.isatty(2),
+                                exclude_dirs=tuple(exclude_dir or ()), default_excludes=default_excludes,
+                                forget_excludes=forget_excludes, embedding=step)
+        except ValueError as exc:
+            raise RelsearchError(str(exc)) from exc
+        report = build_index(directory, index, opts)
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
@@ -72,6 +83,20 @@ def build_index_cmd(
         typer.echo(f"  failed: {f['path']}: {f['error']}", err=True)
     if len(report.failed) > 20:
         typer.echo(f"  ... and {len(report.failed) - 20} more failures (see --json)", err=True)
+
+
+def bare_ray_flag(argv: list[str]) -> list[str]:
+    """``--ray`` with no address means a local Ray: typer has no optional-value options, so
+    a bare ``--ray`` (one not followed by an address) is rewritten to ``--ray=local`` here."""
+    from relsearch.backends.ray_embed import is_ray_address
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--ray" and (i + 1 == len(out) or not is_ray_address(out[i + 1])):
+            out[i] = "--ray=local"
+    return out
 
 
 @app.command("query")
@@ -93,7 +118,23 @@ def query_cmd(
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page of the result.")] = None,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write a PNG contact sheet of the result.")]
     = None,
+    analogy: Annotated[bool, typer.Option(
+        "--analogy", help="Add an analogy column: relationally close, attribute far.")] = False,
+    analogy_weight: Annotated[float, typer.Option(
+        "--analogy-weight", min=0.0, help="Analogy score = relational - WEIGHT x attribute cosine.")]
+    = DEFAULT_ANALOGY_WEIGHT,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Add the caption each relational hit shares with the query.")] = False,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Caption bank (.jsonl of {\"caption\": ...}) for encoders that ship none.")] = None,
     device: DeviceOpt = None,
+    backend: Annotated[str, typer.Option(
+        "--backend", help="faiss (the index directory) or milvus (collections written by `export milvus`).")]
+    = "faiss",
+    uri: Annotated[str | None, typer.Option("--uri", help="Milvus server or milvus-lite file (--backend milvus).")]
+    = None,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", help="Collection prefix of the exported index (--backend milvus).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Relational and attribute neighbours of QUERY, one column per encoder.
@@ -103,13 +144,25 @@ def query_cmd(
     (attribute columns), and the output says so.
     """
     from relsearch.composed import composed_query
+    from relsearch.modes import Modes
 
-    index = index or _only_index()
-    terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
-    if not terms:
-        raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
-    result = composed_query(terms, index, k=k, encoders=encoders, weights=weights, negatives=negatives,
-                            device=device)
+    if backend == "milvus":
+        from relsearch.backends.milvus import query_milvus_cli
+
+        result = query_milvus_cli(queries, text, uri, k, collection, encoders, device,
+                                  plain=not (weights or negatives or analogy or explain))
+    elif backend != "faiss" or uri is not None or collection is not None:
+        raise RelsearchError(f"--backend must be faiss or milvus, got {backend!r}" if backend != "faiss"
+                             else "--uri and --collection go with --backend milvus")
+    else:
+        index = index or _chosen_index()
+        modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight,
+                      captions=str(captions) if captions is not None else None)
+        terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
+        if not terms:
+            raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
+        result = composed_query(terms, index, k=k, encoders=encoders, weights=weights, negatives=negatives,
+                                device=device, modes=modes)
     if html is not None or sheet is not None:
         from relsearch.view import write_html, write_sheet
 
@@ -123,17 +176,13 @@ def query_cmd(
     typer.echo(format_table(result, k))
 
 
-def _only_index() -> Path:
-    """With no --index: the single index under ./indexes, else a clear message."""
-    from relsearch.indexdir import find_indexes
+def _chosen_index() -> Path:
+    """With no --index: the only (or most recently built) index of the home; says which on stderr."""
+    from relsearch.home import choose_index
 
-    found = find_indexes(Path.cwd() / "indexes")
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise RelsearchError("no index under ./indexes; build one with: relsearch build-index DIR (or pass --index)")
-    names = ", ".join(str(p) for p in found)
-    raise RelsearchError(f"several indexes under ./indexes ({names}); choose one with --index")
+    chosen = choose_index()
+    typer.echo(f"using index {chosen.path} ({chosen.reason})", err=True)
+    return chosen.path
 
 
 def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
@@ -142,12 +191,26 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
     width = 34
     head = "rank  " + "".join(f"{n + (' (relational)' if result.kinds.get(n) == 'relational' else ''):<{width}}"
                               for n in names)
-    lines = [f"query: {result.query}", *(f"note: {n}" for n in getattr(result, "notes", [])), head,
-             "-" * len(head)]
+    from relsearch.view.html import hit_caption, query_caption
+
+    if result.analogy is not None:  # the analogy column sits after the relational ones, as on the page
+        rel = [n for n in names if result.kinds.get(n) == "relational"]
+        names = rel + ["analogy"] + [n for n in names if n not in rel]
+        head = "rank  " + "".join(f"{n + (' (relational)' if result.kinds.get(n) == 'relational' else ''):<{width}}"
+                                  for n in names)
+    columns = {n: (result.analogy if n == "analogy" else result.results[n]) for n in names}
+    lines = [f"query: {result.query}", *(f"note: {n}" for n in getattr(result, "notes", []))]
+    qcap = query_caption(result)
+    if qcap is not None:
+        lines.append(f"reads as: {qcap.text}  ({qcap.score:.3f})")
+    if result.analogy is not None:
+        of = result.analogy_of
+        lines.append(f"analogy = {of['relational']} - {of['weight']:g} x {of['attribute']} (cosines to the query)")
+    lines += [head, "-" * len(head)]
     for r in range(k):
         cells = []
         for n in names:
-            hits = result.results[n]
+            hits = columns[n]
             if r < len(hits):
                 h = hits[r]
                 label = os.path.basename(h.path)
@@ -158,6 +221,10 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
         if not any(c.strip() for c in cells):
             break
         lines.append(f"{r + 1:>4}  " + "".join(cells))
+        for n in names:  # --explain: the caption a relational hit shares with the query, under its row
+            cap = hit_caption(result, n, columns[n][r]) if r < len(columns[n]) else None
+            if cap is not None:
+                lines.append(f"      {n}: {cap.text}  ({cap.score:.3f})")
     return "\n".join(lines)
 
 
@@ -168,15 +235,19 @@ def info_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """What indexes exist, how big, which encoders."""
-    from relsearch.indexdir import find_indexes, index_info
+    from relsearch.home import home_indexes, index_home
+    from relsearch.indexdir import index_info
 
-    targets = [index] if index is not None else find_indexes(Path.cwd() / "indexes")
+    targets = [index] if index is not None else home_indexes()
     if index is None and not targets:
-        raise RelsearchError("no index under ./indexes; build one with: relsearch build-index DIR (or pass --index)")
+        raise RelsearchError(f"no index in {index_home()}; build one with: relsearch build-index DIR "
+                             "(or pass --index; $RELSEARCH_HOME moves the home)")
     infos = [index_info(t) for t in targets]
     if as_json:
-        print_json(infos[0] if index is not None else {"indexes": infos})
+        print_json(infos[0] if index is not None else {"home": str(index_home()), "indexes": infos})
         return
+    if index is None:
+        typer.echo(f"index home {index_home()}: {len(infos)} index(es), most recently built first")
     for info in infos:
         typer.echo(f"{info['index']}  ({info['images']} images, {info['paths']} paths, "
                    f"{info['bytes_on_disk'] / 1e6:.1f} MB)  collection: {info['collection']}")

@@ -15,19 +15,29 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 @app.command("view")
 @user_errors
 def view_cmd(
-    index: Annotated[Path, typer.Argument(help="Index directory.")],
+    index: Annotated[Path | None, typer.Argument(
+        help="Index directory (default: the only or most recently built index of the home).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8765,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=200, help="Neighbours per encoder.")] = 20,
     encoders: ColumnsOpt = None,
     device: DeviceOpt = None,
+    captions: Annotated[Path | None, typer.Option(
+        "--captions", help="Caption bank (.jsonl) for encoders that ship none (page captions).")] = None,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Only serve; do not open a browser window.")]
     = False,
 ) -> None:
     """Serve a local page: drop or pick an image, see one row of neighbours per encoder."""
     from relsearch.view.server import make_server
 
-    server = make_server(index, host=host, port=port, encoders=encoders, device=device, k=k)
+    if index is None:
+        from relsearch.home import choose_index
+
+        chosen = choose_index()
+        typer.echo(f"using index {chosen.path} ({chosen.reason})", err=True)
+        index = chosen.path
+    server = make_server(index, host=host, port=port, encoders=encoders, device=device, k=k,
+                         captions=str(captions) if captions is not None else None)
     url = server.url
     typer.echo(f"serving {index} at {url}  (Ctrl-C to stop)")
     if host not in LOOPBACK:

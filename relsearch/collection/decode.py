@@ -6,6 +6,7 @@ build can list the bad file and carry on.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections import deque
@@ -17,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 _ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (same table as
@@ -61,7 +64,8 @@ def _orientation(img: Image.Image) -> int:
         else:
             exif = img.getexif()
         value = int(exif.get(_ORIENTATION_TAG, 1))
-    except Exception:  # broken EXIF must not cost the picture
+    except Exception as exc:  # broken EXIF must not cost the picture
+        log.debug("ignoring unreadable EXIF orientation: %s: %s", type(exc).__name__, exc)
         return 1
     return value if value in _TRANSPOSE else 1
 

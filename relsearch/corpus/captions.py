@@ -6,8 +6,6 @@ never the concrete object, so a caption describes the relation and nothing the o
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 PLACEHOLDERS = ("{Object}", "{Other}", "{Container}", "{Center}", "{Cover}")
@@ -84,15 +82,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-_PLACEHOLDER_RE = re.compile(r"\{(Object|Other|Container|Center|Cover)\}")
-
-
 def sample_caption(family: str, rng: np.random.Generator) -> str:
     """One of the family's templates, drawn with ``rng``."""
     options = TEMPLATES[family]
     return options[int(rng.integers(len(options)))]
-
-
-def has_placeholder(text: str) -> bool:
-    """Whether a caption names at least one role placeholder."""
-    return _PLACEHOLDER_RE.search(text) is not None

@@ -26,8 +26,6 @@ REGISTRY: dict[str, str] = {
 #: then the attribute baseline beside it.
 DEFAULT_ENCODERS = "relsim-mini,imagenet"
 
-_CACHE: dict[tuple[str, str | None, str | None], Encoder] = {}
-
 
 def available() -> list[str]:
     return list(REGISTRY)
@@ -47,17 +45,17 @@ def resolve_factory(name: str) -> Callable[..., Encoder]:
 
 
 def get_encoder(spec: EncoderSpec | str, device: str | None = None) -> Encoder:
-    """Build (or reuse) the encoder for ``NAME`` or ``NAME@SOURCE``."""
+    """Load the encoder for ``NAME`` or ``NAME@SOURCE``: a new instance on every call.
+
+    Nothing is cached process-wide: the caller (a ``Searcher``, a build, a benchmark)
+    owns the model and frees it by dropping its reference (``Searcher.close``).
+    """
     if isinstance(spec, str):
         try:
             spec = EncoderSpec.parse(spec)
         except ValueError as exc:
             raise RelsearchError(str(exc)) from exc
-    key = (spec.name, spec.source, device)
-    if key not in _CACHE:
-        factory = resolve_factory(spec.name)
-        _CACHE[key] = factory(source=spec.source, device=device)
-    return _CACHE[key]
+    return resolve_factory(spec.name)(source=spec.source, device=device)
 
 
 def get_encoders(text: str, device: str | None = None) -> list[Encoder]:

@@ -1,8 +1,24 @@
-"""The encoder protocol every backbone is wrapped behind.
+"""The encoder protocols every backbone is wrapped behind.
 
 An encoder turns a list of PIL images into float32 unit vectors ``[N, dim]``.
 ``fingerprint`` identifies the weights (not the code) so an index built with one
 set of weights refuses to be queried with another.
+
+Optional capabilities are declared protocols, checked with ``isinstance`` by the
+build, the query, the trainer and the benchmarks (never by probing attributes);
+each name has one meaning:
+
+- :class:`Encoder`: ``embed(images)``, ``name``, ``dim``, ``kind``, ``fingerprint``.
+- :class:`PipelinedEncoder`: ``preprocess_batch(images) -> batch`` (CPU, thread-safe:
+  the build runs it one batch ahead) and ``embed_batch(batch)``.
+- :class:`TextEncoder`: ``embed_text(texts)`` into the same space (text queries).
+- :class:`TrainableEncoder`: ``train_module``, ``prepare`` (training batches),
+  ``forward_train``, ``save`` (what ``relsearch train`` needs).
+- :class:`FeatureCachingEncoder`: a trainable encoder with a frozen part whose
+  output ``cache_features`` computes once per image and view (``cache_fingerprint``).
+
+``preprocess`` alone is only the dreamsim-style helper a factory such as
+``relsearch.relsim()`` returns beside the model (PIL in, PIL out).
 """
 
 from __future__ import annotations
@@ -10,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,13 +50,29 @@ class Encoder(Protocol):
     def fingerprint(self) -> str: ...
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        """Return float32 ``[len(images), dim]``, each row L2-normalised.
+        """Return float32 ``[len(images), dim]``, each row L2-normalised."""
+        ...
 
-        Optional, for pipelined builds: ``preprocess(images) -> batch`` (CPU work,
-        thread-safe, run one batch ahead in a helper thread) and
-        ``embed_preprocessed(batch) -> np.ndarray``, with
-        ``embed(x) == embed_preprocessed(preprocess(x))``.
-        """
+
+@runtime_checkable
+class PipelinedEncoder(Encoder, Protocol):
+    """An encoder whose CPU preprocessing can run ahead of its forward pass."""
+
+    def preprocess_batch(self, images: list[Image.Image]) -> Any:
+        """CPU work (resize, normalise) into a batch; thread-safe."""
+        ...
+
+    def embed_batch(self, batch: Any) -> np.ndarray:
+        """Unit vectors of a batch, with ``embed(x) == embed_batch(preprocess_batch(x))``."""
+        ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """An encoder whose space is a caption space: text searches its index."""
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """float32 ``[len(texts), dim]`` unit rows in the encoder's own space."""
         ...
 
 
@@ -130,13 +162,20 @@ class TrainableEncoder(Protocol):
 
     name: str
     dim: int
+    #: torch device the module lives on (where training batches go).
+    device: str
+
+    @property
+    def fingerprint(self) -> str: ...
 
     def train_module(self) -> torch.nn.Module:
         """The module whose ``requires_grad`` parameters are optimised (LoRA + head)."""
         ...
 
-    def prepare(self, images: list[Image.Image], train: bool = False) -> dict[str, torch.Tensor]:
-        """CPU preprocessing into a batch (runs in data-loader workers)."""
+    def prepare(self, images: list[Image.Image], train: bool = False,
+                generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """CPU preprocessing into a training batch; ``train`` augments, drawing from
+        ``generator`` (so augmentations replay exactly on resume)."""
         ...
 
     def forward_train(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -145,6 +184,20 @@ class TrainableEncoder(Protocol):
 
     def save(self, out_dir: str) -> None:
         """Write the encoder's release layout so ``load(source=out_dir)`` reads it back."""
+        ...
+
+
+@runtime_checkable
+class FeatureCachingEncoder(TrainableEncoder, Protocol):
+    """A trainable encoder with a frozen part the trainer computes once and caches."""
+
+    @property
+    def cache_fingerprint(self) -> str:
+        """Identifies what :meth:`cache_features` computes (frozen weights, input size, precision)."""
+        ...
+
+    def cache_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The frozen part's output for a ``prepare`` batch; ``forward_train`` accepts it."""
         ...
 
 

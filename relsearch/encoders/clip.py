@@ -41,21 +41,21 @@ class ClipEncoder:
     name = "clip"
     kind = "attribute"
 
-    def __init__(self, model: Any, preprocess: Any, device: str, identity: str, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, transform: Any, device: str, identity: str, batch_size: int = 32) -> None:
         import torch
 
         self.model = frozen(model, device)
-        self.preprocess = preprocess
+        self.transform = transform  # open_clip's per-image PIL -> tensor
         self.device = device
         self.batch_size = batch_size
         self.identity = identity
         with torch.inference_mode():
-            probe = self.preprocess(_blank())[None].to(device)
+            probe = self.transform(_blank())[None].to(device)
             self.dim = int(self.model.encode_image(probe).shape[-1])
         # Only the image tower is used. Its repr carries what the weights alone do
         # not (activation, e.g. QuickGELU), the transform carries the preprocessing;
         # the source label is left out so one set of weights has one fingerprint.
-        extra = f"clip/{self.model.visual!r}/{self.preprocess!r}"
+        extra = f"clip/{self.model.visual!r}/{self.transform!r}"
         self._fingerprint = fingerprint_tensors(self.model.visual.state_dict().items(), extra=extra)
 
     @property
@@ -66,7 +66,7 @@ class ClipEncoder:
         import torch
 
         def forward(chunk: list[Image.Image]) -> torch.Tensor:
-            x = torch.stack([self.preprocess(img.convert("RGB")) for img in chunk])
+            x = torch.stack([self.transform(img.convert("RGB")) for img in chunk])
             return self.model.encode_image(x.to(self.device))
 
         return embed_in_batches(images, self.dim, self.batch_size, forward)
@@ -81,10 +81,10 @@ def load(source: str | None = None, device: str | None = None) -> ClipEncoder:
 
     kwargs, identity = _resolve(source or f"{DEFAULT_MODEL}/{DEFAULT_TAG}", open_clip)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(**kwargs)
+        model, _, transform = open_clip.create_model_and_transforms(**kwargs)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise RelsearchError(f"clip: cannot build {identity}: {' '.join(str(exc).split())[:300]}") from exc
-    return ClipEncoder(model, preprocess, pick_device(device), identity)
+    return ClipEncoder(model, transform, pick_device(device), identity)
 
 
 def _resolve(source: str, open_clip: Any) -> tuple[dict[str, Any], str]:

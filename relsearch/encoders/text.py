@@ -89,17 +89,27 @@ class MiniLMTextEncoder:
         return self.embed_tensor(texts).numpy().astype(np.float32, copy=False)
 
 
-_TOWERS: dict[str, MiniLMTextEncoder] = {}
-
-
 def text_tower(device: str | None = None) -> MiniLMTextEncoder:
-    """Shared instance per device (the model is ~90 MB; loading it once is enough)."""
-    key = pick_device(device)
-    if key not in _TOWERS:
-        _TOWERS[key] = MiniLMTextEncoder(device=key)
-    return _TOWERS[key]
+    """Load the caption tower (~90 MB) on ``device``. Not cached: the caller owns it."""
+    return MiniLMTextEncoder(device=device)
+
+
+class OwnedTextTower:
+    """A caption tower an encoder loads on first use and keeps for its own lifetime."""
+
+    def __init__(self, device: str | None) -> None:
+        self._device = device
+        self._tower: MiniLMTextEncoder | None = None
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        if self._tower is None:
+            self._tower = MiniLMTextEncoder(device=self._device)
+        return self._tower.embed_text(texts)
 
 
 def embed_text(texts: list[str], device: str | None = None) -> np.ndarray:
-    """Embed captions into the 384-d relational caption space (unit rows)."""
+    """One-off: load the tower, embed captions into the 384-d caption space, release it.
+
+    Anything that embeds text repeatedly holds a :class:`MiniLMTextEncoder` instead.
+    """
     return text_tower(device).embed_text(texts)

@@ -11,8 +11,10 @@ The file format lives in :mod:`relsearch.index.fileformat`, the nprobe tuning in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import struct
 import time
 import warnings
 from collections.abc import Callable
@@ -20,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.errors import RelsearchError
-from relsearch.index import _faiss
+from relsearch.errors import RelsearchError, first_line
+from relsearch.index import _faiss, refine, sharded
 from relsearch.index.fileformat import read_index_file, write_index_file
 from relsearch.index.spec import AUTO_RERANK, IndexConfig, auto_spec, train_size
 from relsearch.index.tuning import tune_nprobe
@@ -119,6 +121,8 @@ class VectorIndex:
         self._gpu_stale = True
         self._file_bytes: int | None = None
         self._warned_no_lookup = False
+        #: This generation's memory-mapped raw vectors, when it has a refine store.
+        self._store: refine.RefineStore | None = None
         if self._ivf is not None:
             self._ivf.nprobe = self._nprobe
 
@@ -131,19 +135,32 @@ class VectorIndex:
         config: IndexConfig | None = None,
         vector_lookup: VectorLookup | None = None,
         progress: bool = False,
+        ondisk: str | os.PathLike[str] | None = None,
+        executor: sharded.Executor | None = None,
+        shard_rows: int = sharded.DEFAULT_SHARD_ROWS,
     ) -> VectorIndex:
         """Choose the spec, train, add ``vectors`` under ``ids`` and tune ``nprobe``.
 
         ``vectors``: float32 ``[N, d]`` L2-normalised; ``ids``: unique int64 ``[N]``.
         ``vector_lookup`` (ids -> raw vectors) is kept for :meth:`search` in this
         process; tuning uses ``vectors`` directly.
+
+        ``ondisk`` names the ``.ivfdata`` file that on-disk inverted lists go to
+        when the config's layout calls for them (``layout="ondisk"``, or ``"auto"``
+        at ``ondisk_threshold`` vectors and above); without it the lists stay in
+        memory. On-disk indexes are built in shards of ``shard_rows`` vectors by
+        ``executor`` (anything with ``map``; default: in this process), see
+        :mod:`relsearch.index.sharded`. Save the index beside that file
+        (``x.ivfdata`` belongs to ``x.faiss``).
         """
         config = config or IndexConfig()
         vectors = _as_matrix(vectors, None, "vectors")
         n, d = vectors.shape
         ids = _as_ids(ids, n)
         faiss = _faiss.import_faiss()
-        spec = auto_spec(n, d, config) if config.is_auto else config.spec
+        use_disk = ondisk is not None and config.on_disk(n)
+        resolved = dataclasses.replace(config, layout="ondisk" if use_disk else "memory")
+        spec = auto_spec(n, d, resolved) if config.is_auto else config.spec
         index = _make_index(faiss, d, spec)
         ivf = _extract_ivf(faiss, index)
         if config.rerank is not None:
@@ -171,17 +188,23 @@ class VectorIndex:
         timings["train_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        if use_disk and ivf is not None:
+            assert ondisk is not None
+            index = sharded.build_sharded(index, ids, vectors, ondisk, os.fspath(ondisk) + ".shards",
+                                          shard_rows=shard_rows, executor=executor)
+            ivf = _extract_ivf(faiss, index)
+        else:
+            bar = None
+            if progress:
+                from tqdm import tqdm
 
-            bar = tqdm(total=n, desc=f"index {spec}", unit="vec", leave=False)
-        for s in range(0, n, _ADD_CHUNK):
-            index.add_with_ids(vectors[s : s + _ADD_CHUNK], ids[s : s + _ADD_CHUNK])
+                bar = tqdm(total=n, desc=f"index {spec}", unit="vec", leave=False)
+            for s in range(0, n, _ADD_CHUNK):
+                index.add_with_ids(vectors[s : s + _ADD_CHUNK], ids[s : s + _ADD_CHUNK])
+                if bar is not None:
+                    bar.update(min(_ADD_CHUNK, n - s))
             if bar is not None:
-                bar.update(min(_ADD_CHUNK, n - s))
-        if bar is not None:
-            bar.close()
+                bar.close()
         timings["add_s"] = time.perf_counter() - t0
 
         meta: dict[str, Any] = {
@@ -193,6 +216,7 @@ class VectorIndex:
             "built_n": n,
             "trained_on": trained_on,
             "timings": timings,
+            "layout": "ondisk" if sharded.on_disk_lists(faiss, index) is not None else "memory",
         }
         built = cls(index, spec, meta)
         built._lookup = vector_lookup
@@ -264,6 +288,8 @@ class VectorIndex:
             "nprobe": self._nprobe,
             "rerank": self._rerank,
             "bytes_per_vector": round(self._payload_bytes() / max(self.ntotal, 1), 2),
+            **self.bytes_per_vector(),
+            "layout": self.layout,
             "is_trained": bool(self._index.is_trained),
             "trained_on": int(self._meta.get("trained_on", 0)),
             "built_n": int(self._meta.get("built_n", 0)),
@@ -272,6 +298,75 @@ class VectorIndex:
             "timings": dict(self._meta.get("timings", {})),
             "gpu": self._gpu is not None,
         }
+
+    @property
+    def layout(self) -> str:
+        """``"ondisk"`` when the inverted lists are a memory-mapped file, else ``"memory"``."""
+        return "ondisk" if sharded.on_disk_lists(_faiss.import_faiss(), self._index) is not None else "memory"
+
+    @property
+    def refine_store(self) -> refine.RefineStore | None:
+        """The memory-mapped raw vectors this index re-ranks with, when it has them."""
+        return self._store
+
+    def attach_refine_store(self, path: str | os.PathLike[str]) -> None:
+        """Re-rank from the refine store at ``path`` (as :meth:`load` does for the store beside the file)."""
+        store = refine.RefineStore(path)
+        if store.n != self.ntotal or store.dim != self.dim:
+            raise RelsearchError(
+                f"refine store {path} holds {store.n} x {store.dim} vectors, the index {self.ntotal} x {self.dim}"
+            )
+        self._store = store
+
+    def bytes_per_vector(self) -> dict[str, float]:
+        """RAM and disk per vector, separately.
+
+        ``ram_bytes_per_vector``: what a query process holds resident for the
+        index itself (all of it in memory; the quantizers and list directory
+        for on-disk lists, whose pages the OS caches on demand).
+        ``disk_bytes_per_vector``: the FAISS file, its on-disk lists and its
+        refine store together; ``refine_bytes_per_vector`` is the store's share
+        (memory-mapped: resident only while the page cache keeps it).
+        """
+        n = max(self.ntotal, 1)
+        payload = self._payload_bytes()
+        lists = sharded.on_disk_lists(_faiss.import_faiss(), self._index)
+        ivfdata = int(lists.totsize) if lists is not None else 0
+        store = os.path.getsize(self._store.path) if self._store is not None else 0
+        return {
+            "ram_bytes_per_vector": round(payload / n, 2),
+            "disk_bytes_per_vector": round((payload + ivfdata + store) / n, 2),
+            "refine_bytes_per_vector": round(store / n, 2),
+        }
+
+    def updated(
+        self, faiss_file: str | os.PathLike[str], remove_ids: np.ndarray, add_ids: np.ndarray,
+        add_vectors: np.ndarray | None,
+    ) -> VectorIndex:
+        """This index less ``remove_ids`` plus the added vectors, for the generation saved as ``faiss_file``.
+
+        In memory the index is edited in place and returned (the previous
+        generation's file is untouched until it is replaced). On-disk lists are
+        shared with the processes serving the previous generation, so a new
+        ``.ivfdata`` beside ``faiss_file`` is written from the old lists
+        (filtered) and the new vectors, and a new index on it is returned.
+        """
+        add_ids = np.asarray(add_ids, dtype=np.int64).reshape(-1)
+        if sharded.on_disk_lists(_faiss.import_faiss(), self._index) is None:
+            if len(remove_ids):
+                self.remove(remove_ids)
+            if len(add_ids):
+                self.add(add_vectors, add_ids)
+            return self
+        vectors = _as_matrix(add_vectors, self.dim, "vectors") if len(add_ids) else np.zeros((0, self.dim), np.float32)
+        present = self._present(add_ids) & ~np.isin(add_ids, np.asarray(remove_ids, dtype=np.int64))
+        if present.any():
+            raise ValueError(f"ids already in the index: {add_ids[present][:5].tolist()}")
+        index = sharded.rewrite_on_disk(self._index, sharded.ivfdata_path(faiss_file), remove_ids, add_ids, vectors)
+        copy = VectorIndex(index, self._spec, self._meta)
+        copy._nprobe, copy._rerank, copy._lookup = self._nprobe, self._rerank, self._lookup
+        copy.nprobe = self._nprobe
+        return copy
 
     def needs_rebuild(self, n_total: int) -> bool:
         """Whether an index holding ``n_total`` vectors should be rebuilt from scratch.
@@ -313,7 +408,7 @@ class VectorIndex:
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
         except RuntimeError as e:
             raise RelsearchError(
-                f"index spec {self._spec} cannot remove vectors ({_first_line(e)}); rebuild the index"
+                f"index spec {self._spec} cannot remove vectors ({first_line(e)}); rebuild the index"
             ) from None
         if removed:
             self._changed()
@@ -352,7 +447,9 @@ class VectorIndex:
         nq = q.shape[0]
         if self.ntotal == 0 or nq == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-        lookup = vector_lookup if vector_lookup is not None else self._lookup
+        # The generation's own refine store first: it holds exactly this index's
+        # vectors and is read by one memory-mapped gather, not per-row look-ups.
+        lookup = next((f for f in (self._store, vector_lookup, self._lookup) if f is not None), None)
         rerank = self._rerank
         if rerank and lookup is None:
             if not self._warned_no_lookup:
@@ -367,6 +464,8 @@ class VectorIndex:
         kk = max(k, rerank) if rerank else k
         scores, found = self._raw_search(q, kk)
         if rerank:
+            if lookup is self._store:
+                return self._store.rerank(q, found, k)
             return rerank_exact(q, found, lookup, k)
         scores = np.ascontiguousarray(scores[:, :k], dtype=np.float32)
         found = np.ascontiguousarray(found[:, :k], dtype=np.int64)
@@ -381,7 +480,7 @@ class VectorIndex:
             if target is self._index:
                 raise
             # GPU indexes limit k and memory; the CPU copy always works.
-            log.warning("GPU search failed (k=%d), searching on the CPU: %s", k, _first_line(exc))
+            log.warning("GPU search failed (k=%d), searching on the CPU: %s", k, first_line(exc))
             return self._index.search(q, k)
 
     def _gpu_index(self) -> Any:
@@ -394,7 +493,7 @@ class VectorIndex:
                 try:
                     _faiss.set_gpu_nprobe(self._gpu, self._nprobe)
                 except Exception as exc:  # an index type the GPU cannot probe: search the CPU copy
-                    log.warning("cannot set nprobe on the GPU index, searching on the CPU: %s", _first_line(exc))
+                    log.warning("cannot set nprobe on the GPU index, searching on the CPU: %s", first_line(exc))
                     self._gpu = None
         return self._gpu if self._gpu is not None else self._index
 
@@ -403,9 +502,24 @@ class VectorIndex:
         """Write atomically: temp file in the same directory, fsync, ``os.replace``."""
         faiss = _faiss.import_faiss()
         path = os.fspath(path)
-        payload = faiss.serialize_index(self._index)
-        self._file_bytes = int(payload.nbytes)
         meta = {k: v for k, v in self._meta.items()}
+        lists = sharded.on_disk_lists(faiss, self._index)
+        if lists is not None:
+            # The lists must sit beside the index file (x.ivfdata next to x.faiss)
+            # and be durable before the index that points at them is.
+            want = os.path.abspath(sharded.ivfdata_path(path))
+            if os.path.abspath(lists.filename) != want:
+                raise ValueError(f"an on-disk index saves beside its lists: {lists.filename} is not {want}")
+            with open(want, "rb+") as f:
+                os.fsync(f.fileno())
+            meta["ivfdata_bytes"] = os.path.getsize(want)
+        payload = faiss.serialize_index(self._index)
+        if lists is not None:
+            meta["ivfdata_offset"] = sharded.ivfdata_name_offset(payload, want)
+        else:
+            meta.pop("ivfdata_offset", None)
+            meta.pop("ivfdata_bytes", None)
+        self._file_bytes = int(payload.nbytes)
         meta.update(
             spec=self._spec,
             dim=self.dim,
@@ -423,14 +537,39 @@ class VectorIndex:
         meta, payload = read_index_file(path)
         size = len(payload)
         faiss = _faiss.import_faiss()
+        if "ivfdata_offset" in meta:
+            # Point the index at the lists beside it, wherever the folder now is.
+            lists = os.path.abspath(sharded.ivfdata_path(path))
+            try:
+                actual = os.path.getsize(lists)
+            except OSError:
+                raise RelsearchError(
+                    f"index file {path} is missing its on-disk lists {os.path.basename(lists)}; rebuild the index"
+                ) from None
+            if actual != int(meta.get("ivfdata_bytes", -1)):
+                # A short file would fault (SIGBUS) on the first probe of a missing page.
+                raise RelsearchError(
+                    f"corrupt on-disk lists {lists}: {actual} bytes, expected {meta.get('ivfdata_bytes')}; "
+                    "rebuild the index"
+                )
+            try:
+                payload = memoryview(sharded.with_ivfdata_name(payload, int(meta["ivfdata_offset"]), lists))
+            except (struct.error, ValueError, TypeError):
+                raise RelsearchError(f"corrupt index file {path}: bad on-disk list record; rebuild the index") from None
         try:
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         except RuntimeError as e:
             raise RelsearchError(
-                f"corrupt index file {path}: faiss could not read it ({_first_line(e)}); rebuild the index"
+                f"corrupt index file {path}: faiss could not read it ({first_line(e)}); rebuild the index"
             ) from None
         loaded = cls(index, str(meta["spec"]), meta)
         loaded._file_bytes = size
+        store = refine.refine_path(path)
+        if loaded._rerank and store.exists():
+            try:
+                loaded.attach_refine_store(store)
+            except RelsearchError as e:
+                raise RelsearchError(f"{e}; rebuild the index") from None
         return loaded
 
     def _payload_bytes(self) -> int:
@@ -448,8 +587,17 @@ def check_spec(spec: str, d: int) -> None:
     The engine calls this before it writes anything, so a typo in ``--index-spec``
     never costs an embedding run or touches an index.
     """
-    if spec.lower() != "auto":
-        _make_index(_faiss.import_faiss(), d, spec)
+    try:
+        config = IndexConfig(spec=spec)
+    except ValueError as e:
+        raise RelsearchError(f"invalid index spec: {e}") from None
+    if not config.is_auto:
+        index = _make_index(_faiss.import_faiss(), d, config.spec)
+        if config.layout == "ondisk" and sharded.is_fast_scan(_extract_ivf(_faiss.import_faiss(), index)):
+            raise RelsearchError(
+                f"index spec {spec!r}: on-disk inverted lists hold plain codes, not fast-scan blocks "
+                "(drop the 'fs' suffix)"
+            )
 
 
 # ---------------------------------------------------------------- helpers
@@ -462,7 +610,7 @@ def _make_index(faiss: Any, d: int, spec: str) -> Any:
             index = faiss.index_factory(d, "IDMap," + spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise RelsearchError(
-            f"invalid FAISS index spec {spec!r} for dimension {d}: {_first_line(e)}"
+            f"invalid FAISS index spec {spec!r} for dimension {d}: {first_line(e)}"
         ) from None
     ivf = _extract_ivf(faiss, index)
     if ivf is not None:
@@ -502,7 +650,7 @@ def _train(faiss: Any, index: Any, ivf: Any, sample: np.ndarray) -> None:
     try:
         index.train(sample)
     except RuntimeError as e:
-        raise RelsearchError(f"training index failed: {_first_line(e)}") from None
+        raise RelsearchError(f"training index failed: {first_line(e)}") from None
     finally:
         if gpu_flat is not None:
             ivf.clustering_index = None
@@ -523,6 +671,3 @@ def _ivf_ids(faiss: Any, ivf: Any) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

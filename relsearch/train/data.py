@@ -154,10 +154,12 @@ def read_dataset(path: str | Path, image_dir: str | Path | None = None) -> list[
 
 
 def load_image(path: str) -> Image.Image:
-    from PIL import Image, UnidentifiedImageError
+    """Decode a training image exactly as indexing and querying do (EXIF rotation, alpha on
+    white: :func:`relsearch.collection.load_image`), so a model trains on what it will see."""
+    from relsearch.collection import DecodeError
+    from relsearch.collection import load_image as decode
 
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise RelsearchError(f"cannot read image {path}: {exc}") from exc
+        return decode(path)
+    except DecodeError as exc:
+        raise RelsearchError(f"cannot read image {path}: {exc.reason}") from exc

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -32,10 +33,11 @@ import numpy as np
 import torch
 
 from relsearch.atomic import atomic_write
-from relsearch.encoders.base import TrainableEncoder
+from relsearch.encoders.base import FeatureCachingEncoder, TrainableEncoder
 from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
 from relsearch.train.loss import LossConfig, contrastive_loss, positive_mask
+from relsearch.train.safe_state import load_tensors, rng_state, set_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -157,16 +159,6 @@ def lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """Write then rename: a kill mid-write leaves the previous file intact."""
     with atomic_write(path) as f:
@@ -181,34 +173,17 @@ def save_checkpoint(path: Path, step: int, module: torch.nn.Module, optimizer: t
         "trainable": trainable,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "config": asdict(config),
     }, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise RelsearchError(f"cannot read checkpoint {path}: {exc}") from exc
-
-
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, device: str | None = "cpu") -> int:
-    """Write the encoder release (``encoder.save``) from a training checkpoint; returns its step.
-
-    Lets a run that was stopped early, or a chosen intermediate step, be shipped.
-    """
-    state = load_checkpoint(Path(checkpoint))
-    cfg = state["config"]
-    encoder = build_encoder(cfg["encoder"], device, dict(cfg.get("model_args") or {}))
-    named = dict(encoder.train_module().named_parameters())
-    with torch.no_grad():
-        for k, v in state["trainable"].items():
-            if k not in named:
-                raise RelsearchError(f"checkpoint {checkpoint} does not match the encoder (e.g. {k})")
-            named[k].copy_(v)
-    encoder.save(str(out_dir))
-    return int(state["step"])
+    """A checkpoint written by :func:`save_checkpoint`; refuses one that could run code."""
+    state = load_tensors(path, "checkpoint")
+    if not isinstance(state, dict) or not {"step", "trainable", "rng"} <= set(state):
+        raise RelsearchError(f"cannot read checkpoint {path}: not a relsearch training checkpoint")
+    return state
 
 
 # -- data -------------------------------------------------------------------------------
@@ -226,15 +201,10 @@ def batch_views(idx: np.ndarray, views: int, seed: int, step: int) -> np.ndarray
     return np.random.default_rng([seed, step, 1]).integers(0, views, size=len(idx))
 
 
-def prepare_batch(encoder: Any, images: list, train: bool,
+def prepare_batch(encoder: TrainableEncoder, images: list, train: bool,
                   generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """``encoder.prepare``, passing our seeded generator to encoders that take one
-    (so augmentations replay exactly on resume); others use their own randomness."""
-    import inspect
-
-    if generator is not None and "generator" in inspect.signature(encoder.prepare).parameters:
-        return encoder.prepare(images, train=train, generator=generator)
-    return encoder.prepare(images, train=train)
+    """``encoder.prepare`` with our seeded generator (augmentations replay exactly on resume)."""
+    return encoder.prepare(images, train=train, generator=generator)
 
 
 def _records_key(records: list[CaptionRecord]) -> str:
@@ -249,15 +219,19 @@ def _records_key(records: list[CaptionRecord]) -> str:
     return h.hexdigest()[:16]
 
 
-def build_feature_cache(encoder: Any, records: list[CaptionRecord], views: int, seed: int,
+def build_feature_cache(encoder: FeatureCachingEncoder, records: list[CaptionRecord], views: int, seed: int,
                         path: Path | None, progress: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Frozen features for every image and view: ``{key: [views, N, ...]}``, reused from ``path``."""
     # Only the frozen part matters: runs with other heads or seeds share the cache.
-    fp = getattr(encoder, "cache_fingerprint", None) or getattr(encoder, "fingerprint", "")
+    fp = encoder.cache_fingerprint
     key = f"{fp}:{_records_key(records)}:{views}:{seed}"
     if path is not None and path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=False)
-        if cached.get("key") == key:
+        try:
+            cached = load_tensors(path, "feature cache")
+        except RelsearchError as exc:  # damaged or unsafe: recomputed and overwritten below
+            logging.getLogger(__name__).warning("%s; recomputing it", exc)
+            cached = None
+        if isinstance(cached, dict) and cached.get("key") == key:
             return cached["features"]
     from tqdm import tqdm
 
@@ -415,7 +389,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     np.random.seed(config.seed)
     random.seed(config.seed)
     encoder = build_encoder(config.encoder, config.device, dict(config.model_args))
-    device = getattr(encoder, "device", config.device)
+    device = encoder.device
     module = encoder.train_module()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -424,7 +398,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     text_emb = text_embeddings(records, device)
     val_text = text_embeddings(val_records, device).numpy() if val_records else None
 
-    can_cache = config.cache_views > 0 and hasattr(encoder, "cache_features")
+    can_cache = config.cache_views > 0 and isinstance(encoder, FeatureCachingEncoder)
     features = val_features = None
     if can_cache:
         features = build_feature_cache(encoder, records, config.cache_views, config.seed,
@@ -459,7 +433,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
                 named[k].copy_(v)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step = int(state["step"])
     else:
         (out / ARGS_NAME).write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")

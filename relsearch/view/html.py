@@ -40,6 +40,10 @@ h1{font-size:18px;margin:0 0 8px}
 .row h2 .kind{font-weight:normal;font-size:12px;padding:1px 6px;border-radius:8px;margin-left:6px}
 .row.relational h2 .kind{background:#d8ecff;color:#0b4f8a}
 .row.attribute h2 .kind{background:#eee;color:#555}
+.row.analogy h2 .kind{background:#fde7c8;color:#8a4b0b}
+.row.analogy a.hit img{border-color:#e0a24a}
+a.hit .why{font-size:10px;color:#0b4f8a;max-width:128px;line-height:1.2;text-align:center;margin-top:1px}
+.query .qcap{font-size:13px;color:#0b4f8a;margin-top:6px}
 .hits{display:flex;flex-wrap:wrap;gap:8px}
 a.hit{display:flex;flex-direction:column;align-items:center;width:132px;text-decoration:none;color:#222}
 a.hit img{width:128px;height:128px;object-fit:contain;background:#fff;border:1px solid #ccc}
@@ -93,43 +97,82 @@ def file_uri(path: str) -> str:
     return Path(os.path.abspath(path)).as_uri()
 
 
+def columns(result: Any) -> list[tuple[str, str, str, list[Any]]]:
+    """``(column, kind, title note, hits)`` in display order: relational, analogy, attribute.
+
+    The analogy column (``--analogy``) sits between the relational columns it re-ranks
+    and the attribute columns it pushes away from.
+    """
+    names = result.ordered()
+    rel = [n for n in names if result.kinds.get(n) == "relational"]
+    out = [(n, "relational", "", result.results[n]) for n in rel]
+    analogy = getattr(result, "analogy", None)
+    if analogy is not None:
+        of = getattr(result, "analogy_of", {}) or {}
+        note = (f"{of.get('relational', '?')} - {of.get('weight', 0):g} x {of.get('attribute', '?')}"
+                if of else "")
+        out.append(("analogy", "analogy", note, analogy))
+    out += [(n, result.kinds.get(n, "attribute"), "", result.results[n]) for n in names if n not in rel]
+    return out
+
+
+def hit_caption(result: Any, column: str, hit: Any) -> Any:
+    """The shared caption ``--explain`` found for ``hit`` in ``column`` (None without one)."""
+    explain = getattr(result, "explain", None)
+    return explain.caption(column, hit.id) if explain is not None else None
+
+
 def render_rows(
     result: Any,
     src: Callable[[Any], str],
     href: Callable[[Any], str],
     k: int | None = None,
+    captions: bool = True,
 ) -> str:
-    """HTML of one ``<section class="row">`` per encoder (relational first).
+    """HTML of one ``<section class="row">`` per column (relational, analogy, attribute).
 
-    ``src(hit)`` and ``href(hit)`` give each thumbnail's image source and link target.
+    ``src(hit)`` and ``href(hit)`` give each thumbnail's image source and link target;
+    with explanations in ``result`` (and ``captions``) each relational thumbnail gets a
+    line with the caption it shares with the query.
     """
     parts = []
-    for name in result.ordered():
-        kind = result.kinds.get(name, "attribute")
-        hits = result.results[name][: k if k is not None else None]
+    for name, kind, note, all_hits in columns(result):
+        hits = all_hits[: k if k is not None else None]
         cells = []
         for h in hits:
             base = os.path.basename(h.path)
+            cap = hit_caption(result, name, h) if captions else None
+            why = (f'<span class="why" title="shared caption, cosine {cap.score:.3f}">{html.escape(cap.text)}</span>'
+                   if cap is not None else "")
             cells.append(
-                f'<a class="hit" href="{html.escape(href(h))}" title="{html.escape(h.path)}" target="_blank">'
+                f'<a class="hit" data-id="{h.id}" href="{html.escape(href(h))}" title="{html.escape(h.path)}" '
+                f'target="_blank">'
                 f'<img class="thumb" alt="rank {h.rank}" loading="eager" src="{html.escape(src(h))}">'
                 f'<span class="cap">#{h.rank} &middot; {h.score:.3f}</span>'
-                f'<span class="name">{html.escape(base)}</span></a>'
+                f'<span class="name">{html.escape(base)}</span>{why}</a>'
             )
         body = "".join(cells) if cells else '<span class="empty">no neighbours</span>'
+        label = html.escape(kind + (f": {note}" if note else ""))
         parts.append(
             f'<section class="row {html.escape(kind)}" data-encoder="{html.escape(name)}" data-kind="{html.escape(kind)}">'
-            f'<h2>{html.escape(name)}<span class="kind">{html.escape(kind)}</span></h2>'
+            f'<h2>{html.escape(name)}<span class="kind">{label}</span></h2>'
             f'<div class="hits">{body}</div></section>'
         )
     return "\n".join(parts)
 
 
-def render_query(label: str, src: str | None) -> str:
-    """The query block: its image (when there is one) and its label or caption."""
+def render_query(label: str, src: str | None, caption: Any = None) -> str:
+    """The query block: its image (when there is one), its label, and its nearest caption."""
     img = f'<img class="query-img" alt="query" src="{html.escape(src)}">' if src else ""
     what = "query image" if src else "query caption"
-    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{html.escape(label)}</div></div>')
+    cap = (f'<div class="qcap">reads as: <i>{html.escape(caption.text)}</i> ({caption.score:.3f})</div>'
+           if caption is not None else "")
+    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{html.escape(label)}{cap}</div></div>')
+
+
+def query_caption(result: Any) -> Any:
+    explain = getattr(result, "explain", None)
+    return explain.query_caption if explain is not None else None
 
 
 def render_page(result: Any, k: int | None = None, thumb_px: int = THUMB_PX) -> str:
@@ -142,7 +185,7 @@ def render_page(result: Any, k: int | None = None, thumb_px: int = THUMB_PX) -> 
         f"<title>relsearch: {html.escape(os.path.basename(result.query) or 'query')}</title>"
         f"<style>{STYLE}</style></head><body>"
         "<h1>relsearch &mdash; relational neighbours beside attribute neighbours</h1>"
-        f"{render_query(result.query, query_src)}\n<main id=\"rows\">{rows}</main>"
+        f"{render_query(result.query, query_src, query_caption(result))}\n<main id=\"rows\">{rows}</main>"
         "</body></html>\n"
     )
 

@@ -19,6 +19,11 @@ COLUMNS = 10
 BACKGROUND = (250, 250, 250)
 RELATIONAL = (46, 120, 200)
 ATTRIBUTE = (150, 150, 150)
+ANALOGY = (224, 150, 60)
+#: ``--explain``: the shared caption under each thumbnail, wrapped to this many lines.
+WHY_LINES = 3
+WHY_LINE = 13
+WHY_CHARS = 22
 
 
 def _font(size: int) -> Any:
@@ -46,21 +51,38 @@ def _thumb(path: str, size: int) -> Image.Image:
         return box
 
 
+def _why_lines(text: str) -> list[str]:
+    lines = textwrap.wrap(text, WHY_CHARS)
+    if len(lines) > WHY_LINES:
+        lines = lines[:WHY_LINES]
+        lines[-1] = lines[-1][: WHY_CHARS - 1] + "\u2026"
+    return lines
+
+
 def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> Image.Image:
-    """The contact sheet as a PIL image."""
-    names = result.ordered()
-    rows = {n: result.results[n][: k if k is not None else None] for n in names}
+    """The contact sheet as a PIL image (with ``--explain``, a caption line under each relational hit)."""
+    from relsearch.view.html import columns as display_columns
+    from relsearch.view.html import hit_caption, query_caption
+
+    cols_info = display_columns(result)
+    names = [c[0] for c in cols_info]
+    kinds = {c[0]: c[1] for c in cols_info}
+    notes = {c[0]: c[2] for c in cols_info}
+    rows = {c[0]: c[3][: k if k is not None else None] for c in cols_info}
+    explained = getattr(result, "explain", None) is not None
+    caption_h = CAPTION + (WHY_LINES * WHY_LINE if explained else 0)
     cols = max(1, min(columns, max((len(h) for h in rows.values()), default=1)))
     width = 2 * PAD + cols * CELL + (cols - 1) * GAP
     width = max(width, 560)
     query_px = 2 * CELL
     is_image = bool(result.query) and os.path.isfile(result.query)
     q = _thumb(result.query, query_px) if is_image else None
-    top = PAD + (q.height if q is not None else 3 * HEADER) + PAD
+    text_h = HEADER + 16 * (min(6, len(textwrap.wrap(result.query, 80))) + (5 if query_caption(result) else 0))
+    top = PAD + max(q.height if q is not None else 3 * HEADER, text_h) + PAD
     bands = []
     for n in names:
         lines = max(1, -(-len(rows[n]) // cols))
-        bands.append((n, HEADER + lines * (CELL + CAPTION + GAP)))
+        bands.append((n, HEADER + lines * (CELL + caption_h + GAP)))
     height = top + sum(h for _, h in bands) + PAD
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -73,23 +95,35 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
         x_text = PAD + q.width + PAD
     draw.text((x_text, PAD), "query image" if is_image else "query caption", fill=(0, 0, 0), font=big)
     chars = max(20, (width - x_text - PAD) // 7)
-    for i, line in enumerate(textwrap.wrap(result.query, chars)[:6]):
+    label = textwrap.wrap(result.query, chars)[:6]
+    for i, line in enumerate(label):
         draw.text((x_text, PAD + HEADER + i * 16), line, fill=(80, 80, 80), font=small)
+    qcap = query_caption(result)
+    if qcap is not None:
+        y_cap = PAD + HEADER + (len(label) + 1) * 16
+        draw.text((x_text, y_cap), f"reads as ({qcap.score:.3f}):", fill=(0, 0, 0), font=small)
+        for i, line in enumerate(textwrap.wrap(qcap.text, chars)[:3]):
+            draw.text((x_text, y_cap + (i + 1) * 16), line, fill=RELATIONAL, font=small)
 
     y = top
     for name, band_h in bands:
-        kind = result.kinds.get(name, "attribute")
-        colour = RELATIONAL if kind == "relational" else ATTRIBUTE
+        kind = kinds[name]
+        colour = {"relational": RELATIONAL, "analogy": ANALOGY}.get(kind, ATTRIBUTE)
         draw.rectangle((PAD, y + 3, PAD + 6, y + HEADER - 5), fill=colour)
-        draw.text((PAD + 12, y + 2), f"{name}  ({kind})", fill=(0, 0, 0), font=big)
+        title = f"{name}  ({kind}{': ' + notes[name] if notes[name] else ''})"
+        draw.text((PAD + 12, y + 2), title, fill=(0, 0, 0), font=big)
         y0 = y + HEADER
         for j, hit in enumerate(rows[name]):
             cx = PAD + (j % cols) * (CELL + GAP)
-            cy = y0 + (j // cols) * (CELL + CAPTION + GAP)
+            cy = y0 + (j // cols) * (CELL + caption_h + GAP)
             t = _thumb(hit.path, CELL)
             sheet.paste(t, (cx + (CELL - t.width) // 2, cy + (CELL - t.height) // 2))
             draw.rectangle((cx - 1, cy - 1, cx + CELL, cy + CELL), outline=colour)
             draw.text((cx + 2, cy + CELL + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(30, 30, 30), font=small)
+            cap = hit_caption(result, name, hit) if explained else None
+            if cap is not None:
+                for i, line in enumerate(_why_lines(cap.text)):
+                    draw.text((cx + 2, cy + CELL + CAPTION + i * WHY_LINE), line, fill=RELATIONAL, font=small)
         if not rows[name]:
             draw.text((PAD, y0 + 4), "no neighbours", fill=(120, 120, 120), font=small)
         y += band_h

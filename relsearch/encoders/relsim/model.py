@@ -16,6 +16,7 @@ Library use::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,10 @@ from relsearch.encoders.relsim.release import (
     read_query_token_id,
     write_release,
 )
+from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import RelsearchError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -72,6 +76,16 @@ class RelsimOptions:
     max_image_size: int | None = DEFAULT_MAX_IMAGE_SIZE
     micro_batch_size: int = 8
     dtype: str | None = None
+    #: Centre-crop every image to a ``max_image_size`` square (the paper's 448 px
+    #: training crop). False keeps the aspect ratio (longer side capped) as the
+    #: reference inference script does.
+    square: bool = True
+    #: Embed through :mod:`relsearch.encoders.relsim.fast` (merged LoRA, one batched
+    #: forward, no padding); needs ``square``. False runs the plain processor path.
+    fast: bool = True
+    #: Images per forward pass on the fast path (its batches need no padding,
+    #: so they can be much larger than ``micro_batch_size``).
+    fast_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.max_image_size is not None and (not isinstance(self.max_image_size, int)
@@ -81,6 +95,10 @@ class RelsimOptions:
             raise ValueError(f"micro_batch_size must be a positive int, got {self.micro_batch_size!r}")
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(set(_DTYPES))} or None, got {self.dtype!r}")
+        if not isinstance(self.fast_batch_size, int) or self.fast_batch_size < 1:
+            raise ValueError(f"fast_batch_size must be a positive int, got {self.fast_batch_size!r}")
+        if self.fast and not self.square:
+            raise ValueError("fast=True needs square=True (one fixed grid for every image)")
 
     def torch_dtype(self, device: str) -> torch.dtype:
         import torch
@@ -161,7 +179,7 @@ def relsim_module_class() -> type:
 
 
 class RelsimEncoder:
-    """The relsim encoder: implements ``Encoder`` and ``TrainableEncoder``."""
+    """The relsim encoder: ``Encoder``, ``TextEncoder`` and ``TrainableEncoder``."""
 
     name = "relsim"
     kind = "relational"
@@ -178,6 +196,9 @@ class RelsimEncoder:
         self._fingerprint = fingerprint
         self._training_started = False
         self._prompt: str | None = None
+        self._captions = OwnedTextTower(device)  # MiniLM, loaded on the first text query
+        self._fast: Any = None
+        self._merged = False
 
     # ----------------------------------------------------------------- Encoder
     @property
@@ -207,7 +228,71 @@ class RelsimEncoder:
         return [self._fit(img) for img in images]
 
     def embed(self, images: Image.Image | list[Image.Image]) -> np.ndarray:
-        """float32 ``[N, 384]`` unit vectors, computed in micro-batches."""
+        """float32 ``[N, 384]`` unit vectors: the fast path unless ``options.fast`` is off."""
+        if self.options.fast:
+            return self.embed_fast(images)
+        return self.embed_plain(images)
+
+    def embed_fast(self, images: Image.Image | list[Image.Image], batch_size: int | None = None) -> np.ndarray:
+        """Fixed square grid, merged LoRA, batched forward (:mod:`relsearch.encoders.relsim.fast`)."""
+        from PIL import Image
+
+        if isinstance(images, Image.Image):
+            images = [images]
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        step = batch_size or self.options.fast_batch_size
+        parts = [self.embed_batch(self.preprocess_batch(images[i : i + step])) for i in range(0, len(images), step)]
+        return l2_normalize(np.concatenate(parts, axis=0))
+
+    def preprocess_batch(self, images: list[Image.Image]) -> dict[str, Any]:
+        """CPU half of the fast path (square crop, patches; pinned on CUDA). Thread-safe."""
+        return self.fast().prepare(images)
+
+    def embed_batch(self, batch: dict[str, Any]) -> np.ndarray:
+        """Accelerator half of the fast path: ``[n, 384]`` unit vectors for a :meth:`preprocess_batch` batch.
+
+        Before training has started the LoRA is merged into the base weights (exact);
+        once it has (validation inside the trainer), it stays separate so the
+        adapter's gradients keep flowing.
+        """
+        import torch
+
+        fast = self.fast()
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.inference_mode(), fast._installed(merge=not self._training_started):
+                return fast.forward(batch).float().cpu().numpy()
+        finally:
+            self.module.train(was_training)
+
+    def fast(self, side: int | None = None) -> Any:
+        """The :class:`~relsearch.encoders.relsim.fast.FastPath` of this encoder (built once per side)."""
+        from relsearch.encoders.relsim.fast import DEFAULT_SIDE, FastPath, fixed_side
+
+        want = fixed_side(self.processor.image_processor, side or self.options.max_image_size or DEFAULT_SIDE)
+        if self._fast is None or self._fast.side != want:
+            self._fast = FastPath(self, want)
+        return self._fast
+
+    @property
+    def lora_merged(self) -> bool:
+        return self._merged
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA update into ``q_proj`` / ``v_proj`` (inference only; undone by training)."""
+        if not self._merged and not self._training_started:
+            self.module.backbone.merge_adapter()
+            self._merged = True
+
+    def unmerge_lora(self) -> None:
+        if self._merged:
+            self.module.backbone.unmerge_adapter()
+            self._merged = False
+
+    def embed_plain(self, images: Image.Image | list[Image.Image]) -> np.ndarray:
+        """The reference path: processor, padded micro-batches, LoRA applied unmerged."""
         import torch
         from PIL import Image
 
@@ -215,6 +300,7 @@ class RelsimEncoder:
             images = [images]
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        self.unmerge_lora()
         was_training = self.module.training  # embed may run mid-training (validation)
         self.module.eval()
         step = self.options.micro_batch_size
@@ -235,13 +321,12 @@ class RelsimEncoder:
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         """Captions into the 384-d all-MiniLM-L6-v2 space the head was trained to match."""
-        from relsearch.encoders.text import embed_text
-
-        return embed_text(texts, device=self.device)
+        return self._captions.embed_text(texts)
 
     # --------------------------------------------------------- TrainableEncoder
     def train_module(self) -> Any:
         # The weights may change from here on: the fingerprint is recomputed on each access.
+        self.unmerge_lora()
         self._fingerprint = None
         self._training_started = True
         return self.module
@@ -292,6 +377,11 @@ class RelsimEncoder:
 
         if not isinstance(img, Image.Image):
             raise RelsearchError(f"relsim: expected a PIL image, got {type(img).__name__}")
+        if self.options.square:
+            from relsearch.encoders.relsim.fast import DEFAULT_SIDE, fixed_side, square_crop
+
+            side = fixed_side(self.processor.image_processor, self.options.max_image_size or DEFAULT_SIDE)
+            return square_crop(img, side)
         img = img.convert("RGB")
         cap = self.options.max_image_size
         if cap is not None and max(img.size) > cap:
@@ -310,13 +400,15 @@ class RelsimEncoder:
 
         try:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-        except ImportError:  # the processor still resizes, only in its own way
+        except ImportError as exc:  # the processor still resizes, only in its own way
+            log.debug("no smart_resize in this transformers (%s): the processor resizes", exc)
             return img
+        from relsearch.encoders.relsim.fast import pixel_budget
+
         ip = self.processor.image_processor
-        size = ip.size
-        min_px = getattr(size, "shortest_edge", None) or getattr(ip, "min_pixels", None)
-        max_px = getattr(size, "longest_edge", None) or getattr(ip, "max_pixels", None)
-        if not min_px or not max_px:
+        try:
+            min_px, max_px = pixel_budget(ip)
+        except RelsearchError:
             return img
         factor = int(ip.patch_size) * int(ip.merge_size)
         try:

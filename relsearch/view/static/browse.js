@@ -1,0 +1,79 @@
+// relsearch browse page: search by upload, by clicking a result, or by caption; local only.
+const $ = (id) => document.getElementById(id);
+const rows = $('rows'), status = $('status'), kbox = $('k');
+const analogy = $('analogy'), explain = $('explain'), textbox = $('text');
+let current = null;      // {kind: 'upload'|'id'|'text', value, name}
+let lastUpload = null;   // the uploaded File, kept so a toggle can re-run it
+let seq = 0;             // answers to superseded requests are dropped
+
+function flags() {
+  return '&k=' + encodeURIComponent(kbox.value) + '&analogy=' + (analogy.checked ? 1 : 0) +
+         '&explain=' + (explain.checked ? 1 : 0);
+}
+
+async function run() {
+  if (!current) return;
+  const mine = ++seq;
+  let req;
+  if (current.kind === 'upload') {
+    req = fetch('query?name=' + encodeURIComponent(current.name) + flags(), {method: 'POST', body: lastUpload,
+      headers: {'Content-Type': 'application/octet-stream'}});
+  } else {
+    req = fetch('search?' + current.kind + '=' + encodeURIComponent(current.value) + flags());
+  }
+  status.textContent = 'searching ' + (current.name || current.value) + ' ...';
+  try {
+    const r = await req;
+    const data = await r.json();
+    if (mine !== seq) return;
+    if (!r.ok) { status.textContent = 'error: ' + data.error; return; }
+    rows.innerHTML = data.html;
+    rows.dataset.query = current.kind + ':' + current.value;
+    const t = data.timings_ms || {};
+    status.textContent = (current.name || current.value) + ': ' +
+      Object.keys(t).map(k => k + ' ' + t[k].toFixed(1) + ' ms').join(', ');
+  } catch (e) { if (mine === seq) status.textContent = 'error: ' + e; }
+}
+
+function fromHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.has('id')) current = {kind: 'id', value: h.get('id'), name: 'image #' + h.get('id')};
+  else if (h.has('text')) { current = {kind: 'text', value: h.get('text')}; textbox.value = h.get('text'); }
+  else return false;
+  run();
+  return true;
+}
+
+function upload(file) {
+  if (!file) return;
+  lastUpload = file;
+  current = {kind: 'upload', value: file.name, name: file.name};
+  history.replaceState(null, '', location.pathname);
+  run();
+}
+
+// Clicking a result searches with it (the hash makes it a link: back/forward work);
+// Ctrl/Cmd-click or the middle button still open the file itself.
+rows.addEventListener('click', (e) => {
+  const hit = e.target.closest('a.hit');
+  if (!hit || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
+  e.preventDefault();
+  location.hash = 'id=' + hit.dataset.id;
+});
+window.addEventListener('hashchange', fromHash);
+[analogy, explain].forEach(box => box.addEventListener('change', run));
+kbox.addEventListener('change', run);
+$('textform').addEventListener('submit', (e) => {
+  e.preventDefault();
+  if (textbox.value.trim()) location.hash = 'text=' + encodeURIComponent(textbox.value.trim());
+});
+const drop = $('drop'), pick = $('pick');
+pick.addEventListener('change', () => upload(pick.files[0]));
+['dragenter', 'dragover'].forEach(ev => drop.addEventListener(ev, e => {
+  e.preventDefault(); drop.classList.add('over'); }));
+['dragleave', 'drop'].forEach(ev => drop.addEventListener(ev, e => {
+  e.preventDefault(); drop.classList.remove('over'); }));
+drop.addEventListener('drop', e => upload(e.dataTransfer.files[0]));
+document.addEventListener('paste', e => {
+  const f = [...(e.clipboardData || {}).files || []][0]; if (f) upload(f); });
+fromHash();
