@@ -302,14 +302,16 @@ def write_index(path: Path, vectors: np.ndarray, encoder: str = "imagenet") -> N
                     store.put_path(txn, p, PathEntry(i, 0, 0))
                     store.put_vector(txn, encoder, i, vectors[i])
             store.write(chunk)
-    write_manifest(path, Manifest(SCHEMA_VERSION, "/synthetic", {encoder: EncoderEntry(
-        encoder, encoder, "synthetic", d, "attribute", {})}, count=n))
+        manifest = Manifest(SCHEMA_VERSION, "/synthetic", {encoder: EncoderEntry(
+            encoder, encoder, "synthetic", d, "attribute", {})}, count=n)
+        store.write(lambda txn: store.put_meta(txn, "manifest", manifest.to_dict()))  # what open_index reads
+    write_manifest(path, manifest)
 
 
 def run_scale(n: int, planted: dict[str, Any], real: np.ndarray, work: Path, threshold: float | None = None,
               results_dir: str | None = RESULTS_DIR) -> dict[str, Any]:
     """Time ``find_dupes`` on an index of ``n`` synthetic vectors fit to ``real``."""
-    from relsearch.dupes import DEFAULT_THRESHOLD, find_dupes
+    from relsearch.dupes import DEFAULT_THRESHOLD, find_dupes, whiten
 
     threshold = threshold or DEFAULT_THRESHOLD
     sims = [s for k, v in planted["copy_similarity"].items() if k != "exact" for s in v["all"]]
@@ -318,7 +320,9 @@ def run_scale(n: int, planted: dict[str, Any], real: np.ndarray, work: Path, thr
     idx = work / f"synthetic_{n}"
     write_index(idx, vecs)
     t_setup = time.perf_counter() - t0
-    planted_sims = np.einsum("ij,ij->i", vecs[truth[:, 0]], vecs[truth[:, 1]])
+    white = whiten(vecs)  # the space dupes scores in
+    planted_sims = np.einsum("ij,ij->i", white[truth[:, 0]], white[truth[:, 1]])
+    del white
     reachable = {(int(a), int(b)) for (a, b), s in zip(truth, planted_sims) if s >= threshold}
     del vecs
     t0 = time.perf_counter()
