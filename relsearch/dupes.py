@@ -29,7 +29,7 @@ from relsearch.errors import RelsearchError
 
 #: Whitened cosine at or above which two images are near-duplicates, chosen on planted copies
 #: (``relsearch bench dupes``; benchmarks/README.md has the sweep).
-DEFAULT_THRESHOLD = 0.8
+DEFAULT_THRESHOLD = 0.88
 #: Above this many vectors the range search runs on an inverted file instead of all pairs.
 FLAT_MAX = 20_000
 #: Cells searched per vector by the inverted file.
