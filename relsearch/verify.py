@@ -185,7 +185,7 @@ def _check(path: Path) -> tuple[VerifyReport, _Findings]:
             if missing:
                 problems.append(f"{name}: {len(missing)} live record(s) have no raw vector (ids {missing[:5]})")
             _check_faiss(path, name, entry, generation, np.asarray(live, dtype=np.int64), found, problems,
-                         VectorIndex)
+                         VectorIndex, store)
         leftovers = [p.name for p in (path / FAISS_DIR).glob("*")
                      if p.name.startswith(".") or f".{generation}." not in p.name]
         if leftovers:
@@ -195,7 +195,7 @@ def _check(path: Path) -> tuple[VerifyReport, _Findings]:
 
 
 def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, live: np.ndarray,
-                 found: _Findings, problems: list[str], VectorIndex: Any) -> None:
+                 found: _Findings, problems: list[str], VectorIndex: Any, store: Store) -> None:
     from relsearch.build import _file_sha256
 
     file = faiss_path(path, name, generation)
@@ -212,6 +212,7 @@ def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, li
     if index.dim != entry.dim:
         found.faiss.add(name)
         problems.append(f"{name}: FAISS dimension {index.dim}, manifest says {entry.dim}")
+    _check_refine(file, name, live, store, entry, found, problems)
     ids = faiss_ids(index)
     if len(ids) != len(live) or not np.array_equal(ids, live):
         found.faiss.add(name)
@@ -219,6 +220,32 @@ def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, li
         lost = np.setdiff1d(live, ids)[:5].tolist()
         problems.append(f"{name}: FAISS holds {len(ids)} ids, the store {len(live)} live records "
                         f"(not in the store: {extra}, not in FAISS: {lost})")
+
+
+def _check_refine(faiss_file: Path, name: str, live: np.ndarray, store: Store, entry: EncoderEntry,
+                  found: _Findings, problems: list[str]) -> None:
+    """The generation's refine store (raw vectors for re-ranking), when the index has one:
+    the live ids, and the same vectors as the store."""
+    from relsearch.index.refine import RefineStore, refine_path
+
+    file = refine_path(faiss_file)
+    if not file.exists():
+        return
+    try:
+        refine = RefineStore(file)
+    except RelsearchError as exc:
+        found.faiss.add(name)
+        problems.append(f"{name}: {exc}")
+        return
+    ids = np.sort(refine.resident_ids())
+    if not np.array_equal(ids, live):
+        found.faiss.add(name)
+        problems.append(f"{name}: refine store {file.name} holds {len(ids)} ids, the store {len(live)} live records")
+        return
+    want = store.get_vectors(name, ids, entry.dim)
+    if len(ids) and not np.array_equal(refine(ids), want):
+        found.faiss.add(name)
+        problems.append(f"{name}: refine store {file.name} differs from the stored raw vectors")
 
 
 def _repair(path: Path, found: _Findings) -> list[str]:

@@ -207,3 +207,32 @@ def test_bench_photo_folder_makes_distinct_photographs(tmp_path):
     paths = photo_folder(tmp_path, 6)
     assert len(paths) == 6 and len({p.read_bytes() for p in paths}) == 6
     assert all(Image.open(p).size == (640, 480) for p in paths)
+
+
+def test_pool_shape_one_gpu_per_actor_else_cpu_actors_leave_room_for_decoding():
+    step = RayEmbedding(RayOptions(actors=3))
+    step._gpus, step._cpus = 2.0, 16.0  # what cluster_resources() reports
+    assert step._pool_shape() == (2, 1.0, 0) and step._device(None) == "cuda"
+    step._gpus, step._cpus = 0.0, 2.0
+    actors, cpus_each, threads = step._pool_shape()
+    assert actors == 3 and actors * cpus_each + 2 * 0.25 <= 2.0 and threads == 1
+    assert step._device(None) == "cpu" and step._device("cuda:1") == "cuda:1"
+    step = RayEmbedding(RayOptions())
+    step._gpus, step._cpus = 0.0, 8.0
+    assert step._pool_shape()[0] == 4  # default: half the CPUs
+    with pytest.raises(ValueError, match="--ray-actors must be >= 1"):
+        RayOptions(actors=0)
+
+
+def test_imagenet_preprocessor_is_its_preprocess_batch_without_the_model():
+    import pickle
+
+    import torch
+
+    from relsearch.encoders.imagenet import ImagenetEncoder
+
+    enc = ImagenetEncoder(device="cpu", pretrained=False)
+    blob = pickle.dumps(enc.preprocessor())
+    assert len(blob) < 10_000  # what the CPU tasks receive: no weights
+    images = [Image.new("RGB", (300 + 40 * i, 200), (40 * i, 120, 200)) for i in range(3)]
+    assert torch.equal(pickle.loads(blob)(images), enc.preprocess_batch(images))

@@ -316,6 +316,13 @@ def test_first_build_killed_before_its_first_commit_reads_as_unfinished(tmp_path
     with pytest.raises(RelsearchError, match="no finished build yet"):
         query(str(root / "img_001.png"), idx)
     assert _build(root, idx).added == 3 and verify_index(idx).consistent
+    # ... or even before LMDB wrote its meta pages (an empty data.mdb)
+    idx2 = tmp_path / "idx2"
+    (idx2 / "meta.lmdb").mkdir(parents=True)
+    (idx2 / "meta.lmdb" / "data.mdb").write_bytes(b"")
+    with pytest.raises(RelsearchError, match="no finished build yet"):
+        query(str(root / "img_001.png"), idx2)
+    assert _build(root, idx2).added == 3 and verify_index(idx2).consistent
 
 
 def test_first_build_killed_in_an_atomic_write_is_resumed(tmp_path):
@@ -327,3 +334,17 @@ def test_first_build_killed_in_an_atomic_write_is_resumed(tmp_path):
     (idx / ".exclusions.json.k1ll3d.tmp").write_text("{")
     assert _build(root, idx).added == 3
     assert not (idx / ".exclusions.json.k1ll3d.tmp").exists() and verify_index(idx).consistent
+
+
+def test_verify_checks_and_repairs_the_refine_store(tmp_path):
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    make_collection(root, 300, size=8)
+    _build(root, idx, index_spec="IVF4,PQ8")  # re-ranks: raw vectors per generation beside FAISS
+    refine = next((idx / "faiss").glob("*.vecs"))
+    assert verify_index(idx).consistent
+    data = bytearray(refine.read_bytes())
+    data[-4:] = np.float32(9.0).tobytes()  # the last vector's last component, overwritten
+    refine.write_bytes(bytes(data))
+    report = verify_index(idx)
+    assert any("refine store" in p for p in report.problems)
+    assert verify_index(idx, repair=True).consistent

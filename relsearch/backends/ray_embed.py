@@ -116,9 +116,10 @@ def _load_on_worker(spec: str, device: str | None, sys_path: list[str], registry
 
 def _describe(spec: str, device: str | None, sys_path: list[str], registry: dict[str, str]) -> RemoteEncoder:
     enc = _load_on_worker(spec, device, sys_path, registry)
-    make = getattr(enc, "preprocessor", None)
-    return RemoteEncoder(enc.name, int(enc.dim), getattr(enc, "kind", "attribute"), enc.fingerprint, spec,
-                         make() if callable(make) else None)
+    from relsearch.encoders.base import PortablePreprocessing
+
+    return RemoteEncoder(enc.name, int(enc.dim), enc.kind, enc.fingerprint, spec,
+                         enc.preprocessor() if isinstance(enc, PortablePreprocessing) else None)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocessors: dict[str, Callable[[list[Any]], Any]],
@@ -284,6 +285,11 @@ class RayEmbedding:
 
         ctx = DataContext.get_current()
         saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+        # Ray Data logs each dataset's start and plan at INFO: shown with -v, not by default.
+        data_log = logging.getLogger("ray.data")
+        saved_level = data_log.level
+        if not logging.getLogger("relsearch").isEnabledFor(logging.INFO):
+            data_log.setLevel(logging.ERROR)
         # Input order kept: the driver allocates record ids in the order rows come back,
         # so a Ray build gives the same ids as a local one.
         ctx.execution_options.preserve_order = True
@@ -314,6 +320,7 @@ class RayEmbedding:
             raise _user_error(exc, "the Ray embedding failed") from None
         finally:
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+            data_log.setLevel(saved_level)
 
     def executor(self) -> RayTasks:
         """A ``map(fn, items)`` over Ray tasks (sharded index builds run their shards through it)."""

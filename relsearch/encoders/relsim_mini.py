@@ -412,13 +412,22 @@ class RelsimMiniEncoder:
             self._release = state
         self._fingerprint = None
 
+    def _current_release(self) -> dict[str, torch.Tensor]:
+        """A plain model's release tensors as they are *now*: its head (which code such as a
+        head-only tuner may have changed in place) and its LoRA pairs, in peft's names."""
+        state = {f"head.{k}": v.detach().clone() for k, v in self.model.head.named_parameters()}
+        for layer, pair in self.model.lora_pairs.items():
+            state[f"{layer}.lora_A.{pair.adapter}.weight"] = pair.a.detach().clone()
+            state[f"{layer}.lora_B.{pair.adapter}.weight"] = pair.b.detach().clone()
+        return state
+
     def _ensure_trainable(self) -> None:
-        """Swap an inference-built model for the peft one (same release tensors)."""
+        """Swap an inference-built model for the peft one, carrying over its current tensors."""
         if self.model.peft_adapters:
             return
         model = RelsimMiniModel(self.config, peft_adapters=True).to(self.device)
         if self._release is not None:
-            model.load_state_dict(self._release, strict=False)
+            model.load_state_dict(self._current_release(), strict=False)
         self.model = model.eval()
         self.trainable = True
         self._release = None

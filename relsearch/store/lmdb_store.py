@@ -95,6 +95,8 @@ def check_data_file(data: Path) -> None:
             head = f.read(2 * 65536)
     except OSError as exc:
         raise RelsearchError(f"cannot read metadata store {data}: {exc.strerror or exc}") from None
+    if size == 0:
+        return  # created, never written (a first build killed at once): LMDB initialises it
     recover = (f"the index at {data.parent.parent} cannot be read; delete it and run "
                f"relsearch build-index DIR --index {data.parent.parent}")
     metas = []
