@@ -33,7 +33,7 @@ DIMS = {"tinycolor": 48, "tinyflip": 48, "tinyslow": 48}
 @pytest.fixture(scope="module")
 def ray_cluster():
     register()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -244,13 +244,15 @@ class RayEmbedding:
             kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
             try:
                 if address is None:
-                    ray.init(num_cpus=self.options.num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                    # address="local": a new Ray for this build even where `ray start` runs one
+                    ray.init(address="local", num_cpus=self.options.num_cpus or os.cpu_count() or 1,
+                             include_dashboard=False,
                              **kwargs)
                 else:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                where = "a local Ray" if address is None else f"Ray at {address}"
-                raise RelsearchError(f"cannot start {where}: {first_line(exc)}") from exc
+                what = "start a local Ray" if address is None else f"connect to Ray at {address}"
+                raise RelsearchError(f"cannot {what}: {first_line(exc)}") from exc
             self._started = True
         resources = ray.cluster_resources()
         self._gpus = float(resources.get("GPU", 0.0))

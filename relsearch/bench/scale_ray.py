@@ -126,7 +126,8 @@ def run_scale_ray(n: int = 500, encoders: str = "imagenet", collection: str | os
         base = dict(encoders=encoders, progress=False, batch_size=batch_size)
         local = timed("local", tmp / "local", BuildOptions(**base), None)
         t = time.perf_counter()
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
         ray_start = time.perf_counter() - t
         try:
             for a in actors:
