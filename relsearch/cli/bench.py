@@ -154,6 +154,34 @@ def throughput_cmd(
     typer.echo(f"wrote {report['json']} {report['png']}")
 
 
+@bench_app.command("dupes")
+@user_errors
+def dupes_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Scratch folder for the planted pictures and indexes.")],
+    n: Annotated[int, typer.Option("--n", min=1000, help="Images in the scale run (synthetic vectors).")] = 100_000,
+    copied: Annotated[int, typer.Option("--copied", min=1, help="Originals that get planted copies.")] = 100,
+    clipart: Annotated[int, typer.Option("--clipart", min=0, help="openclipart drawings besides the wallpapers.")]
+    = 300,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+    skip_scale: Annotated[bool, typer.Option("--skip-scale", help="Only the planted precision/recall run.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Which openclipart sample and copy parameters.")] = 1,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Near-duplicate precision/recall on planted copies of real pictures, and dupes time at --n images."""
+    from relsearch.bench import dupes as bd
+
+    report = bd.run(work, n=n, n_copied=copied, n_clipart=clipart, threshold=threshold,
+                    results_dir=str(results_dir or bd.RESULTS_DIR), device=device, skip_scale=skip_scale, seed=seed)
+    if as_json:
+        print_json(report)
+        return
+    for part in report.values():
+        typer.echo(bd.format_report(part))
+        typer.echo(f"wrote {part['json']}" + (f" {part['png']}" if "png" in part else ""))
+
+
 @bench_app.command("scale")
 @user_errors
 def scale_cmd(
