@@ -17,11 +17,12 @@ from typing import BinaryIO
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], durable: bool = True) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike[str], durable: bool = True, mode: int | None = None) -> Iterator[BinaryIO]:
     """``with atomic_write(path) as f: f.write(...)``: ``path`` is replaced only on a clean exit.
 
     ``durable`` fsyncs the file and its folder so the new content survives a power cut;
-    caches that can be rebuilt pass False and skip the two syncs.
+    caches that can be rebuilt pass False and skip the two syncs. The file is created
+    owner-only (0o600); ``mode`` sets other permissions (0o644 for shipped weights).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,6 +30,8 @@ def atomic_write(path: str | os.PathLike[str], durable: bool = True) -> Iterator
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -40,10 +43,11 @@ def atomic_write(path: str | os.PathLike[str], durable: bool = True) -> Iterator
         fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview, durable: bool = True) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | memoryview, durable: bool = True,
+                       mode: int | None = None) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`atomic_write`), creating its folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, durable=durable) as f:
+    with atomic_write(path, durable=durable, mode=mode) as f:
         f.write(data)
 
 

@@ -1,40 +1,55 @@
 """``build_index``: scan a folder, embed what is new, commit FAISS + LMDB atomically.
 
-Order of writes, chosen so that an interrupted build never leaves an unusable index:
+The order of writes. Each step ends at a named fault point (``relsearch.faults``)
+where the fault-injection tests SIGKILL a build; wherever it dies, the previous
+generation keeps answering in full and the next build finishes the job.
 
-1. path/record removals and re-pointings (one LMDB txn; removed ids are tombstoned);
-2. new content embedded in chunks, each chunk one LMDB txn (records, paths, raw
-   vectors, ``pending`` marks) -- a killed build keeps every finished chunk, and the
-   next run only embeds what is still missing;
-3. per encoder, a FAISS file for generation G+1 (tombstones removed, pending added,
-   or rebuilt from the raw vectors), each written atomically beside generation G;
-4. one LMDB txn switching ``generation`` to G+1 and clearing pending/tombstones;
-5. the manifest, atomically; then old-generation FAISS files are deleted.
+1. ``locked``   The build lock is taken before the index is read, so the encoders, the
+                manifest and the diff come from the index as it is now, never from a
+                copy that another build has since replaced. Temp files of killed
+                builds are removed.
+2. ``planned``  Read only: the scan against the store (unchanged, new, changed, gone).
+3. ``chunk``    New content embedded in chunks, each chunk one LMDB txn (record, hash,
+                raw vectors with checksums, ``pending`` mark). Nothing live changes:
+                paths still point at generation G's records and FAISS G lacks the new ids.
+4. ``faiss``    Per encoder, a FAISS file for G+1 (G minus what the switch removes plus
+                ``pending``, or rebuilt from the raw vectors), written atomically beside G.
+5. ``switched`` One LMDB txn: paths re-pointed or removed, records that no file holds
+                any more deleted, ``pending`` cleared, ``generation`` = G+1 and G+1's
+                manifest. Until it commits, queries use G, whole.
+6. ``exported`` ``manifest.json`` rewritten from the committed manifest (a copy).
+7. ``cleaned``  FAISS files of other generations deleted.
 
-Until step 4 commits, queries keep using generation G.
+A build with nothing to do still checks the index and repairs what it can without
+embedding: a FAISS file that fails its checksum is rebuilt from the raw vectors, a
+``manifest.json`` that disagrees with the store is rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from relsearch.collection import Decoded, FileEntry, iter_batches, iter_decoded, scan, sha256_file
-from relsearch.collection.exclude import effective, write_stored
+from relsearch.collection.exclude import STORED_NAME, effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
 from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
+from relsearch.faults import point
 from relsearch.indexdir import (
     FAISS_DIR,
+    LOCK,
     MANIFEST,
     STORE_DIR,
     EncoderEntry,
@@ -44,13 +59,16 @@ from relsearch.indexdir import (
     default_index_path,
     ensure_writable,
     faiss_path,
-    read_manifest,
+    manifest_bytes,
     write_manifest,
 )
 from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store
+from relsearch.store.disk import is_write_failure, write_error
 
 #: images per LMDB commit while embedding: the most work a kill can lose.
 CHUNK = 256
+#: the build's named write points, in order (see the module docstring).
+FAULT_POINTS = ("locked", "planned", "chunk", "faiss", "switched", "exported", "cleaned")
 
 #: What an embedding step yields: batches of (decoded file, {encoder name: unit vector}); a
 #: failed file comes back with ``Decoded.error`` set and no vectors. ``Decoded.index`` is the
@@ -81,6 +99,7 @@ class BuildOptions:
     device: str | None = None
     progress: bool = True
     recall_target: float = 0.95
+    commit_every: int | None = None  # images per LMDB commit while embedding (None: CHUNK)
     # folder patterns added to those stored with the index (see relsearch.collection.exclude)
     exclude_dirs: tuple[str, ...] = ()
     default_excludes: bool | None = None  # None: keep the index's choice (on for a new index)
@@ -93,6 +112,8 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.commit_every is not None and self.commit_every < 1:
+            raise ValueError(f"commit_every must be >= 1, got {self.commit_every!r}")
         if not 0.0 < self.recall_target <= 1.0:
             raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target!r}")
 
@@ -109,6 +130,7 @@ class BuildReport:
     encoders: list[str] = field(default_factory=list)
     embedded: int = 0
     generation: int = 0
+    repaired: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)  # folders, files, removed (from the index)
 
@@ -128,22 +150,37 @@ class _Work:
     counted: list[str] = field(default_factory=list)  # "added"/"updated" per path, undone on failure
 
 
+@dataclass
+class _Plan:
+    """What the scan asks of the store; nothing of it is live before the switch."""
+
+    final: dict[str, int | str]  # path -> record id, or content digest still to be embedded
+    entries: dict[str, FileEntry]  # paths whose (id, size, mtime) entry is (re)written at the switch
+    known: dict[str, PathEntry]  # the paths table of generation G
+    work: dict[str, _Work]  # digest (or "#id" for a record missing vectors) -> content to embed
+    refilled: set[str] = field(default_factory=set)  # encoders whose live records lacked vectors
+
+
 # --------------------------------------------------------------------------------------------
-def _resolve_encoders(
-    requested: str | None, manifest: Manifest | None, index: Path, device: str | None
-) -> list[EncoderSpec]:
+def _resolve_encoders(requested: str | None, manifest: Manifest | None,
+                      building: list[str] | None) -> list[EncoderSpec]:
+    """The encoders of this build: the index's own, those an interrupted build was
+    adding, and any ``--encoders`` asks to add (an index never loses a column)."""
     try:
         specs = parse_encoder_list(requested or DEFAULT_ENCODERS) if (requested or not manifest) else []
+        interrupted = [EncoderSpec.parse(s) for s in building or ()]
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
-    if manifest:
-        # An existing index keeps every encoder it has, so each new image gets every vector;
-        # --encoders can only add encoders to it.
-        asked = {s.name for s in specs}
-        specs = [EncoderSpec.parse(e.spec) for e in manifest.encoders.values() if e.name not in asked] + specs
-    for spec in specs:  # unknown names fail before any weights load
+    have = {s.name for s in specs}
+    own = [EncoderSpec.parse(e.spec) for e in manifest.encoders.values()] if manifest else []
+    extra = [s for s in own + interrupted if s.name not in have]
+    out: list[EncoderSpec] = []
+    for s in extra + specs:
+        if s.name not in {o.name for o in out}:
+            out.append(s)
+    for spec in out:  # unknown names fail before any weights load
         resolve_factory(spec.name)
-    return specs
+    return out
 
 
 def _load_encoders(specs: list[EncoderSpec], manifest: Manifest | None, index: Path,
@@ -180,6 +217,18 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
                 dynamic_ncols=True, leave=False)
 
 
+def _is_index(path: Path) -> bool:
+    # a first build killed early leaves only some of these (the lock file, an empty store)
+    ours = {LOCK, STORE_DIR, FAISS_DIR, MANIFEST, STORED_NAME}
+    return (path / STORE_DIR).exists() or (path / MANIFEST).exists() or \
+        all(p.name in ours or _is_temp(p.name) for p in path.iterdir())
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file of a killed atomic write (``relsearch.atomic``: ``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 # --------------------------------------------------------------------------------------------
 def build_index(
     collection: str | os.PathLike[str],
@@ -197,158 +246,180 @@ def build_index(
     index_path = Path(index) if index is not None else default_index_path(root)
     if index_path.exists() and not index_path.is_dir():
         raise RelsearchError(f"index path {index_path} exists and is not a folder")
-    exists = (index_path / MANIFEST).exists()
-    if not exists and index_path.is_dir() and any(index_path.iterdir()):
-        if not (index_path / STORE_DIR).exists():
-            raise RelsearchError(f"{index_path} is a non-empty folder that is not a relsearch index; choose another --index")
-    manifest = read_manifest(index_path) if exists else None
-    if manifest and Path(manifest.collection) != root.resolve():
-        raise RelsearchError(
-            f"index {index_path} holds collection {manifest.collection}, not {root.resolve()}; use another --index"
-        )
+    if index_path.is_dir() and any(index_path.iterdir()) and not _is_index(index_path):
+        raise RelsearchError(f"{index_path} is a non-empty folder that is not a relsearch index; choose another --index")
     ensure_writable(index_path)
 
-    exclusions = effective(index_path if exists else None, opts.exclude_dirs, opts.default_excludes,
-                           opts.forget_excludes)
-    scanned = scan(root, exclusions)
-    if not scanned.files:
-        raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
-    specs = _resolve_encoders(opts.encoders, manifest, index_path, opts.device)
-    # A plain rebuild of an existing index loads no model unless there is work to do;
-    # otherwise weights load (and their fingerprints are checked) before anything is written.
-    encoders = None if manifest and opts.encoders is None else _load_encoders(specs, manifest, index_path, opts)
-    report = BuildReport(index=str(index_path), scanned=len(scanned.files), encoders=[s.name for s in specs])
-    report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
-    report.excluded = {**scanned.excluded.counts(), "removed": 0}
-    report.seconds["scan"] = time.perf_counter() - t0
+    # Before the lock, for early failure on bad input: the scan, and the encoders asked
+    # for, loaded into the per-process cache. What the index says is re-read under it.
+    exclusions, scanned = _scan(root, index_path, opts)
+    if opts.encoders or not (index_path / STORE_DIR / "data.mdb").exists():
+        asked = _resolve_encoders(opts.encoders, None, None)
+        loaded = _load_encoders(asked, None, index_path, opts)
+        # handed to the locked part, which checks them against the index (no second load)
+        opts = replace(opts, preloaded={**{str(s): e for s, e in zip(asked, loaded)}, **opts.preloaded})
+    report = BuildReport(index=str(index_path))
 
-    with build_lock(index_path):
-        write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
-        store = Store.open(index_path / STORE_DIR, create=True)
-        try:
-            _update(store, root, scanned.files, specs, encoders, opts, report, index_path, manifest,
-                    scanned.excluded.matcher())
-        finally:
-            store.close()
+    try:
+        with build_lock(index_path):
+            point("locked")
+            _remove_temp_files(index_path)
+            # the stored folder patterns are index state: another build may have changed them
+            locked, rescanned = _scan(root, index_path, opts, unless=exclusions)
+            if rescanned is not None:
+                exclusions, scanned = locked, rescanned
+            report.scanned = len(scanned.files)
+            report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
+            report.excluded = {**scanned.excluded.counts(), "removed": 0}
+            report.seconds["scan"] = time.perf_counter() - t0
+            write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
+            store = Store.open(index_path / STORE_DIR, create=True)
+            try:
+                _update(store, root, scanned.files, opts, report, index_path, scanned.excluded.matcher())
+            finally:
+                store.close()
+    except OSError as exc:
+        if is_write_failure(exc):
+            raise write_error(exc.filename or index_path, exc) from None
+        raise
     report.seconds["total"] = time.perf_counter() - t0
     return report
 
 
-def _update(
-    store: Store,
-    root: Path,
-    files: list[FileEntry],
-    specs: list[EncoderSpec],
-    encoders: list[Encoder] | None,
-    opts: BuildOptions,
-    report: BuildReport,
-    index_path: Path,
-    manifest: Manifest | None,
-    is_excluded: Callable[[str], bool] = lambda path: False,
-) -> None:
+def _scan(root: Path, index_path: Path, opts: BuildOptions, unless: Any = None) -> tuple[Any, Any]:
+    """(exclusions, scan) with the index's stored folder patterns; scan is None when the
+    patterns equal ``unless`` (the scan already made with them stands)."""
+    existing = (index_path / STORE_DIR / "data.mdb").exists()
+    exclusions = effective(index_path if existing else None, opts.exclude_dirs, opts.default_excludes,
+                           opts.forget_excludes)
+    if unless is not None and exclusions == unless:
+        return exclusions, None
+    scanned = scan(root, exclusions)
+    if not scanned.files:
+        raise RelsearchError(f"no images found under {root} (looked for jpg, jpeg, png, webp, bmp, gif, tiff)")
+    return exclusions, scanned
+
+
+def _remove_temp_files(index: Path) -> None:
+    """Temp files a killed build left behind (FAISS and manifest writes: hidden names,
+    see ``relsearch.atomic``). Called under the build lock, so none is still in use."""
+    for tmp in [*index.glob(f"{FAISS_DIR}/.*"), *index.glob(".*.tmp"), *index.glob(f".{MANIFEST}.*")]:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _committed_manifest(store: Store, index: Path) -> Manifest | None:
+    from relsearch.indexdir import stored_manifest
+
+    if store.get_meta("manifest") is None:
+        return None
+    return stored_manifest(store, index)[0]
+
+
+def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions, report: BuildReport,
+            index_path: Path, is_excluded: Callable[[str], bool] = lambda path: False) -> None:
+    # Everything below is decided from the store as it is under the lock.
     t = time.perf_counter()
-    enc_names = [s.name for s in specs]
-    all_enc_names = sorted(set(enc_names) | set(manifest.encoders if manifest else ()))
+    manifest = _committed_manifest(store, index_path)
+    if manifest and Path(manifest.collection) != root.resolve():
+        raise RelsearchError(
+            f"index {index_path} holds collection {manifest.collection}, not {root.resolve()}; use another --index"
+        )
+    specs = _resolve_encoders(opts.encoders, manifest, store.get_meta("building"))
+    report.encoders = [s.name for s in specs]
+    # A plain rebuild loads no model unless it has to: new content, or a column the
+    # committed manifest does not describe yet (one an interrupted build was adding).
+    need = bool(opts.encoders or opts.index_spec) or not manifest or any(s.name not in manifest.encoders for s in specs)
+    encoders = _load_encoders(specs, manifest, index_path, opts) if need else None
+
+    plan = _plan(store, files, specs, report, is_excluded)
+    point("planned")
+    report.seconds["diff"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if plan.work and encoders is None:
+        encoders = _load_encoders(specs, manifest, index_path, opts)
+    if plan.work:
+        assert encoders is not None
+        _embed(store, list(plan.work.values()), encoders, specs, opts, report)
+    report.seconds["embed"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _commit(store, root, specs, encoders, opts, report, index_path, manifest, plan)
+    report.seconds["index"] = time.perf_counter() - t
+
+
+def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report: BuildReport,
+          is_excluded: Callable[[str], bool]) -> _Plan:
+    """Step ``planned``: diff the scan against the store; reads only."""
+    names = [s.name for s in specs]
+    store.ensure_dbs(["meta", "records", "paths", "hashes", "pending"] + [f"vec:{n}" for n in names])
     known = store.all_paths()
-    seen = {f.path for f in files}
     candidates: list[FileEntry] = []
+    final: dict[str, int | str] = {}
     for f in files:
         old = known.get(f.path)
         if old is not None and old.size == f.size and old.mtime_ns == f.mtime_ns:
             report.unchanged += 1
+            final[f.path] = old.id
         else:
             candidates.append(f)
-    deleted = [p for p in known if p not in seen]
+    scanned = {c.path for c in candidates} | final.keys()
+    deleted = [p for p in known if p not in scanned]
+    report.removed = len(deleted)
     report.excluded["removed"] = sum(map(is_excluded, deleted))
-    have = {name: store.vector_ids(name) for name in enc_names}
-    n_records = store.count("records")
-    gen = store.generation
-    idle = not candidates and not deleted and not store.marked("pending") and not store.marked("tombstones") \
-        and all(len(have[n]) == n_records for n in enc_names) and not opts.index_spec \
-        and all(faiss_path(index_path, n, gen).exists() for n in enc_names)
-    if idle:
-        from relsearch.index import VectorIndex
-
-        for name in enc_names:  # nothing to write, but a corrupt FAISS file must not pass silently
-            VectorIndex.load(faiss_path(index_path, name, gen))
-        report.generation = gen
-        report.seconds["diff"] = time.perf_counter() - t
-        return
-    if encoders is None:
-        encoders = _load_encoders(specs, manifest, index_path, opts)
-
     hashes = _hash_many([f.path for f in candidates], workers=4)
     work: dict[str, _Work] = {}
-
-    def stage(txn: Any) -> None:
-        # 1. detach deleted/changed paths from their records
-        def detach(path: str) -> None:
-            entry = known[path]
-            rec = store.txn_record(txn, entry.id)
-            store.delete_path(txn, path)
-            if rec is None:
-                return
-            rec.paths = [p for p in rec.paths if p != path]
-            if rec.paths:
-                store.put_record(txn, rec)
-            else:
-                store.delete_record(txn, rec, all_enc_names)
-
-        for path in deleted:
-            detach(path)
-            report.removed += 1
+    entries: dict[str, FileEntry] = {}
+    with store.read() as txn:
         for f in candidates:
             digest = hashes[f.path]
+            old = known.get(f.path)
             if isinstance(digest, Exception):
                 report.failed.append({"path": f.path, "error": f"unreadable: {digest.strerror or digest}"})
+                if old is not None:  # keep what it held until it can be read again
+                    final[f.path] = old.id
                 continue
-            old = known.get(f.path)
+            entries[f.path] = f
             if old is not None:
                 old_rec = store.txn_record(txn, old.id)
                 if old_rec is not None and old_rec.sha256 == digest:
-                    # touched but same bytes: refresh size/mtime only
-                    store.put_path(txn, f.path, PathEntry(old.id, f.size, f.mtime_ns))
-                    report.unchanged += 1
+                    report.unchanged += 1  # touched, same bytes: only size/mtime change
+                    final[f.path] = old.id
                     continue
-                detach(f.path)
-                how = "updated"
-            else:
-                how = "added"
+            how = "updated" if old is not None else "added"
             setattr(report, how, getattr(report, how) + 1)
-            existing = store.txn_id_for_hash(txn, digest)
+            existing = store.txn_id_for_hash(txn, digest)  # live, or embedded by a killed build
             if existing is not None:
-                rec = store.txn_record(txn, existing)
-                if rec is not None:
-                    rec.paths = sorted(set(rec.paths) | {f.path})
-                    store.put_record(txn, rec)
-                    store.put_path(txn, f.path, PathEntry(existing, f.size, f.mtime_ns))
-                    continue
-            w = work.setdefault(digest, _Work(digest, [], [], missing=list(enc_names)))
+                final[f.path] = existing
+                continue
+            final[f.path] = digest
+            w = work.setdefault(digest, _Work(digest, [], [], missing=list(names)))
             w.paths.append(f.path)
             w.entries.append(f)
             w.counted.append(how)
+    # records the result will hold that lack a vector (an encoder new to the index, a
+    # killed build, or a vector verify --repair dropped)
+    holders: dict[int, str] = {}
+    for p, rid in final.items():
+        if isinstance(rid, int):
+            holders.setdefault(rid, p)
+    refilled: set[str] = set()
+    for name in names:
+        have = store.vector_ids(name)
+        for rid, p in holders.items():
+            if rid not in have:
+                key = f"#{rid}"
+                w = work.setdefault(key, _Work(key, [p], [], record_id=rid))
+                w.missing.append(name)
+                refilled.add(name)
+    return _Plan(final, entries, known, work, refilled)
 
-    store.write(stage)
-    # existing records missing a vector for a requested encoder (new encoder, or a crash)
-    for rec in store.iter_records():
-        missing = [n for n in enc_names if rec.id not in have[n]]
-        if missing:
-            work[rec.sha256] = _Work(rec.sha256, rec.paths, [], record_id=rec.id, missing=missing)
-    report.seconds["diff"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _embed(store, list(work.values()), encoders, opts, report)
-    report.seconds["embed"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _commit(store, root, specs, encoders, opts, report, index_path, manifest)
-    report.seconds["index"] = time.perf_counter() - t
-
-
-def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: BuildOptions,
-           report: BuildReport) -> None:
-    if not work:
-        return
+def _embed(store: Store, work: list[_Work], encoders: list[Encoder], specs: list[EncoderSpec],
+           opts: BuildOptions, report: BuildReport) -> None:
+    """Step ``chunk``: embed and store new content; nothing becomes live here."""
+    building = [str(s) for s in specs]
     paths = [w.paths[0] for w in work]
     bar = _progress(len(work), opts.progress, "embedding")
     chunk: list[tuple[_Work, Any, dict[str, np.ndarray]]] = []
@@ -360,27 +431,24 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
         chunk.clear()
 
         def txn_fn(txn: Any) -> None:
+            # A resumed build (even one without --encoders) finishes these encoders.
+            store.put_meta(txn, "building", building)
             new = [it for it in items if it[0].record_id is None]
             ids = iter(store.allocate_ids(txn, len(new)))
             now = time.time()
             for w, d, vecs in items:
                 if w.record_id is None:
                     rid = next(ids)
-                    rec = Record(rid, w.sha256, sorted(w.paths), w.entries[0].size, d.width, d.height, now)
-                    store.put_record(txn, rec)
-                    for e in w.entries:
-                        store.put_path(txn, e.path, PathEntry(rid, e.size, e.mtime_ns))
+                    store.put_record(txn, Record(rid, w.sha256, sorted(w.paths), w.entries[0].size,
+                                                 d.width, d.height, now))
+                    store.mark(txn, "pending", [rid])
                 else:
                     rid = w.record_id
                 for name, v in vecs.items():
                     store.put_vector(txn, name, rid, v)
-                if w.record_id is None:
-                    # New content goes into every FAISS file at commit. An existing record
-                    # only lacked vectors of an encoder new to this index, whose FAISS
-                    # file is built from all stored vectors anyway.
-                    store.mark(txn, "pending", [rid])
 
         store.write(txn_fn)
+        point("chunk")
 
     step = opts.embedding.embed if opts.embedding is not None else _embed_here
     try:
@@ -392,7 +460,7 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], opts: Build
                 chunk.append((work[d.index], d, vecs))
                 report.embedded += 1
             bar.update(len(rows))
-            if len(chunk) >= CHUNK:
+            if len(chunk) >= (opts.commit_every or CHUNK):
                 flush()
         flush()
     finally:
@@ -494,88 +562,213 @@ def _commit(
     store: Store,
     root: Path,
     specs: list[EncoderSpec],
-    encoders: list[Encoder],
+    encoders: list[Encoder] | None,
     opts: BuildOptions,
     report: BuildReport,
     index_path: Path,
     manifest: Manifest | None,
+    plan: _Plan,
 ) -> None:
-    from relsearch.index import IndexConfig, VectorIndex
-    from relsearch.index.refine import write_generation_store
-    from relsearch.index.sharded import ivfdata_path
+    """Steps ``faiss``, ``switched``, ``exported``, ``cleaned``."""
+    from relsearch.index import VectorIndex
 
-    gen = store.generation
-    pending = np.asarray(store.marked("pending"), dtype=np.int64)
-    tombstones = np.asarray(store.marked("tombstones"), dtype=np.int64)
+    gen = store.generation if manifest else 0
+    pending = set(store.marked("pending"))
+    live = store.record_ids() - pending  # the ids FAISS generation G holds
+    # content embedded in this build (or by a killed one) now has its record id
+    final: dict[str, int] = {}
+    with store.read() as txn:
+        for p, rid in plan.final.items():
+            if isinstance(rid, str):
+                found = store.txn_id_for_hash(txn, rid)
+                if found is None:
+                    continue  # it failed to decode: reported, retried by the next build
+                rid = found
+            final[p] = rid
+    by_id: dict[int, list[str]] = {}
+    for p, rid in final.items():
+        by_id.setdefault(rid, []).append(p)
+    removed = sorted(live - by_id.keys())
+    added = sorted(by_id.keys() - live)
+    dropped = sorted(pending - by_id.keys())  # embedded by a killed build for files since gone
+    path_puts = {p: PathEntry(final[p], f.size, f.mtime_ns) for p, f in plan.entries.items() if p in final}
+    path_puts = {p: e for p, e in path_puts.items() if plan.known.get(p) != e}
+    path_dels = [p for p in plan.known if p not in final]
+    touched = {plan.known[p].id for p in list(path_puts) + path_dels if p in plan.known}
+    touched |= {e.id for e in path_puts.values()} | pending
+    record_updates: list[Record] = []
+    for rid in sorted(touched & by_id.keys()):
+        rec = store.get_records([rid]).get(rid)
+        if rec is not None and rec.paths != sorted(by_id[rid]):
+            rec.paths = sorted(by_id[rid])
+            record_updates.append(rec)
+
     entries = dict(manifest.encoders) if manifest else {}
-    loaded = {enc.name: (spec, enc) for spec, enc in zip(specs, encoders)}
+    loaded = {enc.name: enc for enc in encoders or ()}
+    names = [s.name for s in specs]
+    dims = {n: (loaded[n].dim if n in loaded else entries[n].dim) for n in names}
 
-    def stale(name: str) -> bool:
+    def stale(name: str) -> str | None:
         entry = entries.get(name)
-        if entry is None or manifest is None or not faiss_path(index_path, name, gen).exists():
-            return True
-        return bool(opts.index_spec) and entry.faiss.get("requested") != opts.index_spec
+        if entry is None:
+            return "new"
+        if opts.index_spec and entry.faiss.get("requested") != opts.index_spec:
+            return "new spec"
+        if name in plan.refilled:
+            return "refilled"
+        return None
 
-    if not len(pending) and not len(tombstones) and not any(stale(n) for n in loaded):
-        for name in loaded:  # nothing to write, but a corrupt FAISS file must not pass silently
-            VectorIndex.load(faiss_path(index_path, name, gen))
-        report.generation = gen
-        return
+    current: dict[str, VectorIndex] = {}
+    rebuild: dict[str, str] = {}
+    for name in names:
+        why = stale(name)
+        if why is None:
+            try:
+                current[name] = VectorIndex.load(faiss_path(index_path, name, gen))
+            except RelsearchError as exc:  # damaged or missing: rebuilt from the raw vectors
+                why = "repaired"
+                report.repaired.append(f"{name}: {exc}")
+        if why is not None:
+            rebuild[name] = why
+    new_faiss = bool(removed or added or rebuild)
+    lmdb_changes = bool(new_faiss or dropped or path_puts or path_dels or record_updates
+                        or store.get_meta("building") is not None)
 
-    new_gen = gen + 1
-    (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
-    for name, (spec, enc) in loaded.items():
-        entry = entries.get(name)
-        dim = enc.dim
-        requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
-        config = IndexConfig(spec=requested, recall_target=opts.recall_target)
-        lookup = _lookup(store, name, dim)
-        new_file, rebuilt = faiss_path(index_path, name, new_gen), None
-        index: VectorIndex | None = None
-        if not stale(name):
-            index = VectorIndex.load(faiss_path(index_path, name, gen))
-            if index.needs_rebuild(index.ntotal - len(tombstones) + len(pending)):
-                index = None
-        if index is None:
-            ids, vecs = store.all_vectors(name, dim)
-            if len(ids) == 0:
-                raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
-            # Large collections get memory-mapped on-disk lists beside the FAISS file.
-            index = VectorIndex.build(vecs, ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file))
-            rebuilt = (ids, vecs)
-        else:
-            # On-disk lists are rewritten into the new generation's file, never edited under readers.
-            index = index.updated(new_file, tombstones, pending,
-                                  store.get_vectors(name, pending, dim) if len(pending) else None)
-        index.save(new_file)
-        # The re-ranking's raw vectors, contiguous and memory-mapped, per generation.
-        write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
-                               removed=tombstones, added=pending, vectors_of=lookup,
-                               all_vectors=lambda n=name, d=dim: store.all_vectors(n, d))
-        faiss_info = {**index.info(), "requested": requested}
-        entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim,
-                                     enc.kind, faiss_info)
+    new_gen = gen + 1 if new_faiss else gen
+    if new_faiss:
+        (index_path / FAISS_DIR).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            dim = dims[name]
+            entry = entries.get(name)
+            requested = opts.index_spec or (entry.faiss.get("requested", "auto") if entry else "auto")
+            faiss_info = write_generation(store, index_path, name, dim, gen, new_gen, current.get(name),
+                                          sorted(by_id), removed, added, requested, opts)
+            point("faiss")
+            if entry is not None and name not in loaded:
+                entries[name] = EncoderEntry(**{**asdict(entry), "faiss": faiss_info})
+            else:
+                enc = loaded[name]
+                spec = next(s for s in specs if s.name == name)
+                entries[name] = EncoderEntry(name, str(spec), enc.fingerprint, enc.dim, enc.kind, faiss_info)
 
-    def switch(txn: Any) -> None:
-        store.put_meta(txn, "generation", new_gen)
-        store.clear(txn, "pending")
-        store.clear(txn, "tombstones")
-
-    store.write(switch)
     new_manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         collection=str(root.resolve()),
         encoders=entries,
         generation=new_gen,
         created=manifest.created if manifest else time.time(),
-        count=store.count("records"),
+        count=len(by_id),
     )
-    write_manifest(index_path, new_manifest)
+    if manifest is not None and not lmdb_changes:
+        new_manifest = manifest  # nothing changed: keep it (and its time stamps) as committed
+    encoder_names = sorted(set(names) | set(entries))
+
+    def switch(txn: Any) -> None:
+        for p in path_dels:
+            store.delete_path(txn, p)
+        for p, e in path_puts.items():
+            store.put_path(txn, p, e)
+        for rec in record_updates:
+            store.put_record(txn, rec)
+        for rid in removed + dropped:
+            rec = store.txn_record(txn, rid)
+            if rec is not None:
+                store.delete_record(txn, rec, encoder_names)
+        store.clear(txn, "pending")
+        store.delete_meta(txn, "building")
+        store.put_meta(txn, "generation", new_gen)
+        store.put_meta(txn, "manifest", new_manifest.to_dict())
+
+    if lmdb_changes or manifest is None:
+        store.write(switch)
+    point("switched")
     report.generation = new_gen
+
+    # The manifest file is a copy of the committed one: rewritten whenever it differs
+    # (a kill before this point, a corrupt or deleted file).
+    want = manifest_bytes(new_manifest)
+    try:
+        on_disk = (index_path / MANIFEST).read_bytes()
+    except OSError:
+        on_disk = b""
+    if on_disk != want:
+        if on_disk and manifest is not None and not lmdb_changes:
+            report.repaired.append(f"{MANIFEST}: rewritten from the store")
+        write_manifest(index_path, new_manifest)
+    point("exported")
     for old in (index_path / FAISS_DIR).glob("*"):
         if not old.name.startswith(".") and f".{new_gen}." not in old.name:
             with contextlib.suppress(OSError):
                 old.unlink()
+    point("cleaned")
+
+
+def write_generation(store: Store, index_path: Path, name: str, dim: int, gen: int, new_gen: int,
+                     current: Any, ids: list[int], removed: list[int], added: list[int], requested: str,
+                     opts: BuildOptions) -> dict[str, Any]:
+    """Write encoder ``name``'s files of generation ``new_gen`` (FAISS file, its on-disk
+    lists and refine store when it has them): ``current`` (generation ``gen``, loaded)
+    less ``removed`` plus ``added``, or, when ``current`` is None or due for a rebuild,
+    built afresh from the raw vectors of ``ids``. No model is needed. Returns the
+    manifest's ``faiss`` entry."""
+    from relsearch.index import IndexConfig, VectorIndex
+    from relsearch.index.refine import write_generation_store
+    from relsearch.index.sharded import ivfdata_path
+
+    new_file = faiss_path(index_path, name, new_gen)
+    lookup = _lookup(store, name, dim)
+    rebuilt = None
+    index = current
+    if index is not None and index.needs_rebuild(len(ids)):
+        index = None
+    if index is None:
+        all_ids, vecs = _raw_vectors(store, name, dim, ids)
+        if len(all_ids) == 0:
+            raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
+        config = IndexConfig(spec=requested, recall_target=opts.recall_target)
+        # Large collections get memory-mapped on-disk lists beside the FAISS file;
+        # a Ray build also adds the shards of an on-disk index as Ray tasks.
+        executor = opts.embedding.executor() if hasattr(opts.embedding, "executor") else None
+        index = VectorIndex.build(vecs, all_ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file),
+                                  executor=executor)
+        rebuilt = (all_ids, vecs)
+    else:
+        # On-disk lists are rewritten into the new generation's file, never edited under readers.
+        add = np.asarray(added, dtype=np.int64)
+        index = index.updated(new_file, np.asarray(removed, dtype=np.int64), add,
+                              store.get_vectors(name, add, dim, strict=True) if len(add) else None)
+    _save(index, new_file)
+    # The re-ranking's raw vectors, contiguous and memory-mapped, per generation.
+    write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
+                           removed=np.asarray(removed, dtype=np.int64), added=np.asarray(added, dtype=np.int64),
+                           vectors_of=lookup, all_vectors=lambda: _raw_vectors(store, name, dim, ids))
+    return {**index.info(), "requested": requested, "file_sha256": _file_sha256(new_file)}
+
+
+def _raw_vectors(store: Store, name: str, dim: int, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The stored (checksum-verified) vectors of ``name`` for ``ids`` that have one."""
+    all_ids, vecs = store.all_vectors(name, dim)
+    keep = np.isin(all_ids, np.asarray(ids, dtype=np.int64))
+    return all_ids[keep], vecs[keep]
+
+
+def _save(index: Any, path: Path) -> None:
+    try:
+        index.save(path)
+    except RelsearchError as exc:
+        # VectorIndex.save reports OSError as one line; add which disk is full.
+        text = str(exc)
+        if "No space left" in text or "quota" in text.lower():
+            raise write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
+        raise
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _lookup(store: Store, name: str, dim: int) -> Any:

@@ -24,3 +24,9 @@ class IndexMismatchError(RelsearchError):
 
 class MissingWeightsError(RelsearchError):
     """Model weights are not available locally."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

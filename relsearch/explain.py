@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from relsearch.atomic import atomic_write
 from relsearch.errors import RelsearchError
 
 BANK_NAME = "captions.jsonl"
@@ -150,9 +151,8 @@ def load_bank(path: str | os.PathLike[str], device: str | None = None) -> Captio
         from relsearch.encoders.text import embed_text
 
         vectors = np.ascontiguousarray(embed_text(captions, device=device), dtype=np.float32)
-        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, vectors)
-        os.replace(tmp, cached)
+        with atomic_write(cached, durable=False) as f:  # a rebuildable cache
+            np.save(f, vectors)
     return CaptionBank(captions, families, vectors.astype(np.float32, copy=False), str(p))
 
 
@@ -268,7 +268,7 @@ def explain_pair(image_a: Any, image_b: Any, encoders: list[Any], specs: list[st
     first: tuple[str, str, np.ndarray, np.ndarray] | None = None
     for enc, spec in zip(encoders, specs):
         va, vb = enc.embed([image_a, image_b])
-        kind = getattr(enc, "kind", "attribute")
+        kind = enc.kind
         (relational if kind == "relational" else attribute)[enc.name] = float(va @ vb)
         if kind == "relational" and first is None:
             first = (enc.name, spec, va, vb)
@@ -278,3 +278,18 @@ def explain_pair(image_a: Any, image_b: Any, encoders: list[Any], specs: list[st
     bank = bank_for(spec, captions, device=device)
     ca, cb = bank.captions_of(np.stack([va, vb]))
     return PairExplanation(ca, cb, bank.shared(va, vb)[0], relational, attribute, name)
+
+
+def write_template_bank(path: str | os.PathLike[str] | None = None) -> Path:
+    """Write relsim-mini's bank from the corpus templates (one ``{"caption", "family"}`` per
+    template); run after changing ``relsearch/corpus/captions.py``:
+
+        python -c "from relsearch.explain import write_template_bank; write_template_bank()"
+    """
+    from relsearch.atomic import atomic_write_bytes
+    from relsearch.corpus.captions import TEMPLATES
+
+    out = Path(path) if path is not None else shipped_bank_path()
+    lines = [json.dumps({"caption": t, "family": fam}) for fam, ts in TEMPLATES.items() for t in ts]
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
+    return out

@@ -12,12 +12,16 @@ be rebuilt at any time (embedded caption banks) go to ``<home>/cache`` when
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from relsearch.atomic import atomic_write_bytes
 from relsearch.errors import RelsearchError
+
+log = logging.getLogger(__name__)
 
 ENV_HOME = "RELSEARCH_HOME"
 MANIFEST = "manifest.json"
@@ -130,10 +134,7 @@ def cached_fingerprint(key: str, compute: Callable[[], str]) -> str:
     value = compute()
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(value + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError:
-            pass
+            atomic_write_bytes(path, (value + "\n").encode("utf-8"), durable=False)  # a rebuildable cache
+        except OSError as exc:
+            log.debug("cannot cache a fingerprint in %s: %s", path, exc)
     return value

@@ -8,8 +8,11 @@
       faiss/<enc>.<gen>.faiss (+ sidecar)   one FAISS index per encoder, generation-numbered
       .build.lock            held while a build writes
 
-The manifest is written last, atomically, after the LMDB commit that switches the
-generation; readers trust the LMDB generation, the manifest describes it.
+The manifest is committed inside LMDB (``meta["manifest"]``) in the same transaction
+that switches the generation, so it can never disagree with the store; readers take
+both from one read transaction. ``manifest.json`` is a copy exported after that
+commit for people and tools; a build or ``relsearch verify --repair`` rewrites it
+whenever it differs.
 """
 
 from __future__ import annotations
@@ -87,6 +90,30 @@ class Manifest:
 
 
 def read_manifest(index: Path) -> Manifest:
+    """The index's manifest as committed in its LMDB store (``manifest.json`` is a copy)."""
+    index = Path(index)
+    if (index / STORE_DIR / "data.mdb").exists():
+        with Store.open(index / STORE_DIR, readonly=True) as store:
+            return stored_manifest(store, index)[0]
+    return read_manifest_file(index)
+
+
+def stored_manifest(store: Store, index: Path) -> tuple[Manifest, int]:
+    """(manifest, generation) from one read transaction of ``store``."""
+    raw, generation = store.get_metas(("manifest", "generation"))
+    if raw is None:
+        raise RelsearchError(
+            f"index {index} has no finished build yet (the first build was interrupted); "
+            f"finish it with: relsearch build-index DIR --index {index}"
+        )
+    if not isinstance(raw, dict):
+        raise RelsearchError(f"corrupt manifest in {index / STORE_DIR}: not a JSON object; rebuild the index")
+    manifest = Manifest.from_dict(raw)
+    return manifest, int(generation or 0)
+
+
+def read_manifest_file(index: Path) -> Manifest:
+    """``manifest.json`` as written on disk (the exported copy)."""
     path = index / MANIFEST
     if not path.exists():
         raise RelsearchError(f"no index at {index} (missing {MANIFEST}); build one with: relsearch build-index DIR")
@@ -104,9 +131,14 @@ def read_manifest(index: Path) -> Manifest:
     return Manifest.from_dict(data)
 
 
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The exported ``manifest.json`` text of ``manifest``."""
+    return (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()
+
+
 def write_manifest(index: Path, manifest: Manifest) -> None:
-    manifest.updated = time.time()
-    atomic_write_bytes(index / MANIFEST, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    """Export ``manifest`` (already committed to LMDB) as ``manifest.json``, atomically."""
+    atomic_write_bytes(index / MANIFEST, manifest_bytes(manifest))
 
 
 def faiss_path(index: Path, encoder: str, generation: int) -> Path:
@@ -178,9 +210,17 @@ def open_index(path: str | os.PathLike[str]) -> OpenIndex:
     index = Path(path)
     if not index.is_dir():
         raise RelsearchError(f"no index at {index}; build one with: relsearch build-index DIR --index {index}")
-    manifest = read_manifest(index)
+    if not (index / STORE_DIR / "data.mdb").exists():
+        if (index / MANIFEST).exists():
+            raise RelsearchError(f"index {index} has a manifest but no metadata store ({STORE_DIR}); rebuild it")
+        raise RelsearchError(f"no index at {index}; build one with: relsearch build-index DIR --index {index}")
     store = Store.open(index / STORE_DIR, readonly=True)
-    return OpenIndex(index, manifest, store, store.generation)
+    try:
+        manifest, generation = stored_manifest(store, index)
+    except BaseException:
+        store.close()
+        raise
+    return OpenIndex(index, manifest, store, generation)
 
 
 def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
@@ -193,7 +233,7 @@ def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
             "collection": m.collection,
             "schema_version": m.schema_version,
             "generation": opened.generation,
-            "images": opened.store.count("records"),
+            "images": m.count,  # live records (the store may also hold an unfinished build's)
             "paths": opened.store.count("paths"),
             "bytes_on_disk": size,
             "encoders": {name: asdict(e) for name, e in m.encoders.items()},
@@ -207,4 +247,4 @@ def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists())
+    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists() or (p / STORE_DIR / "data.mdb").exists())

@@ -1,31 +1,29 @@
 """What a reader searches: one generation of an index (manifest entries + loaded FAISS files).
 
-A build writes generation G+1's FAISS files beside G's, switches ``generation`` in
-LMDB, writes the manifest, then deletes G's files. A long-lived reader (the local
+A build writes generation G+1's FAISS files beside G's, switches ``generation`` and the
+manifest in one LMDB transaction, then deletes G's files. A long-lived reader (the local
 page, a notebook's :class:`~relsearch.query.Searcher`) therefore
 
 - notices a switch by reading LMDB's ``generation`` (one key, microseconds) and loads
   the new generation: :func:`current`;
 - may find the generation it just read already replaced by a faster build, its files
-  gone: it reads the generation again and retries, rather than failing;
-- may read LMDB between the switch and the manifest write: it waits briefly for the
-  manifest to catch up, then goes on with what it has.
+  gone: it reads the generation again and retries, rather than failing.
+
+Generation and manifest are read in one LMDB transaction, so they always match.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relsearch.errors import RelsearchError
-from relsearch.indexdir import EncoderEntry, Manifest, faiss_path, read_manifest
+from relsearch.indexdir import EncoderEntry, Manifest, faiss_path, stored_manifest
 from relsearch.store import Store
 
 #: How long a load keeps retrying while builds replace the generation under it.
 ATTEMPTS = 40
-RETRY_WAIT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -58,11 +56,7 @@ def load(index: Path, store: Store, asked: list[str] | None) -> Snapshot:
 
     for attempt in range(ATTEMPTS):
         last = attempt == ATTEMPTS - 1
-        gen = store.generation
-        manifest = read_manifest(index)
-        if manifest.generation != gen and not last:
-            time.sleep(RETRY_WAIT_S)  # switched in LMDB, manifest not written yet
-            continue
+        manifest, gen = stored_manifest(store, index)  # one txn: they match
         names = select_encoders(manifest, asked, index)
         indexes: dict[str, Any] = {}
         try:

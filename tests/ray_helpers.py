@@ -31,6 +31,11 @@ def load_tinyslow(source: str | None = None, device: str | None = None) -> TinyS
     return TinySlowEncoder(source)
 
 
+def square(x: int) -> int:
+    """A Ray task for the executor test."""
+    return x * x
+
+
 def register() -> None:
     from relsearch import encoders
 

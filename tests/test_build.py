@@ -180,14 +180,14 @@ def test_forced_spec_and_ivf_rebuild(tmp_path):
 
 
 def test_schema_mismatch_is_clear(tmp_path):
-    import json
+    from relsearch.store import Store
 
     root, idx = tmp_path / "col", tmp_path / "idx"
     make_collection(root, 3)
     _build(root, idx)
-    m = json.loads((idx / "manifest.json").read_text())
-    m["schema_version"] = 99
-    (idx / "manifest.json").write_text(json.dumps(m))
+    # the store is the authority (manifest.json is an exported copy)
+    with Store.open(idx / "meta.lmdb") as store:
+        store.write(lambda txn: store.put_meta(txn, "schema_version", 99))
     with pytest.raises(IndexMismatchError, match="schema version 99"):
         query(str(root / "img_001.png"), idx)
     with pytest.raises(RelsearchError):

@@ -113,6 +113,18 @@ def test_imagenet_folded_batchnorm_keeps_the_vectors() -> None:
     ref = efficientnet_lite0(pretrained=True).eval()  # BatchNorm unfolded
     imgs = _images(2)
     with torch.inference_mode():
-        want = ref.extract_features(enc.preprocess(imgs)).mean(dim=(2, 3)).numpy()
+        want = ref.extract_features(enc.preprocess_batch(imgs)).mean(dim=(2, 3)).numpy()
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert float((enc.embed(imgs) * want).sum(1).min()) >= 0.9999
+
+
+def test_switch_to_peft_keeps_a_head_changed_on_the_plain_model(tmp_path: Path) -> None:
+    src = _saved_tiny(tmp_path)
+    enc = load(str(src), device="cpu")
+    enc.embed(_images(1))  # merged for inference, as a head-only tuner would run it
+    with torch.no_grad():
+        enc.model.head.proj_out.bias.add_(0.25)
+    enc.save(str(tmp_path / "tuned"))
+    back = load(str(tmp_path / "tuned"), device="cpu")
+    torch.testing.assert_close(back.model.head.proj_out.bias, enc.model.head.proj_out.bias)
+    assert back.fingerprint != load(str(src), device="cpu").fingerprint

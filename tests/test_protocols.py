@@ -11,11 +11,12 @@ from relsearch.encoders.base import (
     Encoder,
     FeatureCachingEncoder,
     PipelinedEncoder,
+    PortablePreprocessing,
     TextEncoder,
     TrainableEncoder,
 )
 
-ALL = (Encoder, PipelinedEncoder, TextEncoder, TrainableEncoder, FeatureCachingEncoder)
+ALL = (Encoder, PipelinedEncoder, PortablePreprocessing, TextEncoder, TrainableEncoder, FeatureCachingEncoder)
 
 
 def _caps(enc: object) -> set[str]:
@@ -34,7 +35,7 @@ def test_shipped_encoders_declare_what_they_can(shipped) -> None:
     mini, imagenet = shipped
     assert _caps(mini) == {"Encoder", "PipelinedEncoder", "TextEncoder", "TrainableEncoder",
                                               "FeatureCachingEncoder"}
-    assert _caps(imagenet) == {"Encoder", "PipelinedEncoder"}
+    assert _caps(imagenet) == {"Encoder", "PipelinedEncoder", "PortablePreprocessing"}
     assert _caps(TinyColorEncoder()) == {"Encoder"}
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from engine_helpers import TinyColorEncoder, make_collection, run_cli
 from PIL import Image
-from ray_helpers import register
+from ray_helpers import register, square
 
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli.core import bare_ray_flag
@@ -33,7 +33,7 @@ DIMS = {"tinycolor": 48, "tinyflip": 48, "tinyslow": 48}
 @pytest.fixture(scope="module")
 def ray_cluster():
     register()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -168,3 +168,71 @@ def test_kill_9_of_the_driver_mid_ray_build(tmp_path, ray_cluster):
     fresh_by_path = dict(zip(fresh_vecs["tinyslow"][0], fresh_vecs["tinyslow"][1]))
     for p in paths:
         assert np.abs(by_path[paths[p]] - fresh_by_path[fresh_paths[p]]).max() <= 1e-5
+
+
+def test_ray_build_of_an_on_disk_index_adds_its_shards_as_ray_tasks(tmp_path, ray_cluster):
+    root = tmp_path / "col"
+    paths = make_collection(root, 120)
+    spec = "ondisk:IVF4,PQ8x4"
+    with RayEmbedding(RayOptions(actors=1)) as step:
+        rep = build_index(root, tmp_path / "ray", BuildOptions(encoders="tinycolor", index_spec=spec,
+                                                               progress=False, embedding=step))
+    assert rep.added == 120 and list((tmp_path / "ray" / "faiss").glob("*.ivfdata"))
+    build_index(root, tmp_path / "local", BuildOptions(encoders="tinycolor", index_spec=spec, progress=False))
+    for p in paths[::20]:
+        a = query(str(p), tmp_path / "local", k=5).results["tinycolor"]
+        b = query(str(p), tmp_path / "ray", k=5).results["tinycolor"]
+        assert [h.id for h in a] == [h.id for h in b] and a[0].path == str(p)
+
+
+def test_ray_tasks_map_in_order_and_bench_scale_bad_input(tmp_path, ray_cluster, capsys):
+    with RayEmbedding() as step:
+        assert list(step.executor().map(square, [3, 1, -2])) == [9, 1, 4]
+    assert run_cli("bench", "scale", "--part", "nope") == 2
+    assert "--part must be index, ray or all" in capsys.readouterr().err
+    assert run_cli("bench", "scale", "--part", "ray", "--ray-actors", "0,2", "--results-dir",
+                   str(tmp_path / "r")) == 2
+    assert "--ray-actors must be counts" in capsys.readouterr().err
+    assert run_cli("bench", "scale", "--part", "all", "--work", str(tmp_path / "w"), "--ray-collection",
+                   str(tmp_path / "none"), "--results-dir", str(tmp_path / "r")) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "w").exists()
+
+
+def test_bench_photo_folder_makes_distinct_photographs(tmp_path):
+    from relsearch.bench.scale_ray import PHOTO_DIRS, photo_folder
+
+    if not any(os.path.isdir(d) for d in PHOTO_DIRS):
+        pytest.skip("no wallpaper photographs installed (tools/setup.sh installs them)")
+    paths = photo_folder(tmp_path, 6)
+    assert len(paths) == 6 and len({p.read_bytes() for p in paths}) == 6
+    assert all(Image.open(p).size == (640, 480) for p in paths)
+
+
+def test_pool_shape_one_gpu_per_actor_else_cpu_actors_leave_room_for_decoding():
+    step = RayEmbedding(RayOptions(actors=3))
+    step._gpus, step._cpus = 2.0, 16.0  # what cluster_resources() reports
+    assert step._pool_shape() == (2, 1.0, 0) and step._device(None) == "cuda"
+    step._gpus, step._cpus = 0.0, 2.0
+    actors, cpus_each, threads = step._pool_shape()
+    assert actors == 3 and actors * cpus_each + 2 * 0.25 <= 2.0 and threads == 1
+    assert step._device(None) == "cpu" and step._device("cuda:1") == "cuda:1"
+    step = RayEmbedding(RayOptions())
+    step._gpus, step._cpus = 0.0, 8.0
+    assert step._pool_shape()[0] == 4  # default: half the CPUs
+    with pytest.raises(ValueError, match="--ray-actors must be >= 1"):
+        RayOptions(actors=0)
+
+
+def test_imagenet_preprocessor_is_its_preprocess_batch_without_the_model():
+    import pickle
+
+    import torch
+
+    from relsearch.encoders.imagenet import ImagenetEncoder
+
+    enc = ImagenetEncoder(device="cpu", pretrained=False)
+    blob = pickle.dumps(enc.preprocessor())
+    assert len(blob) < 10_000  # what the CPU tasks receive: no weights
+    images = [Image.new("RGB", (300 + 40 * i, 200), (40 * i, 120, 200)) for i in range(3)]
+    assert torch.equal(pickle.loads(blob)(images), enc.preprocess_batch(images))

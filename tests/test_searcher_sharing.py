@@ -157,3 +157,40 @@ def test_many_searchers_across_threads_beside_builds(indexed):
     assert shared.generation == 4 and shared.indexes["tinycolor"].ntotal == 15
     shared.close()
     assert envs.refs(index / "meta.lmdb") == 0
+
+
+_BUILDER = """
+import sys
+sys.path.insert(0, {tests!r})
+from relsearch import encoders
+encoders.REGISTRY.setdefault("tinycolor", "engine_helpers:load_tinycolor")
+from PIL import Image
+from relsearch.build import BuildOptions, build_index
+for b in range(4):
+    Image.new("RGB", (40, 40), (60 * b, 250 - 60 * b, 90)).save({coll!r} + f"/proc_{{b}}.png")
+    build_index({coll!r}, {index!r}, BuildOptions(encoders="tinycolor", progress=False, workers=1))
+"""
+
+
+def test_searcher_follows_builds_of_another_process(indexed):
+    import subprocess
+    import sys
+
+    coll, index, paths = indexed
+    code = _BUILDER.format(tests=str(Path(__file__).parent), coll=str(coll), index=str(index))
+    seen: set[int] = set()
+    with Searcher(index) as s:
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        try:
+            while proc.poll() is None:  # query all the while: every generation must load or be skipped
+                assert _top(s, paths[2]) == str(paths[2])
+                seen.add(s.generation)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err[-2000:]
+        s.refresh()
+        assert s.generation == 5 and s.indexes["tinycolor"].ntotal == 16
+        assert _top(s, coll / "proc_3.png") == str(coll / "proc_3.png")
+    assert len(seen) >= 2, seen  # it did switch generations while the other process built

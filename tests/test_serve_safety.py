@@ -225,6 +225,15 @@ def test_malformed_or_out_of_range_id_is_400(served, raw):
         assert ctype == "application/json" and "id" in json.loads(body)["error"]
 
 
+def test_search_by_bad_id_is_400(served):
+    server, paths, index = served
+    for raw in (str(2**64), "-3", "x"):
+        status, body, _ = _get(server, f"/search?id={raw}&k=2")
+        assert status == 400 and "id" in json.loads(body)["error"], (raw, status)
+    status, body, _ = _get(server, f"/search?id={_id_of(index, paths[1])}&k=2")
+    assert status == 200 and json.loads(body)["result"]["results"]["tinycolor"][0]["path"] == str(paths[1])
+
+
 def test_absent_id_in_range_is_404(served):
     server, paths, index = served
     assert _get(server, "/file/987654")[0] == 404
@@ -287,3 +296,18 @@ class server_paused:
 
         time.sleep(self.seconds)  # the 64 connects wait in the listen queue meanwhile
         self.gate.set()
+
+
+@pytest.mark.parametrize(("header", "bound", "ok"), [
+    ("192.168.1.20:8765", "0.0.0.0", True),   # bound to every interface: any address is the server's
+    ("[fe80::1]:8765", "::", True),
+    ("myhost.local:8765", "0.0.0.0", False),  # a DNS name may be rebound: refused
+    ("192.168.1.20:8765", "127.0.0.1", False),
+    ("192.168.1.20:8765", "192.168.1.20", True),  # bound to that address explicitly
+    ("192.168.1.20:9999", "0.0.0.0", False),
+    ("localhost", "127.0.0.1", False),        # no port means 80
+])
+def test_host_rule_for_other_bindings(header, bound, ok):
+    from relsearch.view.server import host_allowed
+
+    assert host_allowed(header, 8765, bound) is ok

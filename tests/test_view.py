@@ -240,3 +240,20 @@ def test_view_cli_no_browser_binds_loopback_and_serves(indexed, monkeypatch):
         thread.join(timeout=20)
     assert not thread.is_alive()
     assert result["r"].exit_code == 0 and f"at {server.url}" in result["r"].output
+
+
+def test_page_and_sheet_show_a_name_that_is_not_utf8(tmp_path):
+    """Paths are stored surrogate-escaped (issue 8): the page must still write, showing the bytes."""
+    from relsearch.query import Hit, QueryResult
+
+    raw = os.fsencode(str(tmp_path)) + b"/bad_\xff\xfe.png"
+    Image.new("RGB", (40, 30), "red").save(raw.decode("utf-8", "surrogateescape"))
+    path = os.fsdecode(raw)
+    result = QueryResult(query=path, results={"imagenet": [Hit(1, 1.0, path, 0, [path])]},
+                         kinds={"imagenet": "attribute"})
+    out = write_html(result, tmp_path / "page.html")
+    text = out.read_text(encoding="utf-8")
+    assert "bad_\\xff\\xfe.png" in text
+    assert "bad_%FF%FE.png" in text  # the file:// link keeps the raw bytes
+    write_sheet(result, tmp_path / "sheet.png")
+    assert (tmp_path / "sheet.png").stat().st_size > 0

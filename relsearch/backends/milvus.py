@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.errors import RelsearchError
+from relsearch.errors import RelsearchError, first_line
 
 #: rows per upsert / delete call: bounded request size on a server.
 BATCH = 1000
@@ -58,7 +58,7 @@ def _client(uri: str) -> Any:
     try:
         return MilvusClient(uri=uri)
     except Exception as exc:  # pymilvus raises MilvusException and plain ones for a bad URI
-        raise RelsearchError(f"cannot connect to Milvus at {uri}: {_first_line(exc)}") from exc
+        raise RelsearchError(f"cannot connect to Milvus at {uri}: {first_line(exc)}") from exc
 
 
 def is_lite(uri: str) -> bool:
@@ -278,9 +278,6 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
         yield items[i : i + n]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import numpy as np
 
 from relsearch.collection import Decoded
 from relsearch.encoders.base import EncoderSpec, PipelinedEncoder
-from relsearch.errors import RelsearchError
+from relsearch.errors import RelsearchError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from relsearch.build import BuildOptions, EmbeddedBatch
@@ -116,9 +116,10 @@ def _load_on_worker(spec: str, device: str | None, sys_path: list[str], registry
 
 def _describe(spec: str, device: str | None, sys_path: list[str], registry: dict[str, str]) -> RemoteEncoder:
     enc = _load_on_worker(spec, device, sys_path, registry)
-    make = getattr(enc, "preprocessor", None)
-    return RemoteEncoder(enc.name, int(enc.dim), getattr(enc, "kind", "attribute"), enc.fingerprint, spec,
-                         make() if callable(make) else None)
+    from relsearch.encoders.base import PortablePreprocessing
+
+    return RemoteEncoder(enc.name, int(enc.dim), enc.kind, enc.fingerprint, spec,
+                         enc.preprocessor() if isinstance(enc, PortablePreprocessing) else None)
 
 
 def _decode_batch(batch: dict[str, np.ndarray], preprocessors: dict[str, Callable[[list[Any]], Any]],
@@ -243,13 +244,15 @@ class RayEmbedding:
             kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
             try:
                 if address is None:
-                    ray.init(num_cpus=self.options.num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                    # address="local": a new Ray for this build even where `ray start` runs one
+                    ray.init(address="local", num_cpus=self.options.num_cpus or os.cpu_count() or 1,
+                             include_dashboard=False,
                              **kwargs)
                 else:
                     ray.init(address=address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                where = "a local Ray" if address is None else f"Ray at {address}"
-                raise RelsearchError(f"cannot start {where}: {_first_line(exc)}") from exc
+                what = "start a local Ray" if address is None else f"connect to Ray at {address}"
+                raise RelsearchError(f"cannot {what}: {first_line(exc)}") from exc
             self._started = True
         resources = ray.cluster_resources()
         self._gpus = float(resources.get("GPU", 0.0))
@@ -274,7 +277,7 @@ class RayEmbedding:
     def embed(self, paths: list[str], missing: list[list[str]], encoders: list[Any],
               opts: BuildOptions) -> Iterator[EmbeddedBatch]:
         ray = self._connect()
-        from ray.data import ActorPoolStrategy, DataContext
+        from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
         batch = self.options.batch_size or opts.batch_size
         actors, actor_cpus, threads = self._pool_shape()
@@ -284,14 +287,22 @@ class RayEmbedding:
 
         ctx = DataContext.get_current()
         saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+        # Ray Data logs each dataset's start and plan at INFO: shown with -v, not by default.
+        data_log = logging.getLogger("ray.data")
+        saved_level = data_log.level
+        if not logging.getLogger("relsearch").isEnabledFor(logging.INFO):
+            data_log.setLevel(logging.ERROR)
         # Input order kept: the driver allocates record ids in the order rows come back,
         # so a Ray build gives the same ids as a local one.
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False  # the build's own bar counts committed rows
         try:
             ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch)))
+            # A few long-lived decode workers: each new one pays its imports (PIL, numpy, torch for
+            # a preprocessor) again, and decoding is a small share of the work next to a model.
             ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocessors": preprocessors},
-                                batch_size=batch, num_cpus=DECODE_CPUS)
+                                batch_size=batch, num_cpus=DECODE_CPUS,
+                                compute=TaskPoolStrategy(size=max(1, int(self._cpus) // 2)))
             ds = ds.map_batches(
                 _EncoderActor,
                 fn_constructor_kwargs={"specs": specs, "device": self._device(opts.device), "threads": threads,
@@ -311,6 +322,11 @@ class RayEmbedding:
             raise _user_error(exc, "the Ray embedding failed") from None
         finally:
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+            data_log.setLevel(saved_level)
+
+    def executor(self) -> RayTasks:
+        """A ``map(fn, items)`` over Ray tasks (sharded index builds run their shards through it)."""
+        return RayTasks(self)
 
     # -- helpers ---------------------------------------------------------------------------
     def _pool_shape(self) -> tuple[int, float, int]:
@@ -340,9 +356,20 @@ class RayEmbedding:
         return list(sys.path), {n: encoders.REGISTRY[n] for n in names if n in encoders.REGISTRY}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+class RayTasks:
+    """``concurrent.futures``-style ``map`` on Ray: one task per item, results in order."""
+
+    def __init__(self, embedding: RayEmbedding) -> None:
+        self._embedding = embedding
+
+    def map(self, fn: Callable[..., Any], *iterables: Any) -> Iterator[Any]:
+        ray = self._embedding._connect()
+        task = ray.remote(fn)
+        refs = [task.remote(*args) for args in zip(*iterables)]
+        try:
+            yield from (ray.get(ref) for ref in refs)
+        except ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc, f"a Ray task ({getattr(fn, '__name__', fn)}) failed") from None
 
 
 def _user_error(exc: BaseException, what: str) -> RelsearchError:

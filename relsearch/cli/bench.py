@@ -8,7 +8,7 @@ path); these commands parse, call them and print. Results go to ``--results-dir`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -95,6 +95,31 @@ def relational_cmd(
     typer.echo(f"wrote {report['json']} {report['png']}" + (f" {report['out']}" if out else ""))
 
 
+@bench_app.command("relsets")
+@user_errors
+def relsets_cmd(
+    root: Annotated[Path, typer.Option("--root", help="Folder holding the composed sets (made when missing).")],
+    relsim_mini: Annotated[str | None, typer.Option(
+        "--relsim-mini", help="relsim-mini weights folder (default: the shipped weights).")] = None,
+    sets: Annotated[str | None, typer.Option(
+        "--sets", help="Comma-separated sets: plain9, photo9, photo12, unseen_art12 (default: all).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Compose processes.")] = 1,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also score the imagenet attribute baseline.")] = True,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """relsim-mini vs imagenet on the relational sets: plain, photographs + JPEG, 12 families, unseen art."""
+    from relsearch.bench import relsets
+
+    report = relsets.run_relsets(root, relsim_mini, sets, workers, baseline, results_dir)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(relsets.format_table(report))
+    typer.echo(f"wrote {report['json']}")
+
+
 @bench_app.command("throughput")
 @user_errors
 def throughput_cmd(
@@ -129,6 +154,34 @@ def throughput_cmd(
     typer.echo(f"wrote {report['json']} {report['png']}")
 
 
+@bench_app.command("dupes")
+@user_errors
+def dupes_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Scratch folder for the planted pictures and indexes.")],
+    n: Annotated[int, typer.Option("--n", min=1000, help="Images in the scale run (synthetic vectors).")] = 100_000,
+    copied: Annotated[int, typer.Option("--copied", min=1, help="Originals that get planted copies.")] = 100,
+    clipart: Annotated[int, typer.Option("--clipart", min=0, help="openclipart drawings besides the wallpapers.")]
+    = 300,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+    skip_scale: Annotated[bool, typer.Option("--skip-scale", help="Only the planted precision/recall run.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Which openclipart sample and copy parameters.")] = 1,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Near-duplicate precision/recall on planted copies of real pictures, and dupes time at --n images."""
+    from relsearch.bench import dupes as bd
+
+    report = bd.run(work, n=n, n_copied=copied, n_clipart=clipart, threshold=threshold,
+                    results_dir=str(results_dir or bd.RESULTS_DIR), device=device, skip_scale=skip_scale, seed=seed)
+    if as_json:
+        print_json(report)
+        return
+    for part in report.values():
+        typer.echo(bd.format_report(part))
+        typer.echo(f"wrote {part['json']}" + (f" {part['png']}" if "png" in part else ""))
+
+
 @bench_app.command("scale")
 @user_errors
 def scale_cmd(
@@ -151,26 +204,57 @@ def scale_cmd(
     rerank: Annotated[int, typer.Option("--rerank", min=0)] = 100,
     shard_rows: Annotated[int, typer.Option("--shard-rows", min=1)] = 1_000_000,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Shard-building processes.")] = 2,
+    ray_images: Annotated[int, typer.Option(
+        "--ray-images", min=1, help="Ray part: photographs in the folder built locally and on Ray.")] = 500,
+    ray_encoders: Annotated[str, typer.Option("--ray-encoders", help="Ray part: encoders of those builds.")]
+    = "imagenet",
+    ray_collection: Annotated[Path | None, typer.Option(
+        "--ray-collection", help="Ray part: build this folder (default: crops of the installed photographs).")]
+    = None,
+    ray_actors: Annotated[str, typer.Option(
+        "--ray-actors", help="Ray part: actor counts to measure, e.g. 1,2.")] = "1,2",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Ray part: build batch size.")] = 32,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Past one machine: the sharded on-disk IVF-PQ against the in-memory index (recall, QPS, build time,
-    peak RSS) and, with --part ray/all, Ray build images/s (JSON + PNG)."""
+    peak RSS) and, with --part ray/all, Ray build images/s against a local build (JSON + PNG)."""
     if part not in ("ray", "index", "all"):
         raise RelsearchError(f"--part must be index, ray or all, got {part!r}")
-    if part != "index":
-        raise RelsearchError("the ray part of bench scale is not in this build; use --part index")
-    if work is None:
+    if part != "ray" and work is None:
         raise RelsearchError("--part index needs --work")
-    from relsearch.bench import scale_index
+    actors: tuple[int, ...] = ()
+    if part != "index":
+        try:
+            actors = tuple(int(a) for a in ray_actors.split(",") if a.strip())
+        except ValueError:
+            actors = ()
+        if not actors or min(actors) < 1:
+            raise RelsearchError(f"--ray-actors must be counts >= 1 like 1,2, got {ray_actors!r}")
+        if ray_collection is not None and not ray_collection.is_dir():
+            raise RelsearchError(f"--ray-collection {ray_collection} is not a folder")
+    from relsearch.bench import RESULTS_DIR
 
-    report = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
-                                   str(queries) if queries else None, spec, nprobe, rerank, shard_rows, workers,
-                                   str(results_dir or scale_index.RESULTS_DIR))
+    reports: dict[str, Any] = {}
+    if part != "ray":
+        from relsearch.bench import scale_index
+
+        reports["index"] = scale_index.run_scale(str(work), n, n_queries, d, str(base) if base else None,
+                                                 str(queries) if queries else None, spec, nprobe, rerank,
+                                                 shard_rows, workers, str(results_dir or scale_index.RESULTS_DIR))
+    if part != "index":
+        from relsearch.bench import scale_ray
+
+        reports["ray"] = scale_ray.run_scale_ray(ray_images, ray_encoders, ray_collection, actors, batch_size,
+                                                 results_dir or RESULTS_DIR)
     if as_json:
-        print_json(report)
+        print_json(reports["index"] if part == "index" else reports)
         return
-    typer.echo(scale_index.format_table(report))
+    if "index" in reports:
+        typer.echo(scale_index.format_table(reports["index"]))
+    if "ray" in reports:
+        typer.echo(scale_ray.format_table(reports["ray"]))
+        typer.echo(f"wrote {reports['ray']['json']} {reports['ray']['png']}")
 
 
 @bench_app.command("text-vectors")

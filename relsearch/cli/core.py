@@ -71,7 +71,7 @@ def build_index_cmd(
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
-                                      "excluded", "encoders", "generation", "seconds")})
+                                      "excluded", "encoders", "generation", "repaired", "seconds")})
         return
     typer.echo(
         f"{report.index}: scanned {report.scanned}, added {report.added}, updated {report.updated}, "
@@ -79,6 +79,8 @@ def build_index_cmd(
         f"excluded {report.excluded.get('folders', 0)} folders + {report.excluded.get('files', 0)} files "
         f"[{', '.join(report.encoders)}] in {report.seconds.get('total', 0):.1f}s"
     )
+    for line in report.repaired:
+        typer.echo(f"  repaired: {line}", err=True)
     for f in report.failed[:20]:
         typer.echo(f"  failed: {f['path']}: {f['error']}", err=True)
     if len(report.failed) > 20:

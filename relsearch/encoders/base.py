@@ -11,6 +11,8 @@ each name has one meaning:
 - :class:`Encoder`: ``embed(images)``, ``name``, ``dim``, ``kind``, ``fingerprint``.
 - :class:`PipelinedEncoder`: ``preprocess_batch(images) -> batch`` (CPU, thread-safe:
   the build runs it one batch ahead) and ``embed_batch(batch)``.
+- :class:`PortablePreprocessing`: a pipelined encoder whose ``preprocessor()`` returns
+  ``preprocess_batch`` without the model, picklable (Ray's CPU tasks run it).
 - :class:`TextEncoder`: ``embed_text(texts)`` into the same space (text queries).
 - :class:`TrainableEncoder`: ``train_module``, ``prepare`` (training batches),
   ``forward_train``, ``save`` (what ``relsearch train`` needs).
@@ -64,6 +66,15 @@ class PipelinedEncoder(Encoder, Protocol):
 
     def embed_batch(self, batch: Any) -> np.ndarray:
         """Unit vectors of a batch, with ``embed(x) == embed_batch(preprocess_batch(x))``."""
+        ...
+
+
+@runtime_checkable
+class PortablePreprocessing(PipelinedEncoder, Protocol):
+    """A pipelined encoder whose preprocessing can run in another process."""
+
+    def preprocessor(self) -> Callable[[list[Image.Image]], Any]:
+        """:meth:`preprocess_batch` without the model: a picklable callable."""
         ...
 
 

@@ -7,7 +7,9 @@ relational encoders are compared against.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +55,12 @@ class ImagenetEncoder:
         from relsearch.encoders.backbones import LITE_MEAN, LITE_STD, to_tensor_batch
 
         return to_tensor_batch(images, self.image_size, LITE_MEAN, LITE_STD)
+
+    def preprocessor(self) -> Callable[[list[Image.Image]], Any]:
+        """:meth:`preprocess_batch` without the model, picklable: Ray's CPU tasks run it."""
+        from relsearch.encoders.backbones import LITE_MEAN, LITE_STD, to_tensor_batch
+
+        return functools.partial(to_tensor_batch, size=self.image_size, mean=LITE_MEAN, std=LITE_STD)
 
     def embed_batch(self, x) -> np.ndarray:
         with self._torch.inference_mode():

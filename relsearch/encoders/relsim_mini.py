@@ -412,13 +412,22 @@ class RelsimMiniEncoder:
             self._release = state
         self._fingerprint = None
 
+    def _current_release(self) -> dict[str, torch.Tensor]:
+        """A plain model's release tensors as they are *now*: its head (which code such as a
+        head-only tuner may have changed in place) and its LoRA pairs, in peft's names."""
+        state = {f"head.{k}": v.detach().clone() for k, v in self.model.head.named_parameters()}
+        for layer, pair in self.model.lora_pairs.items():
+            state[f"{layer}.lora_A.{pair.adapter}.weight"] = pair.a.detach().clone()
+            state[f"{layer}.lora_B.{pair.adapter}.weight"] = pair.b.detach().clone()
+        return state
+
     def _ensure_trainable(self) -> None:
-        """Swap an inference-built model for the peft one (same release tensors)."""
+        """Swap an inference-built model for the peft one, carrying over its current tensors."""
         if self.model.peft_adapters:
             return
         model = RelsimMiniModel(self.config, peft_adapters=True).to(self.device)
         if self._release is not None:
-            model.load_state_dict(self._release, strict=False)
+            model.load_state_dict(self._current_release(), strict=False)
         self.model = model.eval()
         self.trainable = True
         self._release = None
@@ -427,7 +436,9 @@ class RelsimMiniEncoder:
 
     def save(self, out_dir: str) -> None:
         """Write ``config.json`` + ``model.safetensors`` (LoRA + head) into ``out_dir``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from relsearch.atomic import atomic_write_bytes
 
         self._ensure_trainable()
         if self.model.merged:
@@ -435,10 +446,8 @@ class RelsimMiniEncoder:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.trainable_state().items()}
-        tmp = out / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"architecture": ARCHITECTURE})
-        tmp.chmod(0o644)  # safetensors creates the file owner-only; weights are package data
-        tmp.replace(out / WEIGHTS_NAME)
+        # weights are package data: readable by all, unlike the owner-only default
+        atomic_write_bytes(out / WEIGHTS_NAME, save(state, metadata={"architecture": ARCHITECTURE}), mode=0o644)
         cfg = {"architecture": ARCHITECTURE, **asdict(self.config)}
         (out / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.errors import RelsearchError
+from relsearch.errors import RelsearchError, first_line
 from relsearch.index import _faiss, refine, sharded
 from relsearch.index.fileformat import read_index_file, write_index_file
 from relsearch.index.spec import AUTO_RERANK, IndexConfig, auto_spec, train_size
@@ -408,7 +408,7 @@ class VectorIndex:
             removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
         except RuntimeError as e:
             raise RelsearchError(
-                f"index spec {self._spec} cannot remove vectors ({_first_line(e)}); rebuild the index"
+                f"index spec {self._spec} cannot remove vectors ({first_line(e)}); rebuild the index"
             ) from None
         if removed:
             self._changed()
@@ -480,7 +480,7 @@ class VectorIndex:
             if target is self._index:
                 raise
             # GPU indexes limit k and memory; the CPU copy always works.
-            log.warning("GPU search failed (k=%d), searching on the CPU: %s", k, _first_line(exc))
+            log.warning("GPU search failed (k=%d), searching on the CPU: %s", k, first_line(exc))
             return self._index.search(q, k)
 
     def _gpu_index(self) -> Any:
@@ -493,7 +493,7 @@ class VectorIndex:
                 try:
                     _faiss.set_gpu_nprobe(self._gpu, self._nprobe)
                 except Exception as exc:  # an index type the GPU cannot probe: search the CPU copy
-                    log.warning("cannot set nprobe on the GPU index, searching on the CPU: %s", _first_line(exc))
+                    log.warning("cannot set nprobe on the GPU index, searching on the CPU: %s", first_line(exc))
                     self._gpu = None
         return self._gpu if self._gpu is not None else self._index
 
@@ -560,7 +560,7 @@ class VectorIndex:
             index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
         except RuntimeError as e:
             raise RelsearchError(
-                f"corrupt index file {path}: faiss could not read it ({_first_line(e)}); rebuild the index"
+                f"corrupt index file {path}: faiss could not read it ({first_line(e)}); rebuild the index"
             ) from None
         loaded = cls(index, str(meta["spec"]), meta)
         loaded._file_bytes = size
@@ -610,7 +610,7 @@ def _make_index(faiss: Any, d: int, spec: str) -> Any:
             index = faiss.index_factory(d, "IDMap," + spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise RelsearchError(
-            f"invalid FAISS index spec {spec!r} for dimension {d}: {_first_line(e)}"
+            f"invalid FAISS index spec {spec!r} for dimension {d}: {first_line(e)}"
         ) from None
     ivf = _extract_ivf(faiss, index)
     if ivf is not None:
@@ -650,7 +650,7 @@ def _train(faiss: Any, index: Any, ivf: Any, sample: np.ndarray) -> None:
     try:
         index.train(sample)
     except RuntimeError as e:
-        raise RelsearchError(f"training index failed: {_first_line(e)}") from None
+        raise RelsearchError(f"training index failed: {first_line(e)}") from None
     finally:
         if gpu_flat is not None:
             ivf.clustering_index = None
@@ -671,6 +671,3 @@ def _ivf_ids(faiss: Any, ivf: Any) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.atomic import atomic_write
-from relsearch.errors import RelsearchError
+from relsearch.errors import RelsearchError, first_line
 
 MAGIC = b"RSFAISS\n"
 FORMAT_VERSION = 1
@@ -81,8 +81,7 @@ def read_index_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memor
             raise ValueError(f"unknown format {meta.get('format')!r}")
         size, digest = int(meta["payload_bytes"]), str(meta["payload_sha256"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        text = str(e).strip().splitlines()
-        raise corrupt(f"bad header ({text[0] if text else type(e).__name__})") from None
+        raise corrupt(f"bad header ({first_line(e)})") from None
     payload = memoryview(blob)[start + hlen :]
     if len(payload) != size:
         raise corrupt(f"payload is {len(payload)} bytes, header says {size} (truncated?)")

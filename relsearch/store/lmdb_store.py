@@ -2,17 +2,21 @@
 
 Named databases (keys are bytes; ids are 8-byte big-endian so cursors walk in id order):
 
-- ``meta``      str -> JSON           schema version, next id, generation
+- ``meta``      str -> JSON           schema version, next id, generation, manifest
 - ``records``   id -> JSON            one record per unique content (sha256): paths, size, width...
 - ``paths``     path -> JSON          {id, size, mtime_ns}: the incremental-build check
 - ``hashes``    sha256 -> id          identical files share one id (embedded once)
-- ``pending``   id -> b""             embedded but not yet in the FAISS files
-- ``tombstones`` id -> b""            removed from the store, still to be removed from FAISS
-- ``vec:<enc>`` id -> float32 bytes   raw vectors: exact re-ranking and index rebuilds
+- ``pending``   id -> b""             embedded but not yet in the FAISS files of ``generation``
+- ``vec:<enc>`` id -> float32 bytes + CRC-32   raw vectors: exact re-ranking and index rebuilds
+
+File paths are stored as their file-system bytes (``os.fsencode``), so a name that is
+not valid UTF-8 round-trips: in Python it is the ``surrogateescape`` string that
+``os.listdir`` gave, in record JSON the same string with ``\\udcXX`` escapes.
 
 FAISS files are derived from this store; the ``generation`` in ``meta`` names
-the FAISS files that match it, so a crash between writing new FAISS files and
-committing here leaves the previous generation in force.
+the FAISS files that match it, and the ``manifest`` in ``meta`` (written in the
+same transaction that switches ``generation``) describes them. A crash anywhere
+before that commit leaves the previous generation in force, whole.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +35,11 @@ import numpy as np
 
 from relsearch.errors import IndexMismatchError, RelsearchError
 from relsearch.store import envs
+from relsearch.store.disk import write_error
 
-SCHEMA_VERSION = 1
+#: 2: path keys are file-system bytes, raw vectors carry a CRC-32, the manifest lives in ``meta``.
+SCHEMA_VERSION = 2
+_CRC = struct.Struct("<I")
 _INITIAL_MAP_SIZE = 1 << 30  # virtual; sparse on disk, doubled on MapFullError
 _MAX_DBS = 32
 T = TypeVar("T")
@@ -43,6 +51,76 @@ def id_key(i: int) -> bytes:
 
 def key_id(b: bytes) -> int:
     return struct.unpack(">Q", bytes(b))[0]
+
+
+def path_key(path: str) -> bytes:
+    """A path as LMDB key: its file-system bytes (undecodable names included)."""
+    return os.fsencode(path)
+
+
+def key_path(b: bytes) -> str:
+    return os.fsdecode(bytes(b))
+
+
+def pack_vector(i: int, vec: np.ndarray) -> bytes:
+    """float32 bytes + CRC-32 of (id, bytes): a vector overwritten or stored under
+    another id no longer matches its checksum."""
+    raw = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+    return raw + _CRC.pack(zlib.crc32(raw, zlib.crc32(id_key(i))))
+
+
+def unpack_vector(i: int, value: bytes) -> np.ndarray | None:
+    """The stored vector, or None when its checksum does not match."""
+    value = bytes(value)
+    raw, crc = value[:-4], value[-4:]
+    if len(value) < 4 or (len(raw) % 4) or _CRC.pack(zlib.crc32(raw, zlib.crc32(id_key(i)))) != crc:
+        return None
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+class CorruptVectorError(RelsearchError):
+    """A raw vector failed its checksum."""
+
+
+def check_data_file(data: Path) -> None:
+    """Refuse a ``data.mdb`` shorter than its own meta pages say it is.
+
+    LMDB maps the file and trusts it: a truncated file is a SIGBUS on first touch of
+    a missing page, which kills the process with no message. Both meta pages (page 0
+    and 1) record the last page in use; the newer one (higher txn id) is in force.
+    """
+    try:
+        size = data.stat().st_size
+        with open(data, "rb") as f:
+            head = f.read(2 * 65536)
+    except OSError as exc:
+        raise RelsearchError(f"cannot read metadata store {data}: {exc.strerror or exc}") from None
+    if size == 0:
+        return  # created, never written (a first build killed at once): LMDB initialises it
+    recover = (f"the index at {data.parent.parent} cannot be read; delete it and run "
+               f"relsearch build-index DIR --index {data.parent.parent}")
+    metas = []
+    for off in (0, None):
+        if off is None:  # the second meta page sits one page (size read from the first) in
+            if not metas:
+                break
+            off = metas[0][0]
+        if len(head) < off + 152:
+            break
+        magic, version = struct.unpack_from("<II", head, off + 16)
+        if magic != 0xBEEFC0DE:
+            break
+        psize = struct.unpack_from("<I", head, off + 40)[0]  # mm_dbs[FREE_DBI].md_pad = page size
+        last_pg, txnid = struct.unpack_from("<QQ", head, off + 136)
+        metas.append((psize, last_pg, txnid))
+    if len(metas) < 2 or not metas[0][0] or metas[0][0] & (metas[0][0] - 1):
+        raise RelsearchError(f"metadata store {data} is damaged (no valid LMDB meta pages, {size} bytes); {recover}")
+    psize, last_pg, _ = max(metas, key=lambda m: m[2])
+    need = (last_pg + 1) * psize
+    if size < need:
+        raise RelsearchError(
+            f"metadata store {data} is truncated ({size} bytes, its meta pages need {need}); {recover}"
+        )
 
 
 @dataclass
@@ -85,6 +163,7 @@ class Store:
         self.readonly = readonly
         self._dbs: dict[str, Any] = {}
         self._txn: lmdb.Transaction | None = None
+        self.path = Path(env.path())
         self._closed = False
 
     # ---- opening -------------------------------------------------------------------------
@@ -93,14 +172,19 @@ class Store:
         path = Path(path)
         if not create and not (path / "data.mdb").exists():
             raise RelsearchError(f"no metadata store at {path} (is this a relsearch index?)")
+        if (path / "data.mdb").exists():
+            check_data_file(path / "data.mdb")
         try:
             # Shared per process (relsearch.store.envs): LMDB forbids a second handle.
             # lock=True even read-only: a concurrent build must not be read mid-write.
             env = envs.acquire(path, write=not readonly, create=create, map_size=_INITIAL_MAP_SIZE,
                                max_dbs=_MAX_DBS, max_readers=126)
         except lmdb.Error as exc:
+            if not readonly:
+                raise write_error(path, exc) from None
             raise RelsearchError(f"cannot open metadata store {path}: {exc}") from exc
         store = cls(env, readonly)
+        store.path = path
         try:
             store._check_schema(create)
         except BaseException:
@@ -142,6 +226,13 @@ class Store:
             if create and not self.readonly:
                 self.write(lambda txn: self.put_meta(txn, "schema_version", SCHEMA_VERSION))
                 return
+            if self._db("meta") is None or not self.count("meta"):
+                # created by a first build killed before its first commit: nothing to read yet
+                index = self.path.parent
+                raise RelsearchError(
+                    f"index {index} has no finished build yet (the first build was interrupted); "
+                    f"finish it with: relsearch build-index DIR --index {index}"
+                )
             raise RelsearchError("metadata store has no schema version (corrupt or not a relsearch index)")
         if version != SCHEMA_VERSION:
             raise IndexMismatchError(
@@ -166,6 +257,16 @@ class Store:
                 # grow and redo it whole.
                 self._dbs.clear()
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except (lmdb.Error, OSError) as exc:
+                # Disk full, I/O error: the txn was aborted, the last commit stands.
+                self._dbs.clear()
+                raise write_error(self.path, exc) from None
+
+    def ensure_dbs(self, names: Iterable[str]) -> None:
+        """Open (creating when writable) these databases now, outside any transaction:
+        opening one later inside a read txn would start a second txn in this thread."""
+        for name in names:
+            self._db(name)
 
     def read(self) -> lmdb.Transaction:
         return self.env.begin(write=False)
@@ -178,6 +279,18 @@ class Store:
         with self.read() as txn:
             raw = txn.get(key.encode(), db=db)
         return default if raw is None else json.loads(bytes(raw))
+
+    def get_metas(self, keys: Iterable[str]) -> list[Any]:
+        """Several meta values read in one transaction (consistent with each other)."""
+        db = self._db("meta")
+        if db is None:
+            return [None for _ in keys]
+        with self.read() as txn:
+            raws = [txn.get(k.encode(), db=db) for k in keys]
+        return [None if r is None else json.loads(bytes(r)) for r in raws]
+
+    def delete_meta(self, txn: lmdb.Transaction, key: str) -> None:
+        txn.delete(key.encode(), db=self._db("meta"))
 
     def put_meta(self, txn: lmdb.Transaction, key: str, value: Any) -> None:
         txn.put(key.encode(), json.dumps(value).encode(), db=self._db("meta"))
@@ -226,6 +339,13 @@ class Store:
             for _, raw in txn.cursor(db=db):
                 yield Record.from_json(raw)
 
+    def record_ids(self) -> set[int]:
+        db = self._db("records")
+        if db is None:
+            return set()
+        with self.read() as txn:
+            return {key_id(k) for k in txn.cursor(db=db).iternext(keys=True, values=False)}
+
     def count(self, name: str = "records") -> int:
         db = self._db(name)
         if db is None:
@@ -238,14 +358,14 @@ class Store:
         return None if raw is None else key_id(raw)
 
     def delete_record(self, txn: lmdb.Transaction, rec: Record, encoders: Iterable[str]) -> None:
-        """Remove a record, its hash and vectors, and tombstone its id for FAISS."""
+        """Remove a record, its hash and vectors (the caller keeps FAISS in step)."""
         key = id_key(rec.id)
         txn.delete(key, db=self._db("records"))
-        txn.delete(rec.sha256.encode(), db=self._db("hashes"))
+        if self.txn_id_for_hash(txn, rec.sha256) == rec.id:
+            txn.delete(rec.sha256.encode(), db=self._db("hashes"))
         txn.delete(key, db=self._db("pending"))
         for enc in encoders:
             txn.delete(key, db=self._db(f"vec:{enc}"))
-        txn.put(key, b"", db=self._db("tombstones"))
 
     # ---- paths ---------------------------------------------------------------------------
     def all_paths(self) -> dict[str, PathEntry]:
@@ -255,7 +375,7 @@ class Store:
             return out
         with self.read() as txn:
             for k, v in txn.cursor(db=db):
-                out[bytes(k).decode()] = PathEntry(**json.loads(bytes(v)))
+                out[key_path(k)] = PathEntry(**json.loads(bytes(v)))
         return out
 
     def get_path(self, path: str) -> PathEntry | None:
@@ -264,18 +384,31 @@ class Store:
         if db is None:
             return None
         with self.read() as txn:
-            raw = txn.get(path.encode(), db=db)
+            raw = txn.get(path_key(path), db=db)
         return None if raw is None else PathEntry(**json.loads(bytes(raw)))
 
     def put_path(self, txn: lmdb.Transaction, path: str, entry: PathEntry) -> None:
-        txn.put(path.encode(), json.dumps(asdict(entry)).encode(), db=self._db("paths"))
+        txn.put(path_key(path), json.dumps(asdict(entry)).encode(), db=self._db("paths"))
 
     def delete_path(self, txn: lmdb.Transaction, path: str) -> None:
-        txn.delete(path.encode(), db=self._db("paths"))
+        txn.delete(path_key(path), db=self._db("paths"))
 
     # ---- vectors -------------------------------------------------------------------------
     def put_vector(self, txn: lmdb.Transaction, enc: str, i: int, vec: np.ndarray) -> None:
-        txn.put(id_key(i), np.ascontiguousarray(vec, dtype=np.float32).tobytes(), db=self._db(f"vec:{enc}"))
+        txn.put(id_key(i), pack_vector(i, vec), db=self._db(f"vec:{enc}"))
+
+    def iter_vectors(self, enc: str) -> Iterator[tuple[int, np.ndarray | None]]:
+        """(id, vector or None when its checksum fails) for every stored vector of ``enc``."""
+        db = self._db(f"vec:{enc}")
+        if db is None:
+            return
+        with self.read() as txn:
+            for k, v in txn.cursor(db=db):
+                i = key_id(k)
+                yield i, unpack_vector(i, v)
+
+    def delete_vector(self, txn: lmdb.Transaction, enc: str, i: int) -> None:
+        txn.delete(id_key(i), db=self._db(f"vec:{enc}"))
 
     def vector_ids(self, enc: str) -> set[int]:
         db = self._db(f"vec:{enc}")
@@ -284,8 +417,9 @@ class Store:
         with self.read() as txn:
             return {key_id(k) for k in txn.cursor(db=db).iternext(keys=True, values=False)}
 
-    def get_vectors(self, enc: str, ids: np.ndarray, dim: int) -> np.ndarray:
-        """Raw vectors for ``ids`` (zeros where missing), for exact re-ranking."""
+    def get_vectors(self, enc: str, ids: np.ndarray, dim: int, strict: bool = False) -> np.ndarray:
+        """Raw vectors for ``ids``, for exact re-ranking: zeros where missing or failing
+        their checksum (``relsearch verify`` reports those); ``strict`` raises instead."""
         out = np.zeros((len(ids), dim), dtype=np.float32)
         db = self._db(f"vec:{enc}")
         if db is None:
@@ -295,12 +429,23 @@ class Store:
                 if i < 0:
                     continue
                 raw = txn.get(id_key(int(i)), db=db)
-                if raw is not None:
-                    out[row] = np.frombuffer(raw, dtype=np.float32)
+                vec = None if raw is None else unpack_vector(int(i), raw)
+                if vec is not None and len(vec) == dim:
+                    out[row] = vec
+                elif strict:
+                    raise CorruptVectorError(
+                        f"raw vector of id {int(i)} ({enc}) in {self.path} is "
+                        f"{'missing' if raw is None else 'failing its checksum'}; "
+                        "run relsearch verify --repair, then relsearch build-index to re-embed it"
+                    )
         return out
 
     def all_vectors(self, enc: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored vector of ``enc`` as (ids int64 [N], vectors float32 [N, dim])."""
+        """Every stored vector of ``enc`` as (ids int64 [N], vectors float32 [N, dim]).
+
+        A vector failing its checksum raises :class:`CorruptVectorError`: an index
+        built from it would be silently wrong.
+        """
         db = self._db(f"vec:{enc}")
         n = self.count(f"vec:{enc}") if db is not None else 0
         ids = np.empty(n, dtype=np.int64)
@@ -309,7 +454,13 @@ class Store:
             with self.read() as txn:
                 for row, (k, v) in enumerate(txn.cursor(db=db)):
                     ids[row] = key_id(k)
-                    vecs[row] = np.frombuffer(v, dtype=np.float32)
+                    vec = unpack_vector(ids[row], v)
+                    if vec is None or len(vec) != dim:
+                        raise CorruptVectorError(
+                            f"raw vector of id {ids[row]} ({enc}) in {self.path} fails its checksum; "
+                            "run relsearch verify --repair, then relsearch build-index to re-embed it"
+                        )
+                    vecs[row] = vec
         return ids, vecs
 
     # ---- pending / tombstones ------------------------------------------------------------

@@ -145,11 +145,11 @@ def render_rows(
             why = (f'<span class="why" title="shared caption, cosine {cap.score:.3f}">{html.escape(cap.text)}</span>'
                    if cap is not None else "")
             cells.append(
-                f'<a class="hit" data-id="{h.id}" href="{html.escape(href(h))}" title="{html.escape(h.path)}" '
+                f'<a class="hit" data-id="{h.id}" href="{html.escape(href(h))}" title="{html.escape(shown(h.path))}" '
                 f'target="_blank">'
                 f'<img class="thumb" alt="rank {h.rank}" loading="eager" src="{html.escape(src(h))}">'
                 f'<span class="cap">#{h.rank} &middot; {h.score:.3f}</span>'
-                f'<span class="name">{html.escape(base)}</span>{why}</a>'
+                f'<span class="name">{html.escape(shown(base))}</span>{why}</a>'
             )
         body = "".join(cells) if cells else '<span class="empty">no neighbours</span>'
         label = html.escape(kind + (f": {note}" if note else ""))
@@ -161,13 +161,22 @@ def render_rows(
     return "\n".join(parts)
 
 
+def shown(text: str) -> str:
+    """A path as page text: a name that is not UTF-8 (stored surrogate-escaped) shows its bytes as \\xNN."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def render_query(label: str, src: str | None, caption: Any = None) -> str:
     """The query block: its image (when there is one), its label, and its nearest caption."""
     img = f'<img class="query-img" alt="query" src="{html.escape(src)}">' if src else ""
     what = "query image" if src else "query caption"
     cap = (f'<div class="qcap">reads as: <i>{html.escape(caption.text)}</i> ({caption.score:.3f})</div>'
            if caption is not None else "")
-    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{html.escape(label)}{cap}</div></div>')
+    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{html.escape(shown(label))}{cap}</div></div>')
 
 
 def query_caption(result: Any) -> Any:
@@ -182,7 +191,7 @@ def render_page(result: Any, k: int | None = None, thumb_px: int = THUMB_PX) -> 
     rows = render_rows(result, src=lambda h: file_data_uri(h.path, thumb_px), href=lambda h: file_uri(h.path), k=k)
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>relsearch: {html.escape(os.path.basename(result.query) or 'query')}</title>"
+        f"<title>relsearch: {html.escape(shown(os.path.basename(result.query)) or 'query')}</title>"
         f"<style>{STYLE}</style></head><body>"
         "<h1>relsearch &mdash; relational neighbours beside attribute neighbours</h1>"
         f"{render_query(result.query, query_src, query_caption(result))}\n<main id=\"rows\">{rows}</main>"
