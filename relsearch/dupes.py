@@ -4,17 +4,16 @@ Two kinds of group:
 
 - ``exact``: files with the same bytes (sha256). The store keeps one record per
   content, so these are the records holding more than one path; no vector is needed.
-- ``near``: records whose attribute vectors have cosine similarity >= the threshold
-  (resized, recompressed, slightly cropped or colour-shifted copies), joined into
-  connected components. ``score`` is the lowest similarity among the edges found
-  inside the group, so every member is linked to the group at least that closely.
+- ``near``: records whose attribute vectors, PCA-whitened on the collection (see
+  :func:`whiten`), have cosine similarity >= the threshold (resized, recompressed,
+  slightly cropped or colour-shifted copies), joined into connected components.
+  ``score`` is the lowest similarity among the edges found inside the group, so every
+  member is linked to the group at least that closely.
 
-Pairs come from a FAISS range search over the column's stored raw vectors, projected
-on their principal axes (which can only shorten distances, so no pair is lost there),
-and are then scored with exact inner products: a flat index up to :data:`FLAT_MAX`
-vectors (every pair considered), an inverted file above it, where a near copy falls
-in its original's cell or one of the :data:`NPROBE` cells nearest to it (recall
-measured with ``relsearch bench dupes``).
+Pairs come from a FAISS range search over the whitened vectors (never N^2 in Python):
+a flat index up to :data:`FLAT_MAX` vectors (every pair considered, in BLAS), an
+inverted file above it, where a near copy falls in its original's cell or one of the
+:data:`NPROBE` cells nearest to it (recall measured with ``relsearch bench dupes``).
 """
 
 from __future__ import annotations
@@ -28,14 +27,18 @@ import numpy as np
 
 from relsearch.errors import RelsearchError
 
-DEFAULT_THRESHOLD = 0.97
+#: Whitened cosine at or above which two images are near-duplicates, chosen on planted copies
+#: (``relsearch bench dupes``; benchmarks/README.md has the sweep).
+DEFAULT_THRESHOLD = 0.88
 #: Above this many vectors the range search runs on an inverted file instead of all pairs.
 FLAT_MAX = 20_000
 #: Cells searched per vector by the inverted file.
 NPROBE = 8
 _CHUNK = 8192
-#: Principal axes kept for the candidate search (exact inner products decide).
+#: Principal axes kept by the whitening.
 REDUCED_DIM = 128
+#: Variance added to every axis before whitening, as a fraction of the mean variance.
+WHITEN_REG = 1.0
 
 
 @dataclass
@@ -67,71 +70,70 @@ class DupesResult:
 
 
 # ------------------------------------------------------------------------- pairs
+def whiten(x: np.ndarray, dim: int = 0, reg: float = 0.0, sample: int = 20_000) -> np.ndarray:
+    """Unit rows of ``x`` PCA-whitened on the collection's own top ``dim`` axes.
+
+    Pooled CNN features share a large common direction, and their first axes spread
+    every picture along the same few "looks like a photo / like a drawing" themes, so
+    plain cosine puts unrelated images of one kind above 0.97 while a strong JPEG
+    recompression can fall below it. Centring and whitening (each axis divided by
+    its standard deviation; ``reg`` times the mean variance added first, so weak axes
+    do not turn into noise amplifiers) is the standard cure in copy detection.
+    """
+    dim = dim or REDUCED_DIM
+    reg = reg or WHITEN_REG
+    n, d = x.shape
+    rows = np.random.default_rng(0).choice(n, min(n, sample), replace=False)
+    mean = x[rows].mean(axis=0)
+    xs = (x[rows] - mean).astype(np.float64)
+    k = max(1, min(dim, d, len(rows) - 1))
+    vals, vecs = np.linalg.eigh(xs.T @ xs / max(1, len(rows) - 1))  # ascending eigenvalues
+    vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
+    axes = (vecs / np.sqrt(np.maximum(vals, 0) + reg * max(float(vals.mean()), 1e-12))).astype(np.float32)
+    out = np.empty((n, k), dtype=np.float32)
+    for s in range(0, n, 32_768):
+        out[s : s + 32_768] = (x[s : s + 32_768] - mean) @ axes
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, 1e-12)
+
+
 def near_pairs(vectors: np.ndarray, threshold: float, nprobe: int = NPROBE,
                flat_max: int = FLAT_MAX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of rows with inner product >= ``threshold``: ``(i, j, sim)`` with ``i < j``.
+    """Pairs of rows whose whitened cosine is >= ``threshold``: ``(i, j, sim)``, ``i < j``.
 
-    ``vectors`` are unit float32 rows, so ``u.v >= t`` is ``|u - v|^2 <= 2 - 2t``. The
-    rows are first projected on their top :data:`REDUCED_DIM` principal axes, an
-    orthogonal projection, which can only shorten distances: an L2 range search there
-    with the same radius misses no pair, and its candidates are then checked with the
-    exact inner products. The range search is flat (every pair) up to ``flat_max`` rows
-    and an IVF-Flat index probing ``nprobe`` cells above.
+    ``vectors`` are the column's float32 rows; they are whitened with :func:`whiten`
+    and searched by inner product with FAISS range search: flat (every pair) up to
+    ``flat_max`` rows, an IVF-Flat index probing ``nprobe`` cells above.
     """
     from relsearch.index import _faiss
 
     faiss = _faiss.import_faiss()
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = x.shape[0]
+    n = vectors.shape[0]
     empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
     if n < 2:
         return empty
-    y = _project(x)
+    y = whiten(np.ascontiguousarray(vectors, dtype=np.float32))
     dr = y.shape[1]
     if n <= flat_max:
-        index = faiss.IndexFlatL2(dr)
+        index = faiss.IndexFlatIP(dr)
     else:
         nlist = int(max(64, min(4096, 4 * np.sqrt(n))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dr), dr, nlist, faiss.METRIC_L2)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dr), dr, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10
         index.cp.min_points_per_centroid = 32  # enough to route by; more only costs time
         rows = np.random.default_rng(0).choice(n, min(n, 32 * nlist), replace=False)
         index.train(y[np.sort(rows)])
         index.nprobe = min(nprobe, nlist)
     index.add(y)
-    # faiss keeps d < radius (strict) and rounds: a hair of slack, the exact check decides
-    radius = float(2.0 - 2.0 * threshold) + 1e-4
     out_i, out_j, out_s = [], [], []
     for s in range(0, n, _CHUNK):
-        lims, _, labels = index.range_search(y[s : s + _CHUNK], radius)
+        lims, dist, labels = index.range_search(y[s : s + _CHUNK], float(threshold))
         qi = np.repeat(np.arange(s, s + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
         keep = labels > qi  # each pair once, no self-match
-        qi, qj = qi[keep], labels[keep].astype(np.int64)
-        sim = np.einsum("ij,ij->i", x[qi], x[qj])
-        ok = sim >= threshold
-        out_i.append(qi[ok])
-        out_j.append(qj[ok])
-        out_s.append(sim[ok].astype(np.float32))
-    if not out_i:
-        return empty
+        out_i.append(qi[keep])
+        out_j.append(labels[keep].astype(np.int64))
+        out_s.append(np.minimum(dist[keep], 1.0).astype(np.float32))
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
-
-
-def _project(x: np.ndarray, dim: int = 0, sample: int = 20_000) -> np.ndarray:
-    """``x`` centred and projected on its top ``dim`` principal axes (orthonormal)."""
-    dim = dim or REDUCED_DIM
-    n, d = x.shape
-    if d <= dim or n <= dim:
-        return x
-    rows = np.random.default_rng(0).choice(n, min(n, sample), replace=False)
-    mean = x[rows].mean(axis=0)
-    xs = x[rows] - mean
-    _, vecs = np.linalg.eigh(xs.T @ xs)  # ascending eigenvalues
-    axes = np.ascontiguousarray(vecs[:, ::-1][:, :dim], dtype=np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
-    for s in range(0, n, 32_768):
-        out[s : s + 32_768] = (x[s : s + 32_768] - mean) @ axes
-    return out
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray) -> list[tuple[list[int], float]]:

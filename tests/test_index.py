@@ -226,7 +226,7 @@ def test_auto_spec_switches_at_threshold(data) -> None:
 def test_auto_spec_at_scale_fits_byte_budget() -> None:
     config = IndexConfig()
     # In memory: 4-bit fast-scan codes; on disk (where FAISS keeps plain codes): 8-bit PQ.
-    assert auto_spec(1_000_000, 384, config) == "IVF2048,PQ96x4fs"
+    assert auto_spec(1_000_000, 384, config) == "IVF1024,PQ96x4fs"
     assert auto_spec(1_000_000, 384, IndexConfig(layout="ondisk")) == "IVF2048,PQ48"
     assert auto_spec(20_000_000, 384, config).endswith(",PQ48")  # past the on-disk threshold
     assert IndexConfig(spec="ondisk:auto").layout == "ondisk"

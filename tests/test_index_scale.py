@@ -262,3 +262,26 @@ def test_bench_scale_compares_layouts(tmp_path) -> None:
     q = r["query"]
     assert q["ondisk"]["recall_at_10"] > 0.8 and abs(r["recall_gap"]) <= 0.005
     assert r["bytes"]["ondisk_ivfdata"] > 0 and all(q[k]["peak_rss"] > 0 for k in q)
+
+
+def test_text_vector_sentences_split_by_package() -> None:
+    """The real-vector test set: description sentences, queries from packages not in the base."""
+    from relsearch.bench import text_vectors as tv
+
+    index = (
+        "Package: alpha\nDescription-md5: x\nDescription-en: Tool that converts images to text files\n"
+        " Alpha reads scanned pages and writes plain text. It supports many languages.\n .\n"
+        " This package contains the command line interface.\n\n"
+        "Package: beta\nDescription-en: short\n Beta is a library for parsing configuration files quickly.\n"
+    )
+    sents = tv.package_sentences(index)
+    assert sents["alpha"][0] == "Tool that converts images to text files."
+    assert "This package contains the command line interface." in sents["alpha"]
+    assert all(len(s) >= tv.MIN_CHARS for ss in sents.values() for s in ss)  # "short." is dropped
+    pkgs = {f"pkg{i}": [f"Sentence number {i} about a package that does something useful."] for i in range(400)}
+    base, queries = tv.split_sentences(pkgs, 300, 20)
+    assert len(base) == 300 and len(queries) == 20 and not set(base) & set(queries)
+    query_pkgs = {p for p in pkgs if tv._is_query_package(p)}
+    assert all(any(q in pkgs[p] for p in query_pkgs) for q in queries)
+    with pytest.raises(RelsearchError, match="available"):
+        tv.split_sentences(pkgs, 1000, 20)

@@ -11,7 +11,9 @@ export RELSEARCH_HOME="$PWD/examples/generated/home"
 rs=.venv/bin/relsearch
 ex=examples/generated
 if [ ! -f "$ex/collection/labels.jsonl" ]; then
-  $rs compose --out "$ex/collection" --split test --grouped --groups 6 --per-family 1 --seed 0 >/dev/null
+  # Some groups sit on wallpaper photographs never used in training, saved as JPEG at varied quality.
+  $rs compose --out "$ex/collection" --split test --grouped --groups 6 --per-family 1 --seed 0 \
+    --backgrounds mixed --photos eval --realism >/dev/null
   $rs compose --out "$ex/queries" --split test --per-family 1 --seed 1 >/dev/null
 fi
 rm -rf "$RELSEARCH_HOME/indexes/collection"  # the demo always shows a fresh build with the installed weights

@@ -153,7 +153,8 @@ def _phase_build_ondisk(a: argparse.Namespace) -> dict[str, Any]:
     base = np.load(a.base, mmap_mode="r")
     t0 = time.perf_counter()
     with PeakAnon() as anon:
-        jobs = plan_shards(a.trained, np.arange(len(base)), base, a.workdir, a.shard_rows)
+        # Jobs carry row ranges of the .npy, not rows: workers map the file themselves.
+        jobs = plan_shards(a.trained, np.arange(len(base)), a.base, a.workdir, a.shard_rows)
         with ProcessPoolExecutor(a.workers) as pool:
             done = list(pool.map(_measured_shard, jobs))
         files, peaks = [f for f, _ in done], [p for _, p in done]

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from relsearch.cli import bench, compose, core, explain, export, train, verify, view  # noqa: F401  (register commands)
+from relsearch.cli import bench, compose, core, dupes, explain, export, train, verify, view  # noqa: F401  (register commands)
 from relsearch.cli.app import app
 from relsearch.cli.core import bare_ray_flag
 

@@ -95,6 +95,31 @@ def relational_cmd(
     typer.echo(f"wrote {report['json']} {report['png']}" + (f" {report['out']}" if out else ""))
 
 
+@bench_app.command("relsets")
+@user_errors
+def relsets_cmd(
+    root: Annotated[Path, typer.Option("--root", help="Folder holding the composed sets (made when missing).")],
+    relsim_mini: Annotated[str | None, typer.Option(
+        "--relsim-mini", help="relsim-mini weights folder (default: the shipped weights).")] = None,
+    sets: Annotated[str | None, typer.Option(
+        "--sets", help="Comma-separated sets: plain9, photo9, photo12, unseen_art12 (default: all).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Compose processes.")] = 1,
+    baseline: Annotated[bool, typer.Option(
+        "--baseline/--no-baseline", help="Also score the imagenet attribute baseline.")] = True,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """relsim-mini vs imagenet on the relational sets: plain, photographs + JPEG, 12 families, unseen art."""
+    from relsearch.bench import relsets
+
+    report = relsets.run_relsets(root, relsim_mini, sets, workers, baseline, results_dir)
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(relsets.format_table(report))
+    typer.echo(f"wrote {report['json']}")
+
+
 @bench_app.command("throughput")
 @user_errors
 def throughput_cmd(
@@ -127,6 +152,34 @@ def throughput_cmd(
         return
     typer.echo(tp.format_table(report))
     typer.echo(f"wrote {report['json']} {report['png']}")
+
+
+@bench_app.command("dupes")
+@user_errors
+def dupes_cmd(
+    work: Annotated[Path, typer.Option("--work", help="Scratch folder for the planted pictures and indexes.")],
+    n: Annotated[int, typer.Option("--n", min=1000, help="Images in the scale run (synthetic vectors).")] = 100_000,
+    copied: Annotated[int, typer.Option("--copied", min=1, help="Originals that get planted copies.")] = 100,
+    clipart: Annotated[int, typer.Option("--clipart", min=0, help="openclipart drawings besides the wallpapers.")]
+    = 300,
+    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
+    skip_scale: Annotated[bool, typer.Option("--skip-scale", help="Only the planted precision/recall run.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Which openclipart sample and copy parameters.")] = 1,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Near-duplicate precision/recall on planted copies of real pictures, and dupes time at --n images."""
+    from relsearch.bench import dupes as bd
+
+    report = bd.run(work, n=n, n_copied=copied, n_clipart=clipart, threshold=threshold,
+                    results_dir=str(results_dir or bd.RESULTS_DIR), device=device, skip_scale=skip_scale, seed=seed)
+    if as_json:
+        print_json(report)
+        return
+    for part in report.values():
+        typer.echo(bd.format_report(part))
+        typer.echo(f"wrote {part['json']}" + (f" {part['png']}" if "png" in part else ""))
 
 
 @bench_app.command("scale")

@@ -21,6 +21,7 @@ from relsearch.errors import RelsearchError
 # command (a cold `relsearch query`) its import time. tests/test_modes.py checks they agree.
 SPLITS = ("train", "val", "test", "all")
 IMAGE_FORMATS = ("jpg", "png")
+BACKGROUND_MODES = ("default", "plain", "photo", "mixed")
 
 
 @app.command("compose")
@@ -43,6 +44,16 @@ def compose_cmd(
         "--workers", min=1, help="Render processes (2 helps on an idle machine).")] = 1,
     image_format: Annotated[str, typer.Option("--format", help=f"Image file format: {', '.join(IMAGE_FORMATS)}.")]
     = "jpg",
+    families: Annotated[str | None, typer.Option(
+        "--families", help="Comma-separated relation families (default: all twelve).")] = None,
+    backgrounds: Annotated[str, typer.Option(
+        "--backgrounds", help=f"Backgrounds: {', '.join(BACKGROUND_MODES)} (photo: wallpaper photographs).")]
+    = "default",
+    photos: Annotated[str, typer.Option(
+        "--photos", help="Wallpaper pool: train, or eval (packages never used in training).")] = "train",
+    realism: Annotated[bool, typer.Option(
+        "--realism", help="Nuisances of real files: shadows, cut edges, resize, blur, noise, casts, JPEG 35-95.")]
+    = False,
     export_sample_art: Annotated[Path | None, typer.Option(
         "--export-sample-art", metavar="DIR",
         help="Only write scikit-image's sample images to DIR as an unseen-art folder.")] = None,
@@ -65,5 +76,7 @@ def compose_cmd(
         raise RelsearchError("--out is required (or one of --export-sample-art / --export-emoji-art)")
     summary = compose(out, n_per_family=per_family, split=split, seed=seed, grouped=grouped, n_groups=groups,
                       art_dirs=list(art) if art else None, distractors=distractors,
-                      size_range=(min_size, max_size), workers=workers, image_format=image_format)
+                      size_range=(min_size, max_size), workers=workers, image_format=image_format,
+                      families=[f.strip() for f in families.split(",") if f.strip()] if families else None,
+                      backgrounds=backgrounds, photos=photos, realism=realism)
     print_json(summary)

@@ -345,10 +345,15 @@ def _random_colour(rng: np.random.Generator, light: bool | None = None) -> np.nd
     return rng.integers(lo, hi, size=3).astype(np.float32)
 
 
-def render_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """A random plain, gradient, texture or photo-crop background (RGBA, opaque)."""
-    photos = background_photos()
-    kinds = BACKGROUND_KINDS if photos else BACKGROUND_KINDS[:3]
+def render_background(
+    rng: np.random.Generator, width: int, height: int, kinds: Sequence[str] = BACKGROUND_KINDS
+) -> Image.Image:
+    """A random plain, gradient, texture or photo-crop background (RGBA, opaque).
+
+    ``kinds`` limits the kinds drawn from; "photo" needs scikit-image's sample photos.
+    """
+    photos = background_photos() if "photo" in kinds else []
+    kinds = tuple(kinds) if photos else tuple(k for k in kinds if k != "photo")
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "plain":
         arr = np.broadcast_to(_random_colour(rng), (height, width, 3))
@@ -450,3 +455,130 @@ def export_emoji_art(
         canvas.crop(box).save(out / f"u{cp:05x}.png")
         n += 1
     return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Photographic backgrounds from Debian desktop-wallpaper packages
+#
+# Wallpaper packages ship real photographs (meadows, flowers, mountains, city streets) next to
+# rendered abstract art. Scenes composed over them look like what people's folders hold, and the
+# packages are split by name: the training corpus never sees the evaluation packages' images.
+
+#: Packages whose images may appear in training scenes.
+TRAIN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds")
+#: Packages kept apart for evaluation only (photographs by other photographers).
+EVAL_PHOTO_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+PHOTO_POOLS = {"train": TRAIN_PHOTO_PACKAGES, "eval": EVAL_PHOTO_PACKAGES}
+_DPKG_INFO = Path("/var/lib/dpkg/info")
+_PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Photos are decoded once and kept at this longest side: scenes are at most a few hundred px.
+PHOTO_SIDE = 768
+# Some packages ship the same picture at several resolutions (Elephants_3840x2160.jpg): keep one.
+_RESOLUTION_SUFFIX = ("_3840x2160", "_5640x3172", "_2560x1440", "_1920x1080")
+
+
+def package_files(package: str) -> list[Path]:
+    """Image files a Debian package installed (empty when it is not installed)."""
+    listing = _DPKG_INFO / f"{package}.list"
+    if not listing.is_file():
+        return []
+    out = []
+    for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
+        p = Path(line.strip())
+        if p.suffix.lower() in _PHOTO_EXTENSIONS and not p.stem.endswith(_RESOLUTION_SUFFIX) and p.is_file():
+            out.append(p)
+    return sorted(out)
+
+
+def missing_photo_packages(pool: str) -> list[str]:
+    """Packages of a photo pool that are not installed."""
+    return [p for p in PHOTO_POOLS[pool] if not package_files(p)]
+
+
+def _load_photo(path: Path) -> Image.Image | None:
+    try:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.draft("RGB", (PHOTO_SIDE, PHOTO_SIDE))
+            rgb = im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    rgb.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.BILINEAR)
+    # A near-uniform image (a plain colour wallpaper) is no photograph.
+    if float(np.asarray(rgb.resize((32, 32)), np.float32).std()) < 12.0:
+        return None
+    return rgb
+
+
+_photo_pools: dict[str, list[Image.Image]] = {}
+
+
+def photo_pool(pool: str) -> list[Image.Image]:
+    """Decoded wallpaper photos of a pool ("train" or "eval"), cached per process and on disk."""
+    if pool not in PHOTO_POOLS:
+        raise RelsearchError(f"unknown photo pool {pool!r}; choose one of {', '.join(PHOTO_POOLS)}")
+    if pool in _photo_pools:
+        return _photo_pools[pool]
+    disk = _resolve_cache_dir(None, PHOTO_SIDE)
+    photos: list[Image.Image] = []
+    for package in PHOTO_POOLS[pool]:
+        for path in package_files(package):
+            st = path.stat()
+            key = hashlib.sha1(f"photo|{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+            cached = disk / f"{key}.jpg" if disk is not None else None
+            im = None
+            if cached is not None and cached.is_file():
+                try:
+                    with Image.open(cached) as c:
+                        im = c.convert("RGB") if cached.stat().st_size else None
+                    if im is None:
+                        continue  # known unusable
+                except OSError:
+                    im = None
+            if im is None:
+                im = _load_photo(path)
+                if cached is not None:
+                    try:
+                        disk.mkdir(parents=True, exist_ok=True)
+                        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+                        if im is None:
+                            tmp.write_bytes(b"")
+                        else:
+                            im.save(tmp, format="JPEG", quality=95)
+                        os.replace(tmp, cached)
+                    except OSError:
+                        pass
+            if im is not None:
+                photos.append(im)
+    _photo_pools[pool] = photos
+    return photos
+
+
+def render_photo_background(
+    rng: np.random.Generator, width: int, height: int, pool: str = "train"
+) -> Image.Image:
+    """A random crop of a wallpaper photograph, barely washed out (RGBA, opaque)."""
+    photos = photo_pool(pool)
+    if not photos:
+        missing = ", ".join(PHOTO_POOLS[pool])
+        raise RelsearchError(f"no wallpaper photos for pool {pool!r}: apt-get install {missing}")
+    photo = photos[int(rng.integers(len(photos)))]
+    aspect = width / height
+    scale = float(rng.uniform(0.35, 1.0))
+    cw = max(16, min(photo.width, int(photo.width * scale)))
+    ch = int(cw / aspect)
+    if ch > photo.height:
+        ch = photo.height
+        cw = max(16, min(photo.width, int(ch * aspect)))
+    x0 = int(rng.integers(0, photo.width - cw + 1))
+    y0 = int(rng.integers(0, photo.height - ch + 1))
+    crop = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((width, height), Image.BILINEAR)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+    arr = np.asarray(crop, np.float32)
+    # Most photos stay as they are; some get a light veil, as a faded print or a poster would.
+    if rng.random() < 0.35:
+        wash = float(rng.uniform(0.1, 0.35))
+        arr = arr * (1 - wash) + _random_colour(rng) * wash
+    rgb = np.clip(arr, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("RGBA")

@@ -1,6 +1,7 @@
 """Anonymous caption templates, several per family.
 
-Captions name roles through placeholders ({Object}, {Other}, {Container}, {Center}, {Cover}) and
+Captions name roles through placeholders ({Object}, {Other}, {Container}, {Center}, {Cover},
+{Shape}) and
 never the concrete object, so a caption describes the relation and nothing the objects look like.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PLACEHOLDERS = ("{Object}", "{Other}", "{Container}", "{Center}", "{Cover}")
+PLACEHOLDERS = ("{Object}", "{Other}", "{Container}", "{Center}", "{Cover}", "{Shape}")
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "nesting": (
@@ -73,6 +74,27 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{Cover} in front, covering part of {Object}",
         "only part of {Object} shows, the rest is blocked by {Cover}",
         "{Object} half concealed by {Cover} overlapping it",
+    ),
+    "made_of": (
+        "a large {Shape} made of many small {Object}s",
+        "many tiny {Object}s packed together into the silhouette of a {Shape}",
+        "a {Shape} built entirely out of small {Object}s, like a mosaic",
+        "small {Object}s filling the form of one big {Shape}",
+        "the whole body of a {Shape}, composed of dozens of little {Object}s",
+    ),
+    "face": (
+        "{Object}s arranged so that they form a face",
+        "two {Object}s as eyes above a {Other} nose and a mouth, making a face",
+        "a face made of things: {Object} eyes, {Other} for a nose, a mouth below",
+        "{Object}s placed like eyes, nose and mouth, so the picture looks like a face",
+        "a funny face whose features are {Object}s and {Other}s",
+    ),
+    "outline": (
+        "{Object}s tracing the outline of a {Shape}",
+        "copies of {Object} lined up along the edge of a {Shape}, empty inside",
+        "a {Shape} drawn only by its border of small {Object}s",
+        "many {Object}s placed around the contour of a {Shape}, nothing in the middle",
+        "a hollow {Shape} whose edge is marked out by repeated {Object}s",
     ),
     "none": (
         "a background with nothing arranged on it",

@@ -25,15 +25,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from relsearch.corpus.art import SPLITS, ArtLibrary, ArtObject, render_background
+from relsearch.corpus.art import (
+    BACKGROUND_KINDS,
+    PHOTO_POOLS,
+    SPLITS,
+    ArtLibrary,
+    ArtObject,
+    render_background,
+    render_photo_background,
+)
 from relsearch.corpus.captions import TEMPLATES, sample_caption
 from relsearch.corpus.families import FAMILIES, MAX_OBJECTS, NONE_FAMILY, RENDERERS
+from relsearch.corpus.realism import Style, degrade, draw_style, drawing_style, jpeg_bytes
 from relsearch.errors import RelsearchError
 
 # Stream tags keep the random streams of different uses independent.
-_CANVAS, _SCENE, _OBJECTS, _BACKGROUND, _GROUP = 1, 2, 3, 4, 5
+_CANVAS, _SCENE, _OBJECTS, _BACKGROUND, _GROUP, _STYLE, _FINISH = 1, 2, 3, 4, 5, 6, 7
 MAX_ASPECT = 1.75
 IMAGE_FORMATS = ("jpg", "png")
+#: Background modes: "default" (plain, gradient, texture or a washed-out sample photo, the first
+#: corpus's mix), "plain" (no photos), "photo" (wallpaper photographs only), "mixed" (wallpaper
+#: photographs for about half the scenes, the default mix for the rest).
+BACKGROUND_MODES = ("default", "plain", "photo", "mixed")
+PHOTO_SHARE_MIXED = 0.55
 # PNG encoding costs 5-15 ms a scene (more than drawing it); JPEG at quality 95 costs 0.3 ms
 # and a third of the bytes, with artefacts far below what the relations depend on.
 JPEG_QUALITY = 95
@@ -56,6 +70,13 @@ class ComposeConfig:
     workers: int = 1
     families: tuple[str, ...] = field(default=FAMILIES)
     image_format: str = "jpg"
+    #: see :data:`BACKGROUND_MODES`
+    backgrounds: str = "default"
+    #: which wallpaper packages photographs come from: "train" or "eval" (never in training)
+    photos: str = "train"
+    #: the nuisances of real files: drop shadows, objects cut by the frame, resize, blur, noise,
+    #: colour casts, JPEG at varied quality
+    realism: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -75,6 +96,10 @@ class ComposeConfig:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.backgrounds not in BACKGROUND_MODES:
+            raise ValueError(f"backgrounds must be one of {BACKGROUND_MODES}, got {self.backgrounds!r}")
+        if self.photos not in PHOTO_POOLS:
+            raise ValueError(f"photos must be one of {tuple(PHOTO_POOLS)}, got {self.photos!r}")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise ValueError(f"unknown families {unknown}; choose from {FAMILIES}")
@@ -120,13 +145,23 @@ def _canvas_size(rng: np.random.Generator, size_range: tuple[int, int]) -> tuple
     return w, h
 
 
+def _background(cfg: ComposeConfig, rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    if cfg.backgrounds == "default":
+        return render_background(rng, w, h)
+    if cfg.backgrounds == "plain":
+        return render_background(rng, w, h, kinds=BACKGROUND_KINDS[:3])
+    if cfg.backgrounds == "photo" or rng.random() < PHOTO_SHARE_MIXED:
+        return render_photo_background(rng, w, h, cfg.photos)
+    return render_background(rng, w, h)
+
+
 def _scene_setup(
     cfg: ComposeConfig, library: ArtLibrary, task: SceneTask
 ) -> tuple[Image.Image, _LazyObjects]:
     """Canvas with background, and the object source, for one scene."""
     key = (_GROUP, task.group) if task.group is not None else task.key
     w, h = _canvas_size(_rng(cfg.seed, _CANVAS, *key), cfg.size_range)
-    canvas = render_background(_rng(cfg.seed, _BACKGROUND, *key), w, h)
+    canvas = _background(cfg, _rng(cfg.seed, _BACKGROUND, *key), w, h)
     take = _LazyObjects(library, _rng(cfg.seed, _OBJECTS, *key), cfg.split)
     if task.group is not None:
         take(MAX_OBJECTS)  # a group's object list is fixed up front, same for all its scenes
@@ -151,11 +186,21 @@ def render_scene(cfg: ComposeConfig, library: ArtLibrary, task: SceneTask) -> di
     """Render one scene to ``images/`` and return its label record."""
     canvas, take = _scene_setup(cfg, library, task)
     rng = _rng(cfg.seed, _SCENE, *task.key)
-    objects = RENDERERS[task.family](canvas, take, rng)
+    # Realism draws from streams of its own: the relation, objects and layout stay the same.
+    style = draw_style(_rng(cfg.seed, _STYLE, *task.key)) if cfg.realism else Style()
+    with drawing_style(style):
+        objects = RENDERERS[task.family](canvas, take, rng)
     caption = _caption(task.family, objects, rng)
     rel = f"images/{task.index:06d}.{cfg.image_format}"
     buf = io.BytesIO()
-    if cfg.image_format == "png":
+    if cfg.realism:
+        finish = _rng(cfg.seed, _FINISH, *task.key)
+        image = degrade(canvas, finish)
+        if cfg.image_format == "png":
+            image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        else:
+            buf.write(jpeg_bytes(image, finish))
+    elif cfg.image_format == "png":
         canvas.convert("RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
         canvas.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
@@ -219,6 +264,9 @@ def compose(
     workers: int = 1,
     families: Sequence[str] | None = None,
     image_format: str = "jpg",
+    backgrounds: str = "default",
+    photos: str = "train",
+    realism: bool = False,
 ) -> dict:
     """Compose a corpus into ``out_dir`` and return a summary dict.
 
@@ -227,6 +275,9 @@ def compose(
     ``distractors`` scenes of family ``"none"``. Objects come from ``split`` of the art identities
     ("all" ignores the split, for art folders never used in training). ``art_dirs`` replaces the
     default openclipart tree. Images are written as ``image_format`` ("jpg" or "png").
+    ``backgrounds`` picks the background mode (:data:`BACKGROUND_MODES`), ``photos`` the wallpaper
+    pool ("train", or "eval" for sets never used in training), ``realism`` the nuisances of real
+    files (shadows, cut edges, resize, blur, noise, colour casts, JPEG at varied quality).
     Output is byte-identical for a seed, whatever ``workers``.
     """
     try:
@@ -243,11 +294,20 @@ def compose(
             workers=workers,
             families=tuple(families) if families else FAMILIES,
             image_format=image_format,
+            backgrounds=backgrounds,
+            photos=photos,
+            realism=realism,
         )
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
     library = ArtLibrary(cfg.art_dirs)
     library.ids(cfg.split)  # fail early on an empty split
+    if cfg.backgrounds in ("photo", "mixed"):
+        from relsearch.corpus.art import photo_pool
+
+        if not photo_pool(cfg.photos):  # fail early, and decode the photos once before forking
+            missing = " ".join(PHOTO_POOLS[cfg.photos])
+            raise RelsearchError(f"no wallpaper photos in pool {cfg.photos!r}: apt-get install {missing}")
     if cfg.out_dir.exists() and any(cfg.out_dir.iterdir()):
         if not (cfg.out_dir / "labels.jsonl").is_file():
             raise RelsearchError(f"output folder is not empty and holds no corpus: {cfg.out_dir}")
@@ -280,6 +340,9 @@ def compose(
         "groups": cfg.groups,
         "size_range": list(cfg.size_range),
         "image_format": cfg.image_format,
+        "backgrounds": cfg.backgrounds,
+        "photos": cfg.photos,
+        "realism": cfg.realism,
         "workers": cfg.workers,
         "seconds": round(seconds, 3),
         "scenes_per_second": round(len(records) / seconds, 1) if seconds > 0 else None,

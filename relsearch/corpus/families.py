@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from relsearch.corpus.art import ArtObject
+from relsearch.corpus.realism import current_style, shadow_of
 
 ObjectSource = Callable[[int], list[ArtObject]]
 """``take(n)`` -> the first ``n`` objects of the scene's object list (distinct when possible)."""
@@ -32,7 +33,12 @@ FAMILIES = (
     "size_contrast",
     "split",
     "occlusion",
+    "made_of",
+    "face",
+    "outline",
 )
+#: The nine families of the first corpus (benchmarks compare against them).
+CLASSIC_FAMILIES = FAMILIES[:9]
 NONE_FAMILY = "none"
 MARGIN = 0.04  # share of each side kept clear of objects
 # Object counts each family draws at most, so a group can hold enough distinct objects.
@@ -73,8 +79,16 @@ def _halo(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return out
 
 
-def _paste(canvas: Image.Image, im: Image.Image, x: float, y: float) -> None:
-    """Alpha-composite ``im`` with its top-left corner at (x, y), clipped to the canvas."""
+def _paste(canvas: Image.Image, im: Image.Image, x: float, y: float, shadow: bool = True) -> None:
+    """Alpha-composite ``im`` with its top-left corner at (x, y), clipped to the canvas.
+
+    Under a realistic drawing style the object first casts a soft drop shadow.
+    """
+    if shadow:
+        cast = shadow_of(im, current_style())
+        if cast is not None:
+            sh, dx, dy = cast
+            _paste(canvas, sh, x + dx, y + dy, shadow=False)
     x, y = round(x), round(y)
     sx0, sy0 = max(0, -x), max(0, -y)
     sx1, sy1 = min(im.width, canvas.width - x), min(im.height, canvas.height - y)
@@ -96,8 +110,13 @@ def _place_layout(
     canvas: Image.Image,
     rng: np.random.Generator,
     items: list[tuple[Image.Image, float, float]],
+    overflow: bool = False,
 ) -> None:
-    """Paste items given by centres in a local frame, shifted to a random spot that fits."""
+    """Paste items given by centres in a local frame, shifted to a random spot that fits.
+
+    With ``overflow`` (families whose relation survives a cut edge) and a realistic style, the
+    layout may also slide partly out of the frame.
+    """
     w, h = canvas.size
     x0 = min(cx - im.width / 2 for im, cx, _ in items)
     x1 = max(cx + im.width / 2 for im, cx, _ in items)
@@ -105,6 +124,11 @@ def _place_layout(
     y1 = max(cy + im.height / 2 for im, _, cy in items)
     mx, my = MARGIN * w, MARGIN * h
     room_x, room_y = w - 2 * mx - (x1 - x0), h - 2 * my - (y1 - y0)
+    spill = current_style().overflow if overflow else 0.0
+    if spill > 0:
+        ox, oy = spill * (x1 - x0), spill * (y1 - y0)
+        mx, my = mx - ox, my - oy
+        room_x, room_y = room_x + 2 * ox, room_y + 2 * oy
     dx = mx - x0 + (rng.uniform(0, room_x) if room_x > 0 else room_x / 2)
     dy = my - y0 + (rng.uniform(0, room_y) if room_y > 0 else room_y / 2)
     for im, cx, cy in items:
@@ -141,8 +165,9 @@ def render_nesting(canvas: Image.Image, take: ObjectSource, rng: np.random.Gener
         im = _sized(o, _fit_box(o.image, size, size), angle)
         images.append(_halo(im, rng) if outline and k else im)
         size *= ratio
-    cx = w / 2 + rng.uniform(-1, 1) * max(0.0, (w - images[0].width) / 2 - MARGIN * w)
-    cy = h / 2 + rng.uniform(-1, 1) * max(0.0, (h - images[0].height) / 2 - MARGIN * h)
+    spill = current_style().overflow  # the outer layer may be cut by the frame
+    cx = w / 2 + rng.uniform(-1, 1) * max(0.0, (w - images[0].width) / 2 - MARGIN * w + spill * images[0].width)
+    cy = h / 2 + rng.uniform(-1, 1) * max(0.0, (h - images[0].height) / 2 - MARGIN * h + spill * images[0].height)
     for im in images:
         _paste_center(canvas, im, cx, cy)
     return _ids(objs)
@@ -383,7 +408,7 @@ def render_size_contrast(canvas: Image.Image, take: ObjectSource, rng: np.random
         dy = (im_big.height + im_small.height) / 2 + gap
         dx = float(rng.uniform(-0.4, 0.4)) * max(0, im_big.width - im_small.width)
         items = [(im_big, 0.0, 0.0), (im_small, dx, -dy if flip else dy)]
-    _place_layout(canvas, rng, items)
+    _place_layout(canvas, rng, items, overflow=True)
     return _ids([big, small])
 
 
@@ -473,8 +498,153 @@ def render_occlusion(canvas: Image.Image, take: ObjectSource, rng: np.random.Gen
             best = (score, d)
     d = best[1] if best else 0.0
     items = [(im_back, 0.0, 0.0), (im_cover, d * ux, d * uy)]
-    _place_layout(canvas, rng, items)
+    _place_layout(canvas, rng, items, overflow=True)
     return _ids([back, cover])
+
+
+def render_made_of(canvas: Image.Image, take: ObjectSource, rng: np.random.Generator) -> list[str]:
+    """The silhouette of one large object, built from many small copies of another."""
+    small, shape = take(2)
+    w, h = canvas.size
+    spill = current_style().overflow
+    side_w, side_h = w * (1 - 2 * MARGIN), h * (1 - 2 * MARGIN)
+    longest = _fit_box(shape.image, side_w, side_h) * float(rng.uniform(0.8, 1.0)) * (1 + spill)
+    mask_im = _sized(shape, longest, _tilt(rng, 8)).getchannel("A")
+    mask = np.asarray(mask_im) > 100
+    mh, mw = mask.shape
+    area = float(mask.sum())
+    # Cell size for a target count of copies; denser cells where the silhouette is thin.
+    target = int(rng.integers(25, 90))
+    cell = max(6.0, math.sqrt(max(area, 1.0) / target))
+    copy_len = cell * float(rng.uniform(0.85, 1.15))
+    angle_step = rng.random() < 0.3  # copies at random angles, as a mosaic of loose pieces
+    base = _sized(small, copy_len)
+    ox = rng.uniform(0, cell)
+    oy = rng.uniform(0, cell)
+    hex_rows = rng.random() < 0.5  # staggered rows, like a packed mosaic
+    spots: list[tuple[float, float]] = []
+    row = 0
+    y = oy
+    while y < mh:
+        x = ox + (cell / 2 if hex_rows and row % 2 else 0.0)
+        while x < mw:
+            jx, jy = x + rng.uniform(-0.12, 0.12) * cell, y + rng.uniform(-0.12, 0.12) * cell
+            xi, yi = int(np.clip(jx, 0, mw - 1)), int(np.clip(jy, 0, mh - 1))
+            if mask[yi, xi]:
+                spots.append((jx, jy))
+            x += cell
+        y += cell * (0.87 if hex_rows else 1.0)
+        row += 1
+    if len(spots) < 12:  # a thin silhouette: fall back to a finer grid over the mask pixels
+        ys, xs = np.nonzero(mask)
+        pick = rng.choice(len(ys), size=min(len(ys), 16), replace=False)
+        spots = [(float(xs[i]), float(ys[i])) for i in pick]
+        base = _sized(small, max(6.0, min(mw, mh) / 6))
+    items = []
+    for sx, sy in spots:
+        im = base.rotate(float(rng.uniform(0, 360)), resample=Image.BILINEAR, expand=True) if angle_step else base
+        items.append((im, sx - mw / 2, sy - mh / 2))
+    _place_layout(canvas, rng, items, overflow=True)
+    return _ids([small, shape])
+
+
+def render_face(canvas: Image.Image, take: ObjectSource, rng: np.random.Generator) -> list[str]:
+    """Objects where the eyes, nose and mouth of a face would be: the arrangement reads as a face."""
+    eye, nose, mouth = take(3)
+    w, h = canvas.size
+    size = min(w, h) * (1 - 2 * MARGIN) * float(rng.uniform(0.75, 1.0))
+    fw, fh = size * float(rng.uniform(0.8, 0.95)), size
+    tilt = math.radians(_tilt(rng, 15))
+    eye_len = fw * float(rng.uniform(0.2, 0.3))
+    eye_dx = fw * float(rng.uniform(0.2, 0.27))
+    eye_y = -fh * float(rng.uniform(0.15, 0.25))
+    nose_len = fw * float(rng.uniform(0.14, 0.22))
+    mouth_y = fh * float(rng.uniform(0.25, 0.33))
+    eye_im = _sized(eye, _fit_box(eye.image, eye_len, eye_len))
+    # Eyes are one object twice; often the second is its mirror image, as real eyes are.
+    eye_r = eye_im.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else eye_im
+    parts: list[tuple[Image.Image, float, float]] = [(eye_im, -eye_dx, eye_y), (eye_r, eye_dx, eye_y)]
+    parts.append((_sized(nose, _fit_box(nose.image, nose_len, nose_len * 1.3)), 0.0, fh * 0.05))
+    if rng.random() < 0.5:
+        # One wide object as the mouth.
+        m = _sized(mouth, _fit_box(mouth.image, fw * 0.5, fh * 0.16))
+        parts.append((m, 0.0, mouth_y))
+    else:
+        # A smile of small copies along an arc.
+        k = int(rng.integers(4, 8))
+        m = _sized(mouth, fw * float(rng.uniform(0.08, 0.12)))
+        span = fw * 0.55
+        curve = fh * float(rng.uniform(0.04, 0.1))
+        for i in range(k):
+            t = i / (k - 1) - 0.5
+            parts.append((m, t * span, mouth_y - 4 * curve * t * t))  # ends raised: a smile
+    items = []
+    c, s_ = math.cos(tilt), math.sin(tilt)
+    for im, px, py in parts:
+        items.append((im, px * c - py * s_, px * s_ + py * c))
+    if rng.random() < 0.5:
+        # A head outline around the features: an ellipse drawn in one colour.
+        draw = ImageDraw.Draw(canvas)
+        shade = tuple(int(v) for v in rng.integers(0, 256, 3))
+        cx = w / 2 + rng.uniform(-1, 1) * max(0.0, (w - fw) / 2 - MARGIN * w)
+        cy = h / 2 + rng.uniform(-1, 1) * max(0.0, (h - fh * 1.1) / 2 - MARGIN * h)
+        rx, ry = fw * 0.62, fh * 0.55
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=(*shade, 255),
+                     width=max(2, round(size / 60)))
+        for im, px, py in items:
+            _paste_center(canvas, im, cx + px, cy + py)
+    else:
+        _place_layout(canvas, rng, items)
+    return _ids([eye, nose, mouth])
+
+
+def _outline_points(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points evenly spaced by arc length along a unit-size heart, star or triangle."""
+    t = np.linspace(0, 2 * math.pi, 2000, endpoint=False)
+    if kind == "heart":
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        poly = np.stack([x, y], 1)
+    else:
+        k = 5 if kind == "star" else 3
+        inner = float(rng.uniform(0.38, 0.5)) if kind == "star" else None
+        corners = []
+        for i in range(k):
+            a = -math.pi / 2 + 2 * math.pi * i / k
+            corners.append((math.cos(a), math.sin(a)))
+            if inner is not None:
+                b = a + math.pi / k
+                corners.append((inner * math.cos(b), inner * math.sin(b)))
+        c = np.array(corners + corners[:1])
+        seg = np.linspace(0, 1, 400, endpoint=False)[:, None]
+        poly = np.concatenate([c[i] + (c[i + 1] - c[i]) * seg for i in range(len(c) - 1)])
+    d = np.r_[0, np.cumsum(np.linalg.norm(np.diff(poly, axis=0, append=poly[:1]), axis=1))]
+    want = (np.arange(n) / n + rng.uniform(0, 1 / n)) * d[-1]
+    idx = np.searchsorted(d, want).clip(0, len(poly) - 1)
+    pts = poly[idx]
+    pts = pts - (pts.max(0) + pts.min(0)) / 2
+    return pts / np.abs(pts).max()
+
+
+def render_outline(canvas: Image.Image, take: ObjectSource, rng: np.random.Generator) -> list[str]:
+    """10 or more copies of one object along the outline of a heart, star or triangle."""
+    (obj,) = take(1)
+    kind = ("heart", "star", "triangle")[int(rng.integers(3))]
+    n = int(rng.integers(10, 25)) if kind != "star" else int(rng.integers(15, 26))
+    w, h = canvas.size
+    half = min(w, h) / 2 * (1 - 2 * MARGIN)
+    # Copies sized so neighbours along the outline do not merge into a line.
+    perimeter = {"heart": 6.0, "star": 7.5, "triangle": 5.2}[kind]
+    copy_len = min(0.22 * 2 * half, 0.8 * perimeter * half / n) * float(rng.uniform(0.75, 1.0))
+    radius = (half - copy_len / 2) * float(rng.uniform(0.85, 1.0))
+    pts = _outline_points(kind, n, rng)
+    rot = math.radians(_tilt(rng, 15))
+    c, s_ = math.cos(rot), math.sin(rot)
+    stretch = float(rng.uniform(0.9, 1.1))
+    base = _sized(obj, copy_len, _tilt(rng, 10))
+    items = [(base, (x * c - y * s_) * radius * stretch, (x * s_ + y * c) * radius / stretch) for x, y in pts]
+    _place_layout(canvas, rng, items)
+    return [obj.ident]
 
 
 def render_none(canvas: Image.Image, take: ObjectSource, rng: np.random.Generator) -> list[str]:
@@ -503,5 +673,8 @@ RENDERERS: dict[str, Callable[[Image.Image, ObjectSource, np.random.Generator], 
     "size_contrast": render_size_contrast,
     "split": render_split,
     "occlusion": render_occlusion,
+    "made_of": render_made_of,
+    "face": render_face,
+    "outline": render_outline,
     NONE_FAMILY: render_none,
 }

@@ -25,6 +25,7 @@ File layout (little-endian)::
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import tempfile
@@ -76,16 +77,17 @@ class RefineStore:
         self.n, self.dim = int(n), int(d)
         # Two read-only maps of one file: the ids (8 B/vector, soon resident)
         # and the rows (paged in on demand).
-        # Plain ndarray views of the maps: indexing them skips np.memmap's
-        # per-call subclass bookkeeping, which shows at one query at a time.
-        self.ids = np.asarray(
-            np.memmap(self.path, dtype=np.int64, mode="r", offset=len(MAGIC) + _HEADER.size, shape=(n,))
-        )
-        self.vectors = (
-            np.asarray(np.memmap(self.path, dtype=np.float32, mode="r", offset=off, shape=(n, d)))
-            if n
-            else np.zeros((0, d), np.float32)
-        )
+        # One read-only map of the whole file, viewed as plain ndarrays (no
+        # np.memmap bookkeeping per call, which shows at one query at a time).
+        with open(self.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):
+            # Re-ranking reads ~100 scattered rows per query: without this the
+            # kernel maps (and reads ahead) 64 KB around every touched row, so a
+            # query process would soon hold the whole file resident.
+            self._map.madvise(mmap.MADV_RANDOM)
+        self.ids = np.frombuffer(self._map, dtype=np.int64, count=n, offset=len(MAGIC) + _HEADER.size)
+        self.vectors = np.frombuffer(self._map, dtype=np.float32, count=n * d, offset=off).reshape(n, d)
         # Ids handed out in order with no deletions since (a fresh build) map to
         # rows by subtraction; otherwise by binary search over the id column.
         self._dense = bool(n) and int(self.ids[-1]) - int(self.ids[0]) == n - 1

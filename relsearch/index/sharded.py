@@ -65,7 +65,16 @@ class ShardJob:
     trained: str
     out: str
     ids: np.ndarray
-    vectors: np.ndarray
+    #: The rows themselves, or ``(npy_path, start, stop)``: the worker then maps
+    #: the file and reads its rows, so nothing large travels with the job.
+    vectors: np.ndarray | tuple[str, int, int]
+
+    def rows(self) -> np.ndarray:
+        """This shard's vectors (a memory map when given as a file range)."""
+        if isinstance(self.vectors, tuple):
+            path, start, stop = self.vectors
+            return np.load(path, mmap_mode="r")[start:stop]
+        return self.vectors
 
 
 def write_trained(index: Any, path: str | os.PathLike[str]) -> str:
@@ -86,10 +95,11 @@ def build_shard(job: ShardJob) -> str:
     faiss = _faiss.import_faiss()
     index = faiss.read_index(job.trained)
     ids = np.ascontiguousarray(job.ids, dtype=np.int64)
-    if len(ids) != len(job.vectors):
-        raise ValueError(f"shard {job.out}: {len(ids)} ids for {len(job.vectors)} vectors")
+    vectors = job.rows()
+    if len(ids) != len(vectors):
+        raise ValueError(f"shard {job.out}: {len(ids)} ids for {len(vectors)} vectors")
     for s in range(0, len(ids), _ADD_CHUNK):
-        chunk = np.ascontiguousarray(job.vectors[s : s + _ADD_CHUNK], dtype=np.float32)
+        chunk = np.ascontiguousarray(vectors[s : s + _ADD_CHUNK], dtype=np.float32)
         index.add_with_ids(chunk, ids[s : s + _ADD_CHUNK])
     tmp = job.out + ".tmp"
     faiss.write_index(index, tmp)
@@ -98,16 +108,20 @@ def build_shard(job: ShardJob) -> str:
 
 
 def plan_shards(
-    trained: str, ids: np.ndarray, vectors: np.ndarray, workdir: str | os.PathLike[str], shard_rows: int
+    trained: str, ids: np.ndarray, vectors: np.ndarray | str, workdir: str | os.PathLike[str], shard_rows: int
 ) -> list[ShardJob]:
-    """Cut ``(ids, vectors)`` into jobs of at most ``shard_rows`` rows, writing under ``workdir``."""
+    """Cut ``(ids, vectors)`` into jobs of at most ``shard_rows`` rows, writing under ``workdir``.
+
+    ``vectors`` may be the path of a ``[N, d]`` .npy: each job then carries only
+    its row range (for process or cluster executors).
+    """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     n = len(ids)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     return [
         ShardJob(trained, os.path.join(os.fspath(workdir), f"shard{i:05d}.faiss"), ids[s : s + shard_rows],
-                 vectors[s : s + shard_rows])
+                 (vectors, s, min(s + shard_rows, n)) if isinstance(vectors, str) else vectors[s : s + shard_rows])
         for i, s in enumerate(range(0, n, shard_rows))
     ]
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.errors import RelsearchError
+from relsearch.view.extras import CONTROLS  # composed queries and duplicate groups (i14)
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -53,9 +54,9 @@ def page_html(index_label: str, kinds: dict[str, str], count: int, k: int, max_k
         f"k <input id=\"k\" type=\"number\" min=\"1\" max=\"{max_k}\" value=\"{k}\" style=\"width:4em\">"
         + toggle("analogy", analogy_ok, "needs a relational and an attribute column")
         + toggle("explain", has_rel, "needs a relational column")
-        + "</div><div class=\"hint\">click a result to search with it; Ctrl-click opens the file</div>"
+        + "</div>" + CONTROLS + "<div class=\"hint\">click a result to search with it; Ctrl-click opens the file</div>"
         "<div id=\"status\"></div><div id=\"result\"><main id=\"rows\"></main></div>"
-        f"<script>{_static('browse.js')}</script></body></html>\n"
+        f"<script>{_static('browse.js')}\n{_static('compose.js')}</script></body></html>\n"
     )
 
 

@@ -7,6 +7,8 @@ Standard library HTTP only, no outside resources. Endpoints:
   ``{"html", "result", "timings_ms"}``;
 - ``GET /search?id=ID|text=CAPTION&k=N&analogy=0|1&explain=0|1``  the same answer for an
   indexed image (clicked on the page) or an anonymous caption;
+- ``POST /compose``, ``GET /dupes``  a second image and a caption beside the first, and the
+  duplicate groups (:mod:`relsearch.view.extras`);
 - ``GET /thumb/ID``    JPEG thumbnail of a record of the index;
 - ``GET /file/ID``     the record's file itself.
 
@@ -32,7 +34,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from relsearch.errors import RelsearchError
-from relsearch.view import browse
+from relsearch.view import browse, extras
 from relsearch.view.files import FileRefused, indexed_thumbnail, read_indexed
 from relsearch.view.html import (
     QUERY_PX,
@@ -177,6 +179,26 @@ class ViewApp:
             result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
         return browse.answer(result, src, label, show)
 
+    def compose(self, body: bytes) -> dict[str, Any]:
+        """``POST /compose``: uploaded images and a caption, combined (see :mod:`relsearch.view.extras`)."""
+        images, text, weights, k = extras.parse_compose(body)
+        k = self.k if k is None else k
+        if not 1 <= k <= MAX_K:
+            raise RelsearchError(f"k must be an integer between 1 and {MAX_K}")
+        with self.lock:
+            self.searcher.refresh()
+            return extras.compose_answer(self.searcher, images, text, weights, k)
+
+    def dupes(self, params: dict[str, list[str]]) -> dict[str, Any]:
+        """``GET /dupes?threshold=T``: exact and near-duplicate groups of the index."""
+        from relsearch.dupes import DEFAULT_THRESHOLD
+
+        try:
+            threshold = float(params.get("threshold", [DEFAULT_THRESHOLD])[0])
+        except ValueError:
+            raise RelsearchError("threshold must be a number in (0, 1]") from None
+        return extras.dupes_answer(self.index, threshold)
+
     def close(self) -> None:
         self.searcher.close()
 
@@ -262,6 +284,11 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
                 self._send(200, app.page().encode(), "text/html; charset=utf-8")
             elif url.path.rstrip("/") == "/search":
                 self._search(parse_qs(url.query))
+            elif url.path.rstrip("/") == "/dupes":
+                try:
+                    self._json(200, app.dupes(parse_qs(url.query)))
+                except RelsearchError as exc:
+                    self._json(400, {"error": str(exc)})
             elif len(parts) in (1, 2) and parts[0] in ("thumb", "file"):
                 self._record_file(parts[0], unquote(parts[1]) if len(parts) == 2 else "")
             else:
@@ -271,7 +298,7 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
             if not self._trusted():
                 return
             url = urlsplit(self.path)
-            if url.path.rstrip("/") != "/query":
+            if url.path.rstrip("/") not in ("/query", "/compose"):
                 self._discard_body()
                 self._json(404, {"error": f"no endpoint {url.path}"})
                 return
@@ -287,6 +314,12 @@ def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
                 self._json(413, {"error": f"upload larger than {MAX_UPLOAD // 2**20} MB"})
                 return
             data = self.rfile.read(length)
+            if url.path.rstrip("/") == "/compose":
+                try:
+                    self._json(200, app.compose(data))
+                except RelsearchError as exc:
+                    self._json(400, {"error": str(exc)})
+                return
             query = parse_qs(url.query)
             try:
                 k = int(query.get("k", [app.k])[0])

@@ -1,0 +1,184 @@
+"""Second-stage training of relsim-mini: tune the query head on cached upper-block features.
+
+The first stage (``relsearch train``) trains LoRA on blocks 12-15 and the head from scratch; each
+step runs four backbone blocks. Starting from trained weights, this stage keeps the LoRA blocks as
+they are, runs the whole backbone once per image (merged, bf16 where the CPU has it: inference
+speed) and caches the 7 x 7 x 320 map, then trains only the head, whose steps cost milliseconds.
+That buys tens of epochs over a new corpus (new families, photographs, JPEG) in the time the
+first stage needs for one.
+
+    python -m relsearch.train.head_tune --init relsearch/weights/relsim-mini \\
+        --data corpus/train/labels.jsonl --val corpus/val/labels.jsonl --out runs/head --steps 3000
+
+Augmentation on the cached maps: a left-right flip (no relation family depends on handedness).
+Loss: the multi-positive image -> caption loss with same-family positives, as the first stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from relsearch.errors import RelsearchError
+from relsearch.train.data import CaptionRecord, load_image, read_dataset
+from relsearch.train.loss import LossConfig, contrastive_loss
+
+
+def upper_features(init: str, records: list[CaptionRecord], cache: Path, batch: int = 32,
+                   log: Any = None) -> torch.Tensor:
+    """[N, 320, 7, 7] float16 maps after the (merged) LoRA blocks, cached in ``cache``."""
+    from relsearch.encoders.relsim_mini import load
+
+    enc = load(init)
+    key = json.dumps({"fingerprint": enc.fingerprint, "images": [r.image for r in records]})
+    if cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=False)
+        if saved.get("key") == key:
+            return saved["features"]
+    enc._ready_for_inference()  # merged LoRA + folded BatchNorm, channels-last
+    model = enc.model
+    parts = []
+    started = time.perf_counter()
+    for i in range(0, len(records), batch):
+        ims = [load_image(r.image) for r in records[i : i + batch]]
+        x = enc.preprocess_batch(ims).to(enc.device)
+        with torch.inference_mode(), enc._autocast():
+            parts.append(model.upper(model.trunk(x)).to(torch.float16).cpu())
+        if log and (i // batch) % 10 == 0:
+            log(f"features {i + len(ims)}/{len(records)} {time.perf_counter() - started:.0f}s")
+    feats = torch.cat(parts)
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"key": key, "features": feats}, tmp)
+    tmp.replace(cache)
+    return feats
+
+
+def _family_groups(records: list[CaptionRecord]) -> torch.Tensor:
+    if not all(r.family for r in records):
+        raise RelsearchError("head tuning needs a 'family' on every row (train on labels.jsonl)")
+    names = {f: i for i, f in enumerate(sorted({r.family for r in records}))}
+    return torch.tensor([names[r.family] for r in records])
+
+
+def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 3000, batch_size: int = 128,
+         lr: float = 5e-4, weight_decay: float = 0.01, warmup_frac: float = 0.05, temperature: float = 0.07,
+         seed: int = 0, threads: int | None = None, log: Any = print, save_every: int = 0) -> dict[str, Any]:
+    """Tune the head of the relsim-mini at ``init`` on ``data``; saves the release into ``out``.
+
+    ``save_every`` > 0 also saves a release every that many steps into ``out/stepN`` (a run cut
+    short by the clock still leaves usable weights).
+    """
+    from relsearch.encoders.relsim_mini import load
+    from relsearch.train.trainer import lr_lambda, text_embeddings, validate
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = read_dataset(data)
+    groups = _family_groups(records)
+    feats = upper_features(init, records, out_dir / "upper_features.pt", log=log)
+    text = text_embeddings(records, None)
+    val_records = read_dataset(val) if val else None
+    val_feats = upper_features(init, val_records, out_dir / "val_upper_features.pt") if val_records else None
+
+    enc = load(init, trainable=True)  # the peft model: what ``save`` writes LoRA + head from
+    head = enc.model.head
+    # Only the head is optimised; LoRA keeps requires_grad (it is part of the saved release) but
+    # gets no gradient: the cached maps are computed after it.
+    params = list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps, max(1, int(warmup_frac * steps))))
+    loss_cfg = LossConfig(temperature=temperature)
+    n = len(records)
+    history = []
+    log_every = max(1, min(50, steps // 10))
+    started = time.perf_counter()
+
+    val_text = text_embeddings(val_records, None).numpy() if val_records else None
+
+    def evaluate() -> dict[str, Any]:
+        head.eval()
+        with torch.no_grad():
+            emb = torch.cat([torch.nn.functional.normalize(head(val_feats[i : i + 256].float()), dim=-1)
+                             for i in range(0, len(val_feats), 256)]).numpy()
+        head.train()
+        return validate(emb, val_records, val_text, 0.9)
+
+    head.train()
+    order = rng.permutation(n)
+    pos = 0
+    for step in range(steps):
+        if pos + batch_size > n:
+            order, pos = rng.permutation(n), 0
+        idx = torch.from_numpy(order[pos : pos + batch_size])
+        pos += batch_size
+        x = feats[idx].float()
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        x[flip] = torch.flip(x[flip], dims=[3])
+        emb = torch.nn.functional.normalize(head(x), dim=-1)
+        loss = contrastive_loss(emb, text[idx], loss_cfg, groups[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            row: dict[str, Any] = {"step": step + 1, "loss": round(loss.item(), 4),
+                                   "seconds": round(time.perf_counter() - started, 1)}
+            if val_records and ((step + 1) % (10 * log_every) == 0 or step + 1 == steps):
+                row.update({k: round(v, 4) for k, v in evaluate().items()})
+            history.append(row)
+            log(json.dumps(row))
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            head.eval()
+            enc.save(str(out_dir / f"step{step + 1}"))
+            head.train()
+    head.eval()
+    enc.save(str(out_dir))
+    summary = {"init": init, "data": data, "steps": steps, "batch_size": batch_size, "lr": lr,
+               "train_pairs": n, "final": history[-1] if history else None,
+               "seconds": round(time.perf_counter() - started, 1)}
+    (out_dir / "head_tune.json").write_text(json.dumps({"summary": summary, "history": history}, indent=2) + "\n")
+    if not math.isfinite(loss.item()):
+        raise RelsearchError("training diverged (loss is not finite)")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m relsearch.train.head_tune", description=__doc__.split("\n")[0])
+    p.add_argument("--init", required=True, help="trained relsim-mini weights folder to start from")
+    p.add_argument("--data", required=True, help="labels.jsonl of the training corpus")
+    p.add_argument("--val", default=None, help="labels.jsonl of a validation corpus")
+    p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=0, help="also save a release every N steps")
+    args = p.parse_args(argv)
+    try:
+        summary = tune(args.init, args.data, args.out, args.val, args.steps, args.batch_size, args.lr,
+                       seed=args.seed, threads=args.threads, log=lambda m: print(m, flush=True),
+                       save_every=args.save_every)
+    except RelsearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
