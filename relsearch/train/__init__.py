@@ -1,1 +1,1 @@
-"""Training of relational encoders: data, losses, trainer loop and retrieval metrics."""
+"""Training of relational encoders: data, losses and the trainer loop (metrics: ``relsearch.retrieval_metrics``)."""
