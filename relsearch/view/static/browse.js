@@ -11,9 +11,24 @@ function flags() {
          '&explain=' + (explain.checked ? 1 : 0);
 }
 
-async function run() {
-  if (!current) return;
+// One request whose answer fills the rows: `pending` shows meanwhile, `query` tags the rows,
+// `done(data)` is the status line after. Answers to superseded requests are dropped.
+async function show(req, pending, query, done) {
   const mine = ++seq;
+  status.textContent = pending + ' ...';
+  try {
+    const r = await req;
+    const data = await r.json();
+    if (mine !== seq) return;
+    if (!r.ok) { status.textContent = 'error: ' + data.error; return; }
+    rows.innerHTML = data.html;
+    rows.dataset.query = query;
+    status.textContent = done(data);
+  } catch (e) { if (mine === seq) status.textContent = 'error: ' + e; }
+}
+
+function run() {
+  if (!current) return;
   let req;
   if (current.kind === 'upload') {
     req = fetch('query?name=' + encodeURIComponent(current.name) + flags(), {method: 'POST', body: lastUpload,
@@ -21,18 +36,11 @@ async function run() {
   } else {
     req = fetch('search?' + current.kind + '=' + encodeURIComponent(current.value) + flags());
   }
-  status.textContent = 'searching ' + (current.name || current.value) + ' ...';
-  try {
-    const r = await req;
-    const data = await r.json();
-    if (mine !== seq) return;
-    if (!r.ok) { status.textContent = 'error: ' + data.error; return; }
-    rows.innerHTML = data.html;
-    rows.dataset.query = current.kind + ':' + current.value;
+  const name = current.name || current.value;
+  show(req, 'searching ' + name, current.kind + ':' + current.value, (data) => {
     const t = data.timings_ms || {};
-    status.textContent = (current.name || current.value) + ': ' +
-      Object.keys(t).map(k => k + ' ' + t[k].toFixed(1) + ' ms').join(', ');
-  } catch (e) { if (mine === seq) status.textContent = 'error: ' + e; }
+    return name + ': ' + Object.keys(t).map(k => k + ' ' + t[k].toFixed(1) + ' ms').join(', ');
+  });
 }
 
 function fromHash() {

@@ -1,5 +1,5 @@
 // Composed queries (the dropped image + a second image + a caption) and duplicate groups.
-// Shares the page's globals from browse.js ($, rows, status, kbox, lastUpload, seq).
+// Shares the page's globals from browse.js ($, rows, status, kbox, lastUpload, show).
 async function asBase64(file) {
   const bytes = new Uint8Array(await file.arrayBuffer());
   let s = '';
@@ -7,19 +7,8 @@ async function asBase64(file) {
   return btoa(s);
 }
 
-async function show(req, what) {
-  const mine = ++seq;
-  status.textContent = what + ' ...';
-  try {
-    const r = await req;
-    const data = await r.json();
-    if (mine !== seq) return;
-    if (!r.ok) { status.textContent = 'error: ' + data.error; return; }
-    rows.innerHTML = data.html;
-    rows.dataset.query = what;
-    status.textContent = what;
-  } catch (e) { if (mine === seq) status.textContent = 'error: ' + e; }
-}
+// show(req, pending, query, done) comes from browse.js.
+function showAs(req, what) { show(req, what, what, () => what); }
 
 $('composeform').addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -30,11 +19,11 @@ $('composeform').addEventListener('submit', async (e) => {
   const text = $('addtext').value.trim();
   const body = JSON.stringify({images: images, text: text, k: parseInt(kbox.value, 10)});
   history.replaceState(null, '', location.pathname);
-  show(fetch('compose', {method: 'POST', body: body, headers: {'Content-Type': 'application/json'}}),
+  showAs(fetch('compose', {method: 'POST', body: body, headers: {'Content-Type': 'application/json'}}),
        'combined: ' + images.length + ' image(s)' + (text ? ' + "' + text + '"' : ''));
 });
 
 $('dupesbtn').addEventListener('click', () => {
   const t = $('dupethreshold').value;
-  show(fetch('dupes' + (t ? '?threshold=' + encodeURIComponent(t) : '')), 'duplicate groups');
+  showAs(fetch('dupes' + (t ? '?threshold=' + encodeURIComponent(t) : '')), 'duplicate groups');
 });
