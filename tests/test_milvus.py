@@ -159,3 +159,33 @@ def test_bad_milvus_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert "needs --uri" in capsys.readouterr().err
     assert run_cli("query", str(paths[0]), "--index", str(idx), "--backend", "elastic") == 2
     assert "--backend must be faiss or milvus" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_not_utf8_exports_and_comes_back(tmp_path):
+    """Milvus holds UTF-8 text only; a non-UTF-8 name (issue 8) must export and round-trip in queries."""
+    from relsearch.backends.milvus import from_milvus_path, to_milvus_path
+
+    root, idx, db = tmp_path / "col", tmp_path / "idx", tmp_path / "x.db"
+    paths = make_collection(root, 24)  # PQ8x4 trains on at least 16
+    bad = os.fsencode(str(root)) + b"/bad_\\xff\\xfe.png"
+    os.rename(paths[3], bad)
+    _build(root, idx)
+    assert run_cli("export", "milvus", "--index", str(idx), "--uri", str(db)) == 0
+    _assert_mirrors_decoded(idx, db)
+    name = os.fsdecode(bad)
+    assert from_milvus_path(to_milvus_path(name)) == name and to_milvus_path(str(paths[0])) == str(paths[0])
+    with MilvusSearcher(str(db)) as milvus_side:
+        hit = milvus_side.query_image(load_image(name, max_side=512), k=1).results["tinycolor"][0]
+    assert os.fsencode(hit.path) == bad
+
+
+def _assert_mirrors_decoded(idx, db) -> None:
+    from relsearch.backends.milvus import from_milvus_path
+
+    manifest = read_manifest(idx)
+    with Store.open(idx / "meta.lmdb", readonly=True) as store:
+        for name in manifest.encoders:
+            ids, _ = store.all_vectors(name, manifest.encoders[name].dim)
+            records = store.get_records(int(i) for i in ids)
+            rows = _milvus_rows(db, f"{idx.name}_{name}")
+            assert {i: from_milvus_path(r[1]) for i, r in rows.items()} == {int(i): records[int(i)].path for i in ids}

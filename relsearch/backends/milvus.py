@@ -23,6 +23,7 @@ same generation FAISS answers from.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -215,17 +216,38 @@ def _export_one(client: Any, store: Any, entry: Any, coll: str, pending: set[int
         rec = records.get(int(i))
         if rec is None:
             continue
-        if present.get(int(i)) == (rec.path, rec.sha256):
+        text = to_milvus_path(rec.path)
+        if present.get(int(i)) == (text, rec.sha256):
             continue  # already there, unchanged (a record's vector never changes: its bytes are its id)
-        if len(rec.path.encode()) > _MAX_PATH:
-            raise RelsearchError(f"path longer than {_MAX_PATH} bytes cannot go to Milvus: {rec.path[:80]}...")
-        rows.append({"id": int(i), "vector": vec.tolist(), "path": rec.path, "sha256": rec.sha256})
+        if len(text.encode()) > _MAX_PATH:
+            raise RelsearchError(f"path longer than {_MAX_PATH} bytes cannot go to Milvus: {text[:80]}...")
+        rows.append({"id": int(i), "vector": vec.tolist(), "path": text, "sha256": rec.sha256})
     for part in _chunks(rows, BATCH):
         client.upsert(coll, part)
     rep.upserted = len(rows)
     client.flush(coll)
     rep.rows = len(wanted)
     return rep
+
+
+#: Milvus VARCHARs are UTF-8; a file name that is not (stored surrogate-escaped) goes in as
+#: this prefix + base64 of its bytes. Record paths are absolute, so the prefix cannot clash.
+_BYTES_PREFIX = "bytes:"
+
+
+def to_milvus_path(path: str) -> str:
+    """``path`` as valid UTF-8 text, reversibly (see :func:`from_milvus_path`)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return _BYTES_PREFIX + base64.b64encode(os.fsencode(path)).decode("ascii")
+
+
+def from_milvus_path(text: str) -> str:
+    if text.startswith(_BYTES_PREFIX):
+        return os.fsdecode(base64.b64decode(text[len(_BYTES_PREFIX):]))
+    return text
 
 
 def _meta_of(client: Any, coll: str) -> dict[str, Any] | None:
@@ -354,8 +376,9 @@ class MilvusSearcher:
             res = self.client.search(coll, data=[vec[0].tolist()], limit=k, output_fields=["path"],
                                      search_params={"metric_type": "IP",
                                                     "params": meta.get("search_params", {})})
-            result.results[name] = [Hit(r + 1, float(h["distance"]), h["entity"]["path"], int(h["id"]),
-                                        [h["entity"]["path"]]) for r, h in enumerate(res[0])]
+            result.results[name] = [Hit(r + 1, float(h["distance"]), from_milvus_path(h["entity"]["path"]),
+                                        int(h["id"]), [from_milvus_path(h["entity"]["path"])])
+                                    for r, h in enumerate(res[0])]
             result.kinds[name] = meta.get("kind", "attribute")
             result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
             result.timings_ms[f"{name}.search+lookup"] = (time.perf_counter() - t_embed) * 1e3
