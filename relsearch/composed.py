@@ -118,15 +118,11 @@ def _exclude_ids(searcher: Searcher, terms: list[QueryTerm]) -> set[int]:
 
     store = searcher.opened.store
     out: set[int] = set()
-    if not store.count("hashes"):  # also opens the named db: LMDB cannot open one inside a read txn
-        return out
     for t in terms:
         if t.negative and not t.is_text:
-            digest = sha256_file(t.query)
-            with store.read() as txn:
-                rid = store.txn_id_for_hash(txn, digest)
+            rid = store.id_for_hash(sha256_file(t.query))
             if rid is not None:
-                out.add(int(rid))
+                out.add(rid)
     return out
 
 

@@ -353,6 +353,15 @@ class Store:
         with self.read() as txn:
             return int(txn.stat(db)["entries"])
 
+    def id_for_hash(self, sha256: str) -> int | None:
+        """The record id holding content ``sha256``, or None, in a read transaction of its own."""
+        db = self._db("hashes")  # opened first: a named database cannot be opened inside a read txn
+        if db is None:
+            return None
+        with self.read() as txn:
+            raw = txn.get(sha256.encode(), db=db)
+        return None if raw is None else key_id(raw)
+
     def txn_id_for_hash(self, txn: lmdb.Transaction, sha256: str) -> int | None:
         raw = txn.get(sha256.encode(), db=self._db("hashes"))
         return None if raw is None else key_id(raw)
