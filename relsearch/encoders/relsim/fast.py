@@ -151,18 +151,20 @@ def fixed_prompt(encoder: Any, side: int) -> FixedPrompt:
     return FixedPrompt(input_ids, positions, grid, int(hits[0]), side)
 
 
-def _batched_window_attention(attn: Any) -> Any:
+def _batched_window_attention(attn: Any, equal_cache: dict[tuple[int, int], bool]) -> Any:
     """A forward for one vision block's attention that batches equal-length segments.
 
     Same arithmetic as the module's own forward (qkv, vision rotary, SDPA per
     segment, proj); when every segment of ``cu_seqlens`` has one length they are
     stacked into a single SDPA call. Otherwise the module's own forward runs.
+    ``equal_cache`` is shared by every block and call of one fast path: all its
+    images have one grid, so (patches, segments) says whether the segments are
+    equal, and the host sync that finds out happens once per shape, not per block.
     """
     import torch.nn.functional as F
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     original = attn.forward
-    equal_cache: dict[tuple[int, int], bool] = {}
 
     def forward(hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -170,7 +172,7 @@ def _batched_window_attention(attn: Any) -> Any:
         n = hidden_states.shape[0]
         segments = cu_seqlens.numel() - 1
         key = (n, segments)
-        if key not in equal_cache:  # one host sync per shape, not per call
+        if key not in equal_cache:  # one host sync per shape
             lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
             equal_cache[key] = len(set(lengths)) == 1 and position_embeddings is not None
         if not equal_cache[key]:
@@ -200,6 +202,7 @@ class FastPath:
         self.side = fixed_side(ip, side)
         self.prompt = fixed_prompt(encoder, self.side).to(encoder.device)
         self.batched_attention = batched_attention
+        self._equal_segments: dict[tuple[int, int], bool] = {}
 
     # ------------------------------------------------------------------ CPU side
     def prepare(self, images: list[Image.Image]) -> dict[str, Any]:
@@ -254,7 +257,7 @@ class FastPath:
             patched = []
             if self.batched_attention:
                 for blk in self.encoder.module.backbone.get_base_model().model.visual.blocks:
-                    blk.attn.forward = _batched_window_attention(blk.attn)
+                    blk.attn.forward = _batched_window_attention(blk.attn, self._equal_segments)
                     patched.append(blk.attn)
             try:
                 yield
