@@ -47,6 +47,7 @@ from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_f
 from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
 from relsearch.faults import point
+from relsearch.home import default_index_path
 from relsearch.indexdir import (
     FAISS_DIR,
     LOCK,
@@ -56,7 +57,6 @@ from relsearch.indexdir import (
     Manifest,
     build_lock,
     check_fingerprint,
-    default_index_path,
     ensure_writable,
     faiss_path,
     manifest_bytes,

@@ -81,11 +81,9 @@ def _built_at(index: Path) -> float:
 
 def home_indexes() -> list[Path]:
     """Index directories in the index home, most recently built first."""
-    root = index_home()
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: (-_built_at(p), p.name))
+    from relsearch.indexdir import find_indexes  # lazily: encoders import this module on their cold path
+
+    return sorted(find_indexes(index_home()), key=lambda p: (-_built_at(p), p.name))
 
 
 @dataclass(frozen=True)

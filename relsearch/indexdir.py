@@ -39,13 +39,6 @@ LOCK = ".build.lock"
 _PACKAGES = ("relsearch", "torch", "faiss-cpu", "faiss-gpu", "lmdb", "numpy", "transformers", "peft")
 
 
-def default_index_path(collection: str | os.PathLike[str]) -> Path:
-    """``<index home>/<name of DIR>`` (see :mod:`relsearch.home`), never the working directory."""
-    from relsearch.home import default_index_path as in_home
-
-    return in_home(collection)
-
-
 def package_versions() -> dict[str, str]:
     out = {}
     for name in _PACKAGES:
@@ -243,7 +236,7 @@ def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
-    """Index directories directly under ``root`` (the default ``indexes/`` home)."""
+    """Index directories directly under ``root``: a manifest, or a store whose manifest a build will re-export."""
     root = Path(root)
     if not root.is_dir():
         return []
