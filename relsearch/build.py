@@ -89,6 +89,10 @@ class EmbeddingStep(Protocol):
     def embed(self, paths: list[str], missing: list[list[str]], encoders: list[Encoder],
               opts: BuildOptions) -> Iterator[EmbeddedBatch]: ...
 
+    def executor(self) -> Any:
+        """A ``map(fn, items)`` for the shards of an on-disk index, or None to build them here."""
+        ...
+
 
 @dataclass
 class BuildOptions:
@@ -728,7 +732,7 @@ def write_generation(store: Store, index_path: Path, name: str, dim: int, gen: i
         config = IndexConfig(spec=requested, recall_target=opts.recall_target)
         # Large collections get memory-mapped on-disk lists beside the FAISS file;
         # a Ray build also adds the shards of an on-disk index as Ray tasks.
-        executor = opts.embedding.executor() if hasattr(opts.embedding, "executor") else None
+        executor = opts.embedding.executor() if opts.embedding is not None else None
         index = VectorIndex.build(vecs, all_ids, config, vector_lookup=lookup, ondisk=ivfdata_path(new_file),
                                   executor=executor)
         rebuilt = (all_ids, vecs)
