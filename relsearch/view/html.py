@@ -106,9 +106,9 @@ def columns(result: Any) -> list[tuple[str, str, str, list[Any]]]:
     names = result.ordered()
     rel = [n for n in names if result.kinds.get(n) == "relational"]
     out = [(n, "relational", "", result.results[n]) for n in rel]
-    analogy = getattr(result, "analogy", None)
+    analogy = result.analogy
     if analogy is not None:
-        of = getattr(result, "analogy_of", {}) or {}
+        of = result.analogy_of
         note = (f"{of.get('relational', '?')} - {of.get('weight', 0):g} x {of.get('attribute', '?')}"
                 if of else "")
         out.append(("analogy", "analogy", note, analogy))
@@ -118,7 +118,7 @@ def columns(result: Any) -> list[tuple[str, str, str, list[Any]]]:
 
 def hit_caption(result: Any, column: str, hit: Any) -> Any:
     """The shared caption ``--explain`` found for ``hit`` in ``column`` (None without one)."""
-    explain = getattr(result, "explain", None)
+    explain = result.explain
     return explain.caption(column, hit.id) if explain is not None else None
 
 
@@ -180,7 +180,7 @@ def render_query(label: str, src: str | None, caption: Any = None) -> str:
 
 
 def query_caption(result: Any) -> Any:
-    explain = getattr(result, "explain", None)
+    explain = result.explain
     return explain.query_caption if explain is not None else None
 
 

@@ -69,7 +69,7 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     kinds = {c[0]: c[1] for c in cols_info}
     notes = {c[0]: c[2] for c in cols_info}
     rows = {c[0]: c[3][: k if k is not None else None] for c in cols_info}
-    explained = getattr(result, "explain", None) is not None
+    explained = result.explain is not None
     caption_h = CAPTION + (WHY_LINES * WHY_LINE if explained else 0)
     cols = max(1, min(columns, max((len(h) for h in rows.values()), default=1)))
     width = 2 * PAD + cols * CELL + (cols - 1) * GAP
