@@ -348,3 +348,54 @@ def test_verify_checks_and_repairs_the_refine_store(tmp_path):
     report = verify_index(idx)
     assert any("refine store" in p for p in report.problems)
     assert verify_index(idx, repair=True).consistent
+
+
+
+def test_store_check_holds_while_a_build_commits(tmp_path, monkeypatch):
+    """A searcher opening while a build committed took the file's size, then read a
+    newer meta page, and refused a healthy store as truncated (seen once in CI).
+    Here a commit that grows the file lands at each step of the check."""
+    from relsearch.store import lmdb_store
+
+    env = lmdb.open(str(tmp_path / "s.lmdb"), map_size=1 << 30)
+    data = tmp_path / "s.lmdb" / "data.mdb"
+    n = [0]
+
+    def commit() -> None:  # ~64 new pages: the newer meta page points past the old end
+        with env.begin(write=True) as txn:
+            for _ in range(16):
+                txn.put(n[0].to_bytes(8, "big"), os.urandom(16384))
+                n[0] += 1
+
+    class Racing:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, *a):
+            out = self.f.read(*a)
+            commit()
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def racing_open(path, *a, **kw):
+        commit()
+        return Racing(open(path, *a, **kw))
+
+    commit()
+    before = data.stat().st_size
+    with monkeypatch.context() as m:
+        m.setattr(lmdb_store, "open", racing_open, raising=False)
+        lmdb_store.check_data_file(data, attempts=1)  # no retry: the read order alone must hold
+    env.close()
+    assert data.stat().st_size > before  # the commits did land during the check
+    os.truncate(data, before // 2)  # ... and a truly short file is still refused
+    with pytest.raises(RelsearchError, match="truncated"):
+        lmdb_store.check_data_file(data)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -82,21 +83,39 @@ class CorruptVectorError(RelsearchError):
     """A raw vector failed its checksum."""
 
 
-def check_data_file(data: Path) -> None:
+def check_data_file(data: Path, attempts: int = 3) -> None:
     """Refuse a ``data.mdb`` shorter than its own meta pages say it is.
 
     LMDB maps the file and trusts it: a truncated file is a SIGBUS on first touch of
     a missing page, which kills the process with no message. Both meta pages (page 0
     and 1) record the last page in use; the newer one (higher txn id) is in force.
+
+    A build may commit while this runs. LMDB writes a transaction's pages before the
+    meta page that points at them, and never shrinks the file, so the meta pages are
+    read *before* the size: any meta seen then fits the size seen after. A failed
+    check is also re-read a few times (a torn read of a meta page being rewritten
+    passes on the next try; a truly damaged file fails every time).
     """
+    problem = ""
+    for attempt in range(max(1, attempts)):
+        if attempt:
+            time.sleep(0.05 * attempt)
+        problem = _data_file_problem(data)
+        if not problem:
+            return
+    raise RelsearchError(problem)
+
+
+def _data_file_problem(data: Path) -> str:
+    """The reason ``data`` cannot be mapped safely, or "" when it can."""
     try:
-        size = data.stat().st_size
         with open(data, "rb") as f:
             head = f.read(2 * 65536)
+            size = os.fstat(f.fileno()).st_size  # after the read: see check_data_file
     except OSError as exc:
         raise RelsearchError(f"cannot read metadata store {data}: {exc.strerror or exc}") from None
     if size == 0:
-        return  # created, never written (a first build killed at once): LMDB initialises it
+        return ""  # created, never written (a first build killed at once): LMDB initialises it
     recover = (f"the index at {data.parent.parent} cannot be read; delete it and run "
                f"relsearch build-index DIR --index {data.parent.parent}")
     metas = []
@@ -114,13 +133,12 @@ def check_data_file(data: Path) -> None:
         last_pg, txnid = struct.unpack_from("<QQ", head, off + 136)
         metas.append((psize, last_pg, txnid))
     if len(metas) < 2 or not metas[0][0] or metas[0][0] & (metas[0][0] - 1):
-        raise RelsearchError(f"metadata store {data} is damaged (no valid LMDB meta pages, {size} bytes); {recover}")
+        return f"metadata store {data} is damaged (no valid LMDB meta pages, {size} bytes); {recover}"
     psize, last_pg, _ = max(metas, key=lambda m: m[2])
     need = (last_pg + 1) * psize
     if size < need:
-        raise RelsearchError(
-            f"metadata store {data} is truncated ({size} bytes, its meta pages need {need}); {recover}"
-        )
+        return f"metadata store {data} is truncated ({size} bytes, its meta pages need {need}); {recover}"
+    return ""
 
 
 @dataclass
