@@ -29,6 +29,8 @@ from relsearch.errors import RelsearchError
 
 #: Default for ``--analogy-weight`` (see the module docstring for how it was chosen).
 DEFAULT_WEIGHT = 1.0
+#: Default penalty rule (:data:`RULES`).
+DEFAULT_RULE = "linear"
 #: Relational candidates re-ranked per query: ``max(POOL_FACTOR * k, MIN_POOL)``.
 POOL_FACTOR = 5
 MIN_POOL = 100
@@ -53,24 +55,43 @@ def pool_size(k: int, ntotal: int) -> int:
     return max(1, min(ntotal, max(POOL_FACTOR * k, MIN_POOL)))
 
 
-def rerank(rel_scores: np.ndarray, attr_scores: np.ndarray, weight: float) -> np.ndarray:
-    """Order (indices into the pool) by ``rel - weight * attr``, best first; ties keep pool order."""
-    return np.argsort(-(rel_scores - weight * attr_scores), kind="stable")
+#: How the attribute cosine is turned into a penalty (see :func:`analogy_scores`).
+RULES = ("linear", "above_median")
 
 
-def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIGHT) -> None:
+def analogy_scores(rel_scores: np.ndarray, attr_scores: np.ndarray, weight: float,
+                   rule: str = DEFAULT_RULE) -> np.ndarray:
+    """The analogy score of each pool candidate.
+
+    ``linear``: ``rel - weight * attr``. ``above_median``: ``rel - weight * max(0, attr - m)``
+    with ``m`` the median attribute cosine over the pool: only candidates that look more
+    alike than the pool's typical one are pushed down, so the relational order among the
+    rest is kept (a linear penalty also reshuffles them by attribute noise).
+    """
+    if rule == "linear":
+        penalty = attr_scores
+    elif rule == "above_median":
+        penalty = np.maximum(0.0, attr_scores - np.median(attr_scores)) if len(attr_scores) else attr_scores
+    else:
+        raise RelsearchError(f"unknown analogy rule {rule!r}; use one of {', '.join(RULES)}")
+    return rel_scores - weight * penalty
+
+
+def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIGHT, rule: str = DEFAULT_RULE) -> None:
     """Fill ``result.analogy`` (hits ranked by the analogy score) and ``result.analogy_of``."""
     from relsearch.query import Hit
 
     if not np.isfinite(weight) or weight < 0:
         raise RelsearchError(f"--analogy-weight must be a number >= 0, got {weight}")
+    if rule not in RULES:
+        raise RelsearchError(f"unknown analogy rule {rule!r}; use one of {', '.join(RULES)}")
     kinds = {n: e.kind for n, e in searcher.encoders.items()}  # the index's columns, not only the result's
     rel, attr = analogy_columns(kinds, sorted(kinds, key=lambda n: kinds[n] != "relational"))
     if rel not in result.vectors or attr not in result.vectors:
         raise RelsearchError("--analogy needs an image query (a caption has no attribute vector)")
     pool = searcher.search_vectors(rel, result.vectors[rel][None, :], pool_size(k, searcher.indexes[rel].ntotal))[0]
     if not pool:
-        result.analogy, result.analogy_of = [], {"relational": rel, "attribute": attr, "weight": weight}
+        result.analogy, result.analogy_of = [], {"relational": rel, "attribute": attr, "weight": weight, "rule": rule}
         return
     entry = searcher.opened.manifest.encoders[attr]
     ids = np.asarray([h.id for h in pool], dtype=np.int64)
@@ -78,7 +99,8 @@ def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIG
     attr_scores = attr_vecs @ np.asarray(result.vectors[attr], dtype=np.float32)
     rel_scores = np.asarray([h.score for h in pool], dtype=np.float32)
     same = (rel_scores >= SAME_IMAGE) & (attr_scores >= SAME_IMAGE)
-    order = [j for j in rerank(rel_scores, attr_scores, weight) if not same[j]][:k]
-    result.analogy = [Hit(r + 1, float(rel_scores[j] - weight * attr_scores[j]), pool[j].path, pool[j].id,
-                          list(pool[j].paths)) for r, j in enumerate(order)]
-    result.analogy_of = {"relational": rel, "attribute": attr, "weight": weight}
+    scores = analogy_scores(rel_scores, attr_scores, weight, rule)
+    order = [j for j in np.argsort(-scores, kind="stable") if not same[j]][:k]
+    result.analogy = [Hit(r + 1, float(scores[j]), pool[j].path, pool[j].id, list(pool[j].paths))
+                      for r, j in enumerate(order)]
+    result.analogy_of = {"relational": rel, "attribute": attr, "weight": weight, "rule": rule}

@@ -14,7 +14,7 @@ from mode_helpers import register
 from PIL import Image
 from typer.testing import CliRunner
 
-from relsearch.analogy import add_analogy, rerank
+from relsearch.analogy import add_analogy, analogy_scores
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
 from relsearch.errors import RelsearchError
@@ -48,11 +48,26 @@ def two_columns(tmp_path):
 # -- analogy -------------------------------------------------------------------------------
 
 
+def _order(rel, attr, weight, rule="linear"):
+    return np.argsort(-analogy_scores(rel, attr, weight, rule), kind="stable").tolist()
+
+
 def test_rerank_rule_pushes_look_alikes_down_and_weight_zero_is_relational():
     rel = np.array([0.9, 0.8, 0.7], dtype=np.float32)
     attr = np.array([0.9, 0.1, 0.2], dtype=np.float32)  # the best relational match is a look-alike
-    assert rerank(rel, attr, 0.0).tolist() == [0, 1, 2]
-    assert rerank(rel, attr, 1.0).tolist() == [1, 2, 0]
+    assert _order(rel, attr, 0.0) == [0, 1, 2]
+    assert _order(rel, attr, 1.0) == [1, 2, 0]
+    assert _order(rel, attr, 0.0, "above_median") == [0, 1, 2]
+
+
+def test_above_median_rule_keeps_the_relational_order_of_the_unalike():
+    rel = np.array([0.9, 0.85, 0.8, 0.75, 0.7], dtype=np.float32)
+    attr = np.array([0.95, 0.20, 0.10, 0.15, 0.25], dtype=np.float32)  # median 0.20
+    # linear reorders the unalike candidates (1..4) by attribute noise; above_median does not
+    assert _order(rel, attr, 1.0, "linear") == [2, 1, 3, 4, 0]
+    assert _order(rel, attr, 2.0, "above_median") == [1, 2, 3, 4, 0]
+    with pytest.raises(RelsearchError, match="unknown analogy rule"):
+        analogy_scores(rel, attr, 1.0, "z")
 
 
 def test_analogy_column_is_the_relational_pool_reranked(two_columns):
@@ -256,6 +271,7 @@ def test_bench_relational_reports_analogy_and_explain(tmp_path):
     a = report["analogy"]
     rel = report["encoders"]["tinyrel"]
     zero = next(s for s in a["sweep"] if s["weight"] == 0.0)  # weight 0 is the relational column itself
+    assert {s["rule"] for s in a["sweep"]} == {"linear", "above_median"}
     assert zero["precision_at_k"] == pytest.approx(rel["precision_at_k"])
     assert zero["twins_at_k"] == pytest.approx(rel["twins_at_k"])
     assert (a["relational"], a["attribute"]) == ("tinyrel", "tinycolor") and a["weight"] == 1.0

@@ -24,8 +24,8 @@ import numpy as np
 from relsearch.errors import RelsearchError
 from relsearch.retrieval_metrics import NONE_FAMILY
 
-#: Weights the analogy sweep reports beside the default.
-SWEEP = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+#: Weights the analogy sweep reports beside the default, per penalty rule (relsearch.analogy.RULES).
+SWEEP = {"linear": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0), "above_median": (1.0, 2.0, 3.0, 5.0, 8.0)}
 #: The issue's bar for analogy mode against the relational column.
 MAX_PRECISION_DROP = 0.03
 MAX_TWIN_SHARE = 0.5
@@ -62,9 +62,9 @@ def twins_at_k(nn: np.ndarray, families: list[str], twin: Any) -> float:
 
 
 def analogy_rows(searcher: Any, ids: np.ndarray, row_of_id: dict[int, int], k: int, weight: float,
-                 queries: list[int]) -> list[list[int]]:
+                 queries: list[int], rule: str | None = None) -> list[list[int]]:
     """Each query's analogy top k (engine code path; itself and unlabelled images skipped)."""
-    from relsearch.analogy import add_analogy
+    from relsearch.analogy import DEFAULT_RULE, add_analogy
     from relsearch.query import QueryResult
 
     store = searcher.opened.store
@@ -76,7 +76,7 @@ def analogy_rows(searcher: Any, ids: np.ndarray, row_of_id: dict[int, int], k: i
         res = QueryResult(query=str(ids[i]), results={n: [] for n in columns},
                           kinds={n: e.kind for n, e in columns.items()},
                           vectors={n: v[r] for n, v in vecs.items()})
-        add_analogy(searcher, res, k + 1 + min(extra, 1000), weight=weight)
+        add_analogy(searcher, res, k + 1 + min(extra, 1000), weight=weight, rule=rule or DEFAULT_RULE)
         got = [row_of_id[h.id] for h in res.analogy if h.id in row_of_id and h.id != ids[i]]
         rows.append(got[:k])
     return rows
@@ -85,19 +85,20 @@ def analogy_rows(searcher: Any, ids: np.ndarray, row_of_id: dict[int, int], k: i
 def analogy_report(searcher: Any, ids: np.ndarray, row_of_id: dict[int, int], k: int, families: list[str],
                    twin: Any, relational_row: dict[str, Any], attribute_row: dict[str, Any],
                    weight: float) -> dict[str, Any]:
-    from relsearch.analogy import analogy_columns, pool_size
+    from relsearch.analogy import DEFAULT_RULE, RULES, analogy_columns, pool_size
 
     kinds = {n: e.kind for n, e in searcher.encoders.items()}
     rel, attr = analogy_columns(kinds, sorted(kinds, key=lambda n: kinds[n] != "relational"))
     queries = [i for i, f in enumerate(families) if f != NONE_FAMILY]
     sweep = []
-    for w in sorted({*SWEEP, weight}):
-        p, t = _scores(analogy_rows(searcher, ids, row_of_id, k, w, queries), queries, families, twin)
-        sweep.append({"weight": w, "precision_at_k": p, "twins_at_k": t})
-    chosen = next(s for s in sweep if s["weight"] == weight)
+    for rule in RULES:
+        for w in sorted({*SWEEP[rule], weight} if rule == DEFAULT_RULE else SWEEP[rule]):
+            p, t = _scores(analogy_rows(searcher, ids, row_of_id, k, w, queries, rule), queries, families, twin)
+            sweep.append({"rule": rule, "weight": w, "precision_at_k": p, "twins_at_k": t})
+    chosen = next(s for s in sweep if s["weight"] == weight and s["rule"] == DEFAULT_RULE)
     rp, rt = relational_row["precision_at_k"], relational_row["twins_at_k"]
     return {
-        "relational": rel, "attribute": attr, "weight": weight, "pool": pool_size(k, searcher.indexes[rel].ntotal),
+        "relational": rel, "attribute": attr, "weight": weight, "rule": DEFAULT_RULE, "pool": pool_size(k, searcher.indexes[rel].ntotal),
         "precision_at_k": chosen["precision_at_k"], "twins_at_k": chosen["twins_at_k"],
         "relational_precision_at_k": rp, "relational_twins_at_k": rt,
         "attribute_precision_at_k": attribute_row["precision_at_k"],
@@ -150,8 +151,10 @@ def format_rows(report: dict[str, Any]) -> list[str]:
         lines.append(f"analogy vs relational: P@{k} drop {a['precision_drop']:+.3f} (<= 0.03: "
                      f"{a['meets']['precision_within_0.03']}), twins {a['twins_at_k']:.4f} vs "
                      f"{a['relational_twins_at_k']:.4f} (<= half: {a['meets']['twins_at_most_half']})")
-        lines.append("analogy sweep: " + ", ".join(f"w={s['weight']:g} P {s['precision_at_k']:.3f} "
-                                                   f"twins {s['twins_at_k']:.4f}" for s in a["sweep"]))
+        for rule in dict.fromkeys(s.get("rule", "linear") for s in a["sweep"]):
+            lines.append(f"analogy sweep ({rule}): " + ", ".join(
+                f"w={s['weight']:g} P {s['precision_at_k']:.3f} twins {s['twins_at_k']:.4f}"
+                for s in a["sweep"] if s.get("rule", "linear") == rule))
     e = report.get("explain")
     if e:
         lines.append(f"explain ({e['encoder']}, {e['captions']} captions): own caption in family "
