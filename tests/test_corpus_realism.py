@@ -198,6 +198,24 @@ def test_train_and_eval_photo_pools_never_share_a_file() -> None:
     assert not train & evaluation
 
 
+def test_package_files_keeps_one_size_of_each_picture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relsearch.corpus import art as art_mod
+
+    files = ["Autumn/contents/images/640x480.jpg", "Autumn/contents/images/1920x1080.jpg",
+             "Autumn/contents/screenshot.jpg", "Kite/contents/images/800x600.png",
+             "flat/meadow.jpg", "flat/meadow_3840x2160.jpg", "flat/readme.txt"]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x")
+    info = tmp_path / "info"
+    info.mkdir()
+    (info / "wp.list").write_text("".join(f"{tmp_path / f}\n" for f in files))
+    monkeypatch.setattr(art_mod, "_DPKG_INFO", info)
+    got = sorted(str(p.relative_to(tmp_path)) for p in package_files("wp"))
+    assert got == ["Autumn/contents/images/1920x1080.jpg", "Kite/contents/images/800x600.png", "flat/meadow.jpg"]
+    assert package_files("not-installed") == []
+
+
 @pytest.mark.parametrize("pool", ["train", "eval"])
 def test_photo_backgrounds_are_real_photographs(
     art: Path, tmp_path: Path, pool: str, monkeypatch: pytest.MonkeyPatch

@@ -15,6 +15,7 @@ apt_packages=(
   gnome-backgrounds        # wallpaper photographs: backgrounds of training scenes
   mate-backgrounds
   ukui-wallpapers
+  plasma-workspace-wallpapers
   lomiri-wallpapers        # evaluation-only backgrounds (tests/test_relsim_mini.py)
 )
 need_apt=()

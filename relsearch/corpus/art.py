@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -465,7 +466,7 @@ def export_emoji_art(
 # packages are split by name: the training corpus never sees the evaluation packages' images.
 
 #: Packages whose images may appear in training scenes.
-TRAIN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds")
+TRAIN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds", "plasma-workspace-wallpapers")
 #: Packages kept apart for evaluation only (photographs by other photographers).
 EVAL_PHOTO_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
 PHOTO_POOLS = {"train": TRAIN_PHOTO_PACKAGES, "eval": EVAL_PHOTO_PACKAGES}
@@ -478,16 +479,27 @@ _RESOLUTION_SUFFIX = ("_3840x2160", "_5640x3172", "_2560x1440", "_1920x1080")
 
 
 def package_files(package: str) -> list[Path]:
-    """Image files a Debian package installed (empty when it is not installed)."""
+    """Image files a Debian package installed (empty when it is not installed), one per picture."""
     listing = _DPKG_INFO / f"{package}.list"
     if not listing.is_file():
         return []
     out = []
+    # KDE-style packages ship each picture as <Name>/contents/images/<W>x<H>.<ext> at many
+    # sizes: keep the largest of each <Name> (screenshots are previews, not pictures).
+    sized: dict[Path, tuple[int, Path]] = {}
     for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
         p = Path(line.strip())
-        if p.suffix.lower() in _PHOTO_EXTENSIONS and not p.stem.endswith(_RESOLUTION_SUFFIX) and p.is_file():
-            out.append(p)
-    return sorted(out)
+        if p.suffix.lower() not in _PHOTO_EXTENSIONS or p.stem.endswith(_RESOLUTION_SUFFIX) or not p.is_file():
+            continue
+        size = re.fullmatch(r"(\d+)x(\d+)", p.stem)
+        if size is None:
+            if "screenshot" not in p.stem.lower():
+                out.append(p)
+            continue
+        area, key = int(size[1]) * int(size[2]), p.parent.parent.parent
+        if area > sized.get(key, (0, p))[0]:
+            sized[key] = (area, p)
+    return sorted(out + [p for _, p in sized.values()])
 
 
 def missing_photo_packages(pool: str) -> list[str]:
