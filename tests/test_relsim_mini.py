@@ -225,3 +225,33 @@ def test_index_of_other_relsim_mini_weights_refuses_with_rebuild_message(
     err = capsys.readouterr().err
     assert code != 0
     assert "rebuild" in err and "relsim-mini" in err, err
+
+
+def test_grow_deepens_lora_and_resizes_without_changing_the_trained_model(tmp_path: Path) -> None:
+    from relsearch.encoders.relsim_mini import grow
+    from relsearch.errors import RelsearchError
+    from relsearch.train.trainer import build_encoder
+
+    enc = tiny_encoder()
+    _perturb_lora(enc)
+    enc.save(str(tmp_path / "a"))
+    deeper = build_encoder(f"relsim-mini@{tmp_path / 'a'}", "cpu", {"trunk_blocks": 12})  # what `train` runs
+    deeper.bf16 = False
+    assert deeper.config.trunk_blocks == 12 and deeper.config.d_model == TINY.d_model
+    lora = {k: v.detach() for k, v in deeper.model.trainable_state().items() if "lora_" in k}
+    assert len(lora) == 2 * len([k for k in enc.model.trainable_state() if "lora_" in k])  # 4 blocks, was 2
+    new_b = [v for k, v in lora.items() if "lora_B" in k and k.startswith(("upper.blocks.0.", "upper.blocks.1."))]
+    assert new_b and all(float(v.abs().max()) == 0.0 for v in new_b)  # blocks 12, 13: fresh pairs
+    moved = [v for k, v in lora.items() if "lora_B" in k and k.startswith("upper.blocks.2.")]
+    assert moved and float(moved[0].abs().max()) > 0  # block 14's trained pair, re-indexed
+    np.testing.assert_allclose(deeper.embed(images(3)), enc.embed(images(3)), atol=1e-5)
+    assert deeper.fingerprint != enc.fingerprint  # another config: indexes must be rebuilt
+
+    larger = grow(str(tmp_path / "a"), device="cpu", image_size=96)
+    assert tuple(larger.model.head.row_embed.shape) == (3, TINY.d_model)
+    emb = larger.embed(images(2))
+    assert np.isfinite(emb).all() and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+    with pytest.raises(RelsearchError, match="can only shrink"):
+        grow(str(tmp_path / "a"), device="cpu", trunk_blocks=15)
+    with pytest.raises(RelsearchError, match="grow only in"):
+        grow(str(tmp_path / "a"), device="cpu", d_model=64)

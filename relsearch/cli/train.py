@@ -57,7 +57,7 @@ def train_cmd(
     device: DeviceOpt = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
     model_arg: Annotated[list[str] | None, typer.Option(
-        "--model-arg", metavar="KEY=JSON", help="relsim-mini architecture override, e.g. d_model=128 (repeatable).")]
+        "--model-arg", metavar="KEY=JSON", help="relsim-mini architecture override, e.g. d_model=128 (repeatable); with relsim-mini@DIR, trunk_blocks / image_size grow the trained weights.")]
     = None,
     resume: Annotated[bool, typer.Option("--resume")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,

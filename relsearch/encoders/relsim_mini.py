@@ -583,3 +583,46 @@ def load(source: str | None = None, device: str | None = None, trainable: bool =
                         file_identity(pretrained_path()), json.dumps(asdict(encoder.config), sort_keys=True)])
         encoder._fingerprint = cached_fingerprint(key, lambda: encoder.fingerprint)
     return encoder
+
+
+#: Config keys :func:`grow` may change on trained weights (the rest would leave them meaningless).
+GROWABLE = ("trunk_blocks", "image_size")
+
+
+def grow(source: str | None = None, device: str | None = None, **changes: Any) -> RelsimMiniEncoder:
+    """A trainable relsim-mini with a larger adapted part or input, started from trained weights.
+
+    ``trunk_blocks`` smaller: LoRA reaches further down the backbone; the trained pairs keep
+    their blocks and the new ones start at peft's init (B = 0), so before training the grown
+    model embeds exactly as the source does. ``image_size`` changed: the head's row and column
+    position embeddings are resampled (linearly) to the new grid. Used by ``relsearch train
+    --encoder relsim-mini@DIR --model-arg trunk_blocks=5``.
+    """
+    import re
+    from dataclasses import replace
+
+    bad = sorted(set(changes) - set(GROWABLE))
+    if bad:
+        raise RelsearchError(f"relsim-mini weights can grow only in {', '.join(GROWABLE)}; not {', '.join(bad)}")
+    src = load(source, device=device, trainable=True)
+    old = src.config
+    if changes.get("trunk_blocks", old.trunk_blocks) > old.trunk_blocks:
+        raise RelsearchError(f"trunk_blocks can only shrink (more adapted blocks): the weights adapt from block "
+                             f"{old.trunk_blocks}, asked {changes['trunk_blocks']}")
+    try:
+        config = replace(old, **changes)
+    except (TypeError, ValueError) as exc:
+        raise RelsearchError(f"bad relsim-mini model args: {exc}") from exc
+    shift = old.trunk_blocks - config.trunk_blocks
+    grown = RelsimMiniEncoder(config, device=device, weights_label=f"{src.weights_label} (grown)", trainable=True)
+    state = {}
+    for key, value in src.model.trainable_state().items():
+        if key in ("head.row_embed", "head.col_embed") and value.shape[0] != config.grid:
+            value = nn.functional.interpolate(value.detach().T[None], size=config.grid, mode="linear",
+                                              align_corners=False)[0].T
+        m = re.fullmatch(r"upper\.blocks\.(\d+)\.(.*)", key)
+        state[f"upper.blocks.{int(m[1]) + shift}.{m[2]}" if m else key] = value.detach().clone().contiguous()
+    unexpected = grown.model.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:  # every source tensor has a place in the grown model
+        raise RelsearchError(f"cannot grow relsim-mini: {len(unexpected)} tensors have no place (e.g. {unexpected[0]})")
+    return grown

@@ -120,7 +120,9 @@ def build_encoder(spec: str, device: str | None, model_args: dict[str, Any]) -> 
     """A trainable encoder for ``NAME`` or ``NAME@SOURCE``.
 
     ``relsim-mini`` without a source starts from a fresh head (ImageNet backbone,
-    zero LoRA): training reproduces the shipped weights rather than tuning them.
+    zero LoRA): training reproduces the shipped weights rather than tuning them. With a
+    source and model args (``trunk_blocks``, ``image_size``) it grows the trained weights
+    (:func:`relsearch.encoders.relsim_mini.grow`).
     """
     from relsearch.encoders import EncoderSpec, resolve_factory
 
@@ -136,8 +138,12 @@ def build_encoder(spec: str, device: str | None, model_args: dict[str, Any]) -> 
         except (TypeError, ValueError) as exc:
             raise RelsearchError(f"bad relsim-mini model args: {exc}") from exc
         return RelsimMiniEncoder(config, device=device)
+    if parsed.name == "relsim-mini" and model_args:
+        from relsearch.encoders.relsim_mini import grow
+
+        return grow(parsed.source, device=device, **model_args)
     if model_args:
-        raise RelsearchError("model args only apply to a fresh relsim-mini")
+        raise RelsearchError("model args only apply to relsim-mini")
     encoder = resolve_factory(parsed.name)(source=parsed.source, device=device)
     if not isinstance(encoder, TrainableEncoder):
         raise RelsearchError(f"encoder {parsed.name!r} cannot be trained (no train_module/forward_train)")
