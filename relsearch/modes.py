@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from relsearch.analogy import DEFAULT_WEIGHT
+from relsearch.analogy import DEFAULT_RULE, DEFAULT_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Modes:
     analogy: bool = False
     explain: bool = False
     analogy_weight: float = DEFAULT_WEIGHT
+    analogy_rule: str = DEFAULT_RULE
     captions: str | os.PathLike[str] | None = None
 
     def __bool__(self) -> bool:
@@ -34,7 +35,7 @@ def apply_modes(searcher: Any, result: Any, k: int, modes: Modes) -> Any:
         from relsearch.analogy import add_analogy
 
         t = time.perf_counter()
-        add_analogy(searcher, result, k, weight=modes.analogy_weight)
+        add_analogy(searcher, result, k, weight=modes.analogy_weight, rule=modes.analogy_rule)
         result.timings_ms["analogy"] = (time.perf_counter() - t) * 1e3
     if modes.explain:
         from relsearch.explain import explain_result

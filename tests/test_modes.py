@@ -72,7 +72,7 @@ def test_above_median_rule_keeps_the_relational_order_of_the_unalike():
 
 def test_analogy_column_is_the_relational_pool_reranked(two_columns):
     index, paths = two_columns
-    res = query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=1.0))
+    res = query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=1.0, analogy_rule="linear"))
     hits = res.analogy
     assert len(hits) == 5 and [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -80,7 +80,18 @@ def test_analogy_column_is_the_relational_pool_reranked(two_columns):
         ids = np.array([h.id for h in hits])
         rel = s.opened.store.get_vectors("tinyrel", ids, 384) @ res.vectors["tinyrel"]
         att = s.opened.store.get_vectors("tinycolor", ids, 48) @ res.vectors["tinycolor"]
+        n = s.indexes["tinyrel"].ntotal
+        assert n <= 100  # the pool is the whole index: its median attribute cosine is computable here
+        every = s.opened.store.all_vectors("tinycolor", 48)[1] @ res.vectors["tinycolor"]
     np.testing.assert_allclose([h.score for h in hits], rel - att, atol=1e-5)
+    default = query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=2.0))  # above_median
+    assert res.analogy_of["rule"] == "linear" and default.analogy_of["rule"] == "above_median"
+    with Searcher(index) as s:
+        ids = np.array([h.id for h in default.analogy])
+        rel = s.opened.store.get_vectors("tinyrel", ids, 384) @ res.vectors["tinyrel"]
+        att = s.opened.store.get_vectors("tinycolor", ids, 48) @ res.vectors["tinycolor"]
+    want = rel - 2.0 * np.maximum(0.0, att - np.median(every))
+    np.testing.assert_allclose([h.score for h in default.analogy], want, atol=1e-5)
     # the query's own file is its closest look-alike: analogy mode must not rank it first
     assert hits[0].path != str(paths[3]) and res.results["tinyrel"][0].path == str(paths[3])
     assert set(res.to_dict()["analogy"][0]) == {"rank", "score", "path", "id"}

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from relsearch.analogy import DEFAULT_RULE as DEFAULT_ANALOGY_RULE
 from relsearch.analogy import DEFAULT_WEIGHT as DEFAULT_ANALOGY_WEIGHT
 from relsearch.cli.app import ColumnsOpt, DeviceOpt, JsonOpt, app, print_json, user_errors
 from relsearch.collection.exclude import DEFAULT_EXCLUDES
@@ -123,8 +124,11 @@ def query_cmd(
     analogy: Annotated[bool, typer.Option(
         "--analogy", help="Add an analogy column: relationally close, attribute far.")] = False,
     analogy_weight: Annotated[float, typer.Option(
-        "--analogy-weight", min=0.0, help="Analogy score = relational - WEIGHT x attribute cosine.")]
+        "--analogy-weight", min=0.0, help="Analogy score = relational cosine - WEIGHT x attribute penalty.")]
     = DEFAULT_ANALOGY_WEIGHT,
+    analogy_rule: Annotated[str, typer.Option(
+        "--analogy-rule", help="Attribute penalty: above_median (attribute cosine above the candidates' "
+        "median) or linear (the attribute cosine).")] = DEFAULT_ANALOGY_RULE,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Add the caption each relational hit shares with the query.")] = False,
     captions: Annotated[Path | None, typer.Option(
@@ -158,7 +162,7 @@ def query_cmd(
                              else "--uri and --collection go with --backend milvus")
     else:
         index = index or _chosen_index()
-        modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight,
+        modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight, analogy_rule=analogy_rule,
                       captions=str(captions) if captions is not None else None)
         terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
         if not terms:

