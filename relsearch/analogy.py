@@ -73,13 +73,17 @@ def analogy_scores(rel_scores: np.ndarray, attr_scores: np.ndarray, weight: floa
     alike than the pool's typical one are pushed down, so the relational order among the
     rest is kept (a linear penalty also reshuffles them by attribute noise).
     """
-    if rule == "linear":
-        penalty = attr_scores
-    elif rule == "above_median":
-        penalty = np.maximum(0.0, attr_scores - np.median(attr_scores)) if len(attr_scores) else attr_scores
+    check_rule(rule)
+    if rule == "above_median" and len(attr_scores):
+        penalty = np.maximum(0.0, attr_scores - np.median(attr_scores))
     else:
-        raise RelsearchError(f"unknown analogy rule {rule!r}; use one of {', '.join(RULES)}")
+        penalty = attr_scores
     return rel_scores - weight * penalty
+
+
+def check_rule(rule: str) -> None:
+    if rule not in RULES:
+        raise RelsearchError(f"unknown analogy rule {rule!r}; use one of {', '.join(RULES)}")
 
 
 def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIGHT, rule: str = DEFAULT_RULE) -> None:
@@ -88,8 +92,7 @@ def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIG
 
     if not np.isfinite(weight) or weight < 0:
         raise RelsearchError(f"--analogy-weight must be a number >= 0, got {weight}")
-    if rule not in RULES:
-        raise RelsearchError(f"unknown analogy rule {rule!r}; use one of {', '.join(RULES)}")
+    check_rule(rule)
     kinds = {n: e.kind for n, e in searcher.encoders.items()}  # the index's columns, not only the result's
     rel, attr = analogy_columns(kinds, sorted(kinds, key=lambda n: kinds[n] != "relational"))
     if rel not in result.vectors or attr not in result.vectors:

@@ -20,6 +20,12 @@ ResultsOpt = Annotated[Path | None, typer.Option(
 KOpt = Annotated[int, typer.Option("-k", "--k", min=1)]
 
 
+def _show(table: str, *written: str) -> None:
+    """A benchmark's table, then the files it wrote."""
+    typer.echo(table)
+    typer.echo("wrote " + " ".join(str(w) for w in written))
+
+
 @bench_app.command("ann")
 @user_errors
 def ann_cmd(
@@ -91,8 +97,7 @@ def relational_cmd(
     if as_json:
         print_json(report)
         return
-    typer.echo(rel.format_table(report))
-    typer.echo(f"wrote {report['json']} {report['png']}" + (f" {report['out']}" if out else ""))
+    _show(rel.format_table(report), report["json"], report["png"], *([report["out"]] if out else []))
 
 
 @bench_app.command("relsets")
@@ -116,8 +121,7 @@ def relsets_cmd(
     if as_json:
         print_json(report)
         return
-    typer.echo(relsets.format_table(report))
-    typer.echo(f"wrote {report['json']}")
+    _show(relsets.format_table(report), report["json"])
 
 
 @bench_app.command("throughput")
@@ -150,8 +154,7 @@ def throughput_cmd(
     if as_json:
         print_json(report)
         return
-    typer.echo(tp.format_table(report))
-    typer.echo(f"wrote {report['json']} {report['png']}")
+    _show(tp.format_table(report), report["json"], report["png"])
 
 
 @bench_app.command("dupes")
@@ -178,8 +181,7 @@ def dupes_cmd(
         print_json(report)
         return
     for part in report.values():
-        typer.echo(bd.format_report(part))
-        typer.echo(f"wrote {part['json']}" + (f" {part['png']}" if "png" in part else ""))
+        _show(bd.format_report(part), part["json"], *([part["png"]] if "png" in part else []))
 
 
 @bench_app.command("scale")
@@ -295,8 +297,7 @@ def cold_cmd(
     if as_json:
         print_json(report)
         return
-    typer.echo(cold.format_report(report))
-    typer.echo(f"wrote {report['json']}")
+    _show(cold.format_report(report), report["json"])
 
 
 @bench_app.command("relsim")

@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+import re
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -601,9 +602,6 @@ def grow(source: str | None = None, device: str | None = None, **changes: Any) -
     position embeddings are resampled (linearly) to the new grid. Used by ``relsearch train
     --encoder relsim-mini@DIR --model-arg trunk_blocks=5``.
     """
-    import re
-    from dataclasses import replace
-
     bad = sorted(set(changes) - set(GROWABLE))
     if bad:
         raise RelsearchError(f"relsim-mini weights can grow only in {', '.join(GROWABLE)}; not {', '.join(bad)}")
