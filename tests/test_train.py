@@ -13,9 +13,17 @@ import torch
 from PIL import Image
 
 from relsearch.errors import RelsearchError
-from relsearch.train.data import read_caption_jsonl, read_dataset, read_paper_release
+from relsearch.train.data import CaptionRecord, read_caption_jsonl, read_dataset, read_paper_release
 from relsearch.train.loss import LossConfig, contrastive_loss, positive_mask
-from relsearch.train.trainer import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, lr_lambda, train
+from relsearch.train.trainer import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    TrainConfig,
+    group_units,
+    grouped_batch_indices,
+    lr_lambda,
+    train,
+)
 
 TINY_MODEL = {"image_size": 64, "d_model": 32, "n_layers": 1, "n_heads": 2, "lora_rank": 2,
               "pretrained_backbone": True, "dropout": 0.0}
@@ -256,3 +264,38 @@ def test_uncached_path_prepares_images_every_step(tmp_path: Path) -> None:
     assert result.steps == 2 and math.isfinite(result.final_loss)
     assert not (tmp_path / "run" / "feature_cache.pt").exists()
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_group_batches_keep_composed_groups_together(tmp_path: Path) -> None:
+    # Two grouped compose runs reuse group ids 0-2: a group is its image folder + id. Ungrouped rows stand alone.
+    records = [CaptionRecord(f"/c/{d}/images/{d}{g}{f}.jpg", "cap", family=f, group=str(g))
+               for d in ("a", "b") for g in range(3) for f in "xyz"]
+    records += [CaptionRecord(f"/c/u/images/{i}.jpg", "cap", family="x") for i in range(6)]
+    units = group_units(records)
+    assert sorted(len(u) for u in units) == [1] * 6 + [3] * 6
+    key = {i: (Path(r.image).parent, r.group) for i, r in enumerate(records)}
+    for step in range(8):  # two epochs of 4 batches of 6 rows
+        idx = grouped_batch_indices(units, 6, seed=1, step=step)
+        assert len(idx) == 6 and len(set(idx.tolist())) == 6
+    epoch = np.concatenate([grouped_batch_indices(units, 6, 1, s) for s in range(4)])
+    assert sorted(epoch.tolist()) == list(range(24))  # every row once per epoch
+    for unit in units:  # each group's rows sit next to each other in the epoch's order
+        if len(unit) > 1:
+            pos = sorted(int(np.flatnonzero(epoch == i)[0]) for i in unit)
+            assert pos[-1] - pos[0] == len(unit) - 1 and len({key[i] for i in unit}) == 1
+    other = np.concatenate([grouped_batch_indices(units, 6, 1, s) for s in range(4, 8)])
+    assert not np.array_equal(epoch, other)  # a new order each epoch
+
+
+def test_group_batches_train_on_grouped_rows_only(tmp_path: Path) -> None:
+    data = make_scene_set(tmp_path / "data", n=16)
+    with pytest.raises(RelsearchError, match="compose --grouped"):
+        train(_config(data / "labels.jsonl", tmp_path / "run", group_batches=True))
+    assert not (tmp_path / "run").exists()
+    # A row and a column scene share a group, as compose --grouped draws one object set in every family.
+    rows = [json.loads(x) for x in (data / "labels.jsonl").read_text().splitlines()]
+    (data / "grouped.jsonl").write_text("".join(json.dumps({**r, "group": i // 2}) + "\n" for i, r in enumerate(rows)))
+    result = train(_config(data / "grouped.jsonl", tmp_path / "run", group_batches=True, symmetric=True,
+                           family_positives=True, steps=3))
+    assert result.steps == 3 and math.isfinite(result.final_loss)
+    assert json.loads((tmp_path / "run" / "train_args.json").read_text())["group_batches"] is True

@@ -50,6 +50,9 @@ def train_cmd(
     family_positives: Annotated[bool, typer.Option(
         "--family-positives", help="Captions of the same family label are positives too (labels.jsonl data).")]
     = False,
+    group_batches: Annotated[bool, typer.Option(
+        "--group-batches", help="Batches keep composed groups whole (compose --grouped rows): scenes that "
+        "differ only in relation meet in one batch.")] = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 100,
     cache_views: Annotated[int, typer.Option(
         "--cache-views", help="Cached frozen-feature views per image (0: augment every step).")] = 3,
@@ -70,7 +73,8 @@ def train_cmd(
             data=data, out=out, encoder=encoder, val=val, image_dir=image_dir, epochs=epochs, steps=steps,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac,
             grad_clip=grad_clip, temperature=temperature, symmetric=symmetric, loss_mode=loss_mode,
-            pos_threshold=pos_threshold, family_positives=family_positives, checkpoint_every=checkpoint_every,
+            pos_threshold=pos_threshold, family_positives=family_positives,
+            group_batches=group_batches, checkpoint_every=checkpoint_every,
             cache_views=cache_views, seed=seed, device=device, threads=threads, resume=resume,
             progress=progress, model_args=parse_model_args(model_arg or []),
         )

@@ -68,6 +68,9 @@ class TrainConfig:
     pos_threshold: float = 0.9
     #: also treat captions of the same ``family`` label as positives (labelled data only).
     family_positives: bool = False
+    #: fill batches with whole composed groups (``compose --grouped``: one object set and
+    #: background drawn in every family), so a batch holds scenes that differ only in relation.
+    group_batches: bool = False
     checkpoint_every: int = 100
     #: frozen-feature views per image (view 0 clean, others augmented); 0 = no cache.
     cache_views: int = 3
@@ -203,6 +206,25 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return perm[b * batch_size : (b + 1) * batch_size]
 
 
+def group_units(records: list[CaptionRecord]) -> list[np.ndarray]:
+    """Row ids bundled by composed group; a group is (image folder, group id), ungrouped rows stand alone."""
+    units: dict[Any, list[int]] = {}
+    for i, r in enumerate(records):
+        key = (str(Path(r.image).parent), r.group) if r.group is not None else i
+        units.setdefault(key, []).append(i)
+    return [np.asarray(v) for v in units.values()]
+
+
+def grouped_batch_indices(units: list[np.ndarray], batch_size: int, seed: int, step: int) -> np.ndarray:
+    """As :func:`batch_indices`, but the epoch's order permutes whole groups, keeping each one together."""
+    n = sum(len(u) for u in units)
+    per_epoch = n // batch_size
+    epoch, b = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch, 3]).permutation(len(units))
+    flat = np.concatenate([units[i] for i in order])
+    return flat[b * batch_size : (b + 1) * batch_size]
+
+
 def batch_views(idx: np.ndarray, views: int, seed: int, step: int) -> np.ndarray:
     return np.random.default_rng([seed, step, 1]).integers(0, views, size=len(idx))
 
@@ -272,10 +294,14 @@ class BatchSource:
         self.text_emb = text_emb
         self.config = config
         self.features = features
+        self.units = group_units(records) if config.group_batches else None
 
     def __call__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         cfg = self.config
-        idx = batch_indices(len(self.records), cfg.batch_size, cfg.seed, step)
+        if self.units is not None:
+            idx = grouped_batch_indices(self.units, cfg.batch_size, cfg.seed, step)
+        else:
+            idx = batch_indices(len(self.records), cfg.batch_size, cfg.seed, step)
         if self.features is not None:
             views = next(iter(self.features.values())).shape[0]
             v = torch.from_numpy(batch_views(idx, views, cfg.seed, step))
@@ -389,6 +415,8 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     if len(records) < config.batch_size:
         raise RelsearchError(f"{len(records)} training pairs is fewer than one batch of {config.batch_size}")
     val_records = read_dataset(config.val) if config.val else None
+    if config.group_batches and not any(r.group is not None for r in records):
+        raise RelsearchError("--group-batches needs grouped rows (a 'group' per row, from compose --grouped)")
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
 
     torch.manual_seed(config.seed)
