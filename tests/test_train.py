@@ -19,8 +19,8 @@ from relsearch.train.trainer import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     TrainConfig,
+    batch_indices,
     group_units,
-    grouped_batch_indices,
     lr_lambda,
     train,
 )
@@ -275,15 +275,15 @@ def test_group_batches_keep_composed_groups_together(tmp_path: Path) -> None:
     assert sorted(len(u) for u in units) == [1] * 6 + [3] * 6
     key = {i: (Path(r.image).parent, r.group) for i, r in enumerate(records)}
     for step in range(8):  # two epochs of 4 batches of 6 rows
-        idx = grouped_batch_indices(units, 6, seed=1, step=step)
+        idx = batch_indices(24, 6, seed=1, step=step, units=units)
         assert len(idx) == 6 and len(set(idx.tolist())) == 6
-    epoch = np.concatenate([grouped_batch_indices(units, 6, 1, s) for s in range(4)])
+    epoch = np.concatenate([batch_indices(24, 6, 1, s, units) for s in range(4)])
     assert sorted(epoch.tolist()) == list(range(24))  # every row once per epoch
     for unit in units:  # each group's rows sit next to each other in the epoch's order
         if len(unit) > 1:
             pos = sorted(int(np.flatnonzero(epoch == i)[0]) for i in unit)
             assert pos[-1] - pos[0] == len(unit) - 1 and len({key[i] for i in unit}) == 1
-    other = np.concatenate([grouped_batch_indices(units, 6, 1, s) for s in range(4, 8)])
+    other = np.concatenate([batch_indices(24, 6, 1, s, units) for s in range(4, 8)])
     assert not np.array_equal(epoch, other)  # a new order each epoch
 
 

@@ -198,12 +198,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # -- data -------------------------------------------------------------------------------
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Item ids of global ``step``: a per-epoch permutation, last partial batch dropped."""
+def batch_indices(n: int, batch_size: int, seed: int, step: int,
+                  units: list[np.ndarray] | None = None) -> np.ndarray:
+    """Item ids of global ``step``: a per-epoch permutation, last partial batch dropped.
+
+    With ``units`` (:func:`group_units`), the epoch's order permutes whole groups, keeping each
+    one's rows next to each other.
+    """
     per_epoch = n // batch_size
     epoch, b = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[b * batch_size : (b + 1) * batch_size]
+    if units is None:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    else:
+        order = np.concatenate([units[i] for i in np.random.default_rng([seed, epoch, 3]).permutation(len(units))])
+    return order[b * batch_size : (b + 1) * batch_size]
 
 
 def group_units(records: list[CaptionRecord]) -> list[np.ndarray]:
@@ -213,16 +221,6 @@ def group_units(records: list[CaptionRecord]) -> list[np.ndarray]:
         key = (str(Path(r.image).parent), r.group) if r.group is not None else i
         units.setdefault(key, []).append(i)
     return [np.asarray(v) for v in units.values()]
-
-
-def grouped_batch_indices(units: list[np.ndarray], batch_size: int, seed: int, step: int) -> np.ndarray:
-    """As :func:`batch_indices`, but the epoch's order permutes whole groups, keeping each one together."""
-    n = sum(len(u) for u in units)
-    per_epoch = n // batch_size
-    epoch, b = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch, 3]).permutation(len(units))
-    flat = np.concatenate([units[i] for i in order])
-    return flat[b * batch_size : (b + 1) * batch_size]
 
 
 def batch_views(idx: np.ndarray, views: int, seed: int, step: int) -> np.ndarray:
@@ -298,10 +296,7 @@ class BatchSource:
 
     def __call__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         cfg = self.config
-        if self.units is not None:
-            idx = grouped_batch_indices(self.units, cfg.batch_size, cfg.seed, step)
-        else:
-            idx = batch_indices(len(self.records), cfg.batch_size, cfg.seed, step)
+        idx = batch_indices(len(self.records), cfg.batch_size, cfg.seed, step, self.units)
         if self.features is not None:
             views = next(iter(self.features.values())).shape[0]
             v = torch.from_numpy(batch_views(idx, views, cfg.seed, step))
