@@ -14,7 +14,7 @@ from PIL import Image
 
 from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, read_caption_jsonl, read_dataset, read_paper_release
-from relsearch.train.loss import LossConfig, contrastive_loss, positive_mask
+from relsearch.train.loss import LossConfig, contrastive_loss, image_label_loss, positive_mask
 from relsearch.train.trainer import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -146,6 +146,28 @@ def test_multipositive_stops_pushing_apart_near_duplicate_captions() -> None:
         # one gradient-descent step on image 0: does it get closer to its twin's caption?
         moves[mode] = float(-image.grad[0] @ twin)
     assert moves["infonce"] < 0 < moves["multipos"]
+
+
+def test_image_label_loss_pulls_same_family_scenes_together() -> None:
+    e = torch.eye(4)
+    labels = torch.tensor([0, 0, 1, 1])
+    # Two positives per row at temperature 1, known value: -log(e / (e + 2)).
+    together = torch.stack([e[0], e[0], e[1], e[1]])
+    assert image_label_loss(together, labels, 1.0).item() == pytest.approx(math.log(1 + 2 / math.e), abs=1e-6)
+    apart = torch.stack([e[0], e[1], e[0], e[1]])  # each scene next to the other family's
+    assert image_label_loss(apart, labels).item() > image_label_loss(together, labels).item() + 5
+    # Gradient descent on scene 0 moves it towards its family-mate (at e1), off the other family's scene (at e0).
+    x = apart.clone().requires_grad_(True)
+    image_label_loss(x, labels).backward()
+    step = -x.grad[0]
+    assert float(step @ e[1]) > 0 > float(step @ e[0])
+    # No scene has a family-mate: nothing to learn, a zero that still backpropagates.
+    lone = torch.nn.functional.normalize(torch.randn(3, 4), dim=1).requires_grad_(True)
+    zero = image_label_loss(lone, torch.tensor([0, 1, 2]))
+    zero.backward()
+    assert zero.item() == 0.0 and lone.grad is not None
+    with pytest.raises(ValueError, match="labels"):
+        image_label_loss(torch.zeros(3, 4), torch.zeros(2))
 
 
 def test_loss_config_validates() -> None:
@@ -296,6 +318,14 @@ def test_group_batches_train_on_grouped_rows_only(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in (data / "labels.jsonl").read_text().splitlines()]
     (data / "grouped.jsonl").write_text("".join(json.dumps({**r, "group": i // 2}) + "\n" for i, r in enumerate(rows)))
     result = train(_config(data / "grouped.jsonl", tmp_path / "run", group_batches=True, symmetric=True,
-                           family_positives=True, steps=3))
+                           family_positives=True, image_loss=0.5, steps=3))
     assert result.steps == 3 and math.isfinite(result.final_loss)
-    assert json.loads((tmp_path / "run" / "train_args.json").read_text())["group_batches"] is True
+    args = json.loads((tmp_path / "run" / "train_args.json").read_text())
+    assert args["group_batches"] is True and args["image_loss"] == 0.5
+
+
+def test_image_loss_needs_family_labels(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="family_positives"):
+        _config(tmp_path / "labels.jsonl", tmp_path / "run", image_loss=0.5)
+    with pytest.raises(ValueError, match="image_loss"):
+        _config(tmp_path / "labels.jsonl", tmp_path / "run", image_loss=-1.0, family_positives=True)

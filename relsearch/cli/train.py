@@ -53,6 +53,9 @@ def train_cmd(
     group_batches: Annotated[bool, typer.Option(
         "--group-batches", help="Batches keep composed groups whole (compose --grouped rows): scenes that "
         "differ only in relation meet in one batch.")] = False,
+    image_loss: Annotated[float, typer.Option(
+        "--image-loss", help="Weight of an image -> image term: scenes of the same family are positives, "
+        "all others negatives (needs --family-positives; best with --group-batches).")] = 0.0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 100,
     cache_views: Annotated[int, typer.Option(
         "--cache-views", help="Cached frozen-feature views per image (0: augment every step).")] = 3,
@@ -74,7 +77,7 @@ def train_cmd(
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac,
             grad_clip=grad_clip, temperature=temperature, symmetric=symmetric, loss_mode=loss_mode,
             pos_threshold=pos_threshold, family_positives=family_positives,
-            group_batches=group_batches, checkpoint_every=checkpoint_every,
+            group_batches=group_batches, image_loss=image_loss, checkpoint_every=checkpoint_every,
             cache_views=cache_views, seed=seed, device=device, threads=threads, resume=resume,
             progress=progress, model_args=parse_model_args(model_arg or []),
         )

@@ -10,6 +10,13 @@ distribution is uniform over them (as in supervised-contrastive losses). That
 needs no labels, so it also works on the paper's 114k captions. Where the data
 does carry relation labels (the composed corpus), ``groups`` adds every pair of
 the same label as a positive as well.
+
+Caption targets never name objects, so neither half of that loss compares two
+*images*. :func:`image_label_loss` does: a supervised-contrastive term among the
+batch's images, where scenes of the same label are positives and every other
+scene a negative. On grouped batches (``compose --grouped``) the hardest of
+those negatives are the same objects on the same photograph in another
+relation, which is exactly what image -> image retrieval must tell apart.
 """
 
 from __future__ import annotations
@@ -79,3 +86,23 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
         t = mask.T.to(logits.dtype)
         loss = 0.5 * (loss + _soft_ce(logits.T, t / t.sum(1, keepdim=True)))
     return loss
+
+
+def image_label_loss(image_emb: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Supervised-contrastive loss among images: same ``labels`` are positives.
+
+    ``image_emb`` is ``[B, D]`` and L2-normalised, ``labels`` ``[B]`` ints. An
+    image is never its own candidate; rows with no positive in the batch add
+    nothing (zero when none has one).
+    """
+    if image_emb.ndim != 2 or labels.shape != image_emb.shape[:1]:
+        raise ValueError(f"need [B, D] embeddings and [B] labels, got {tuple(image_emb.shape)} "
+                         f"and {tuple(labels.shape)}")
+    self_mask = torch.eye(len(labels), dtype=torch.bool, device=image_emb.device)
+    logits = (image_emb @ image_emb.T / temperature).masked_fill(self_mask, float("-inf"))
+    pos = (labels[:, None] == labels[None, :]) & ~self_mask
+    has = pos.any(1)
+    if not has.any():
+        return image_emb.sum() * 0.0
+    log_p = F.log_softmax(logits[has], dim=1).masked_fill(~pos[has], 0.0)
+    return -(log_p.sum(1) / pos[has].sum(1)).mean()

@@ -36,7 +36,7 @@ from relsearch.atomic import atomic_write
 from relsearch.encoders.base import FeatureCachingEncoder, TrainableEncoder
 from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
-from relsearch.train.loss import LossConfig, contrastive_loss, positive_mask
+from relsearch.train.loss import LossConfig, contrastive_loss, image_label_loss, positive_mask
 from relsearch.train.safe_state import load_tensors, rng_state, set_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -71,6 +71,8 @@ class TrainConfig:
     #: fill batches with whole composed groups (``compose --grouped``: one object set and
     #: background drawn in every family), so a batch holds scenes that differ only in relation.
     group_batches: bool = False
+    #: weight of the image -> image term among scenes of the same family (needs family_positives).
+    image_loss: float = 0.0
     checkpoint_every: int = 100
     #: frozen-feature views per image (view 0 clean, others augmented); 0 = no cache.
     cache_views: int = 3
@@ -98,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
         if self.family_positives and self.loss_mode != "multipos":
             raise ValueError("family_positives needs loss_mode 'multipos'")
+        if self.image_loss < 0:
+            raise ValueError(f"image_loss must be >= 0, got {self.image_loss!r}")
+        if self.image_loss and not self.family_positives:
+            raise ValueError("image_loss compares scenes by family label: it needs family_positives")
         if self.cache_views < 0:
             raise ValueError(f"cache_views must be >= 0, got {self.cache_views!r}")
         self.loss_config()  # validates temperature / mode / threshold
@@ -480,8 +486,11 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     while step < total:
         batch, targets, batch_groups = source(step)
         image_emb = encoder.forward_train(batch)
-        loss = contrastive_loss(image_emb.float(), targets.to(image_emb.device), loss_cfg,
-                                None if batch_groups is None else batch_groups.to(image_emb.device))
+        if batch_groups is not None:
+            batch_groups = batch_groups.to(image_emb.device)
+        loss = contrastive_loss(image_emb.float(), targets.to(image_emb.device), loss_cfg, batch_groups)
+        if config.image_loss:
+            loss = loss + config.image_loss * image_label_loss(image_emb.float(), batch_groups, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
