@@ -99,10 +99,11 @@ def image_label_loss(image_emb: torch.Tensor, labels: torch.Tensor, temperature:
         raise ValueError(f"need [B, D] embeddings and [B] labels, got {tuple(image_emb.shape)} "
                          f"and {tuple(labels.shape)}")
     self_mask = torch.eye(len(labels), dtype=torch.bool, device=image_emb.device)
-    logits = (image_emb @ image_emb.T / temperature).masked_fill(self_mask, float("-inf"))
+    # A finite "minus infinity" keeps 0 x log-probability at 0 in the soft cross-entropy.
+    logits = (image_emb @ image_emb.T / temperature).masked_fill(self_mask, -1e4)
     pos = (labels[:, None] == labels[None, :]) & ~self_mask
     has = pos.any(1)
     if not has.any():
         return image_emb.sum() * 0.0
-    log_p = F.log_softmax(logits[has], dim=1).masked_fill(~pos[has], 0.0)
-    return -(log_p.sum(1) / pos[has].sum(1)).mean()
+    targets = pos[has].to(logits.dtype)
+    return _soft_ce(logits[has], targets / targets.sum(1, keepdim=True))

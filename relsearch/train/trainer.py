@@ -485,12 +485,12 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     val_report = None
     while step < total:
         batch, targets, batch_groups = source(step)
-        image_emb = encoder.forward_train(batch)
+        image_emb = encoder.forward_train(batch).float()
         if batch_groups is not None:
             batch_groups = batch_groups.to(image_emb.device)
-        loss = contrastive_loss(image_emb.float(), targets.to(image_emb.device), loss_cfg, batch_groups)
+        loss = contrastive_loss(image_emb, targets.to(image_emb.device), loss_cfg, batch_groups)
         if config.image_loss:
-            loss = loss + config.image_loss * image_label_loss(image_emb.float(), batch_groups, config.temperature)
+            loss = loss + config.image_loss * image_label_loss(image_emb, batch_groups, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
