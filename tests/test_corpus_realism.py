@@ -216,6 +216,30 @@ def test_package_files_keeps_one_size_of_each_picture(tmp_path: Path, monkeypatc
     assert package_files("not-installed") == []
 
 
+def test_package_files_keeps_only_the_selected_photographs_of_a_mixed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from relsearch.corpus import art as art_mod
+
+    assert set(art_mod._PHOTO_SELECTION) <= set(TRAIN_PHOTO_PACKAGES)  # selections only narrow train packages
+    files = ["doc/data/room.jpg", "doc/data/chessboard.png", "doc/tutorial/diagram.png", "icons/app.png",
+             "templates/rocks.jpg", "templates/sheep.jpg", "starters/frame.png"]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x")
+    info = tmp_path / "info"
+    info.mkdir()
+    for pkg in ("samples", "paint"):
+        (info / f"{pkg}.list").write_text("".join(f"{tmp_path / f}\n" for f in files))
+    monkeypatch.setattr(art_mod, "_DPKG_INFO", info)
+    monkeypatch.setattr(art_mod, "_PHOTO_SELECTION", {
+        "samples": (f"{tmp_path}/doc/data/", frozenset({"room.jpg"})),
+        "paint": (f"{tmp_path}/templates/", None),
+    })
+    assert [p.name for p in package_files("samples")] == ["room.jpg"]
+    assert [p.name for p in package_files("paint")] == ["rocks.jpg", "sheep.jpg"]
+
+
 @pytest.mark.parametrize("pool", ["train", "eval"])
 def test_photo_backgrounds_are_real_photographs(
     art: Path, tmp_path: Path, pool: str, monkeypatch: pytest.MonkeyPatch

@@ -16,6 +16,8 @@ apt_packages=(
   mate-backgrounds
   ukui-wallpapers
   plasma-workspace-wallpapers
+  tuxpaint-data            # real photographs of things and places (its templates), for training scenes
+  opencv-doc               # likewise (its sample photographs: a room, fruit, a table of things)
   lomiri-wallpapers        # evaluation-only backgrounds (tests/test_relsim_mini.py)
 )
 need_apt=()

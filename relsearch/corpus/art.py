@@ -465,8 +465,12 @@ def export_emoji_art(
 # rendered abstract art. Scenes composed over them look like what people's folders hold, and the
 # packages are split by name: the training corpus never sees the evaluation packages' images.
 
-#: Packages whose images may appear in training scenes.
-TRAIN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds", "plasma-workspace-wallpapers")
+#: Packages whose images may appear in training scenes. The wallpaper packages are mostly rendered
+#: abstract art and landscapes; Tux Paint's templates (bark, rocks, sheep, a lighthouse) and
+#: OpenCV's sample photographs (a room, fruit, a table of things, buildings) add real photographs of
+#: things and places, which is what the evaluation photographs and people's folders show.
+TRAIN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds", "plasma-workspace-wallpapers",
+                        "tuxpaint-data", "opencv-doc")
 #: Packages kept apart for evaluation only (photographs by other photographers).
 EVAL_PHOTO_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
 PHOTO_POOLS = {"train": TRAIN_PHOTO_PACKAGES, "eval": EVAL_PHOTO_PACKAGES}
@@ -474,6 +478,15 @@ _DPKG_INFO = Path("/var/lib/dpkg/info")
 _PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # Photos are decoded once and kept at this longest side: scenes are at most a few hundred px.
 PHOTO_SIDE = 768
+# Packages that hold photographs among other images (icons, diagrams, screenshots): only this
+# folder of theirs is used, and only the named files in it when names are given.
+_PHOTO_SELECTION: dict[str, tuple[str, frozenset[str] | None]] = {
+    "tuxpaint-data": ("/usr/share/tuxpaint/templates/", None),
+    "opencv-doc": ("/usr/share/doc/opencv-doc/examples/data/", frozenset(
+        "aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg basketball1.png box_in_scene.png building.jpg "
+        "butterfly.jpg ela_original.jpg fruits.jpg graf1.png home.jpg leuvenA.jpg messi5.jpg orange.jpg "
+        "pca_test1.jpg rubberwhale1.png smarties.png squirrel_cls.jpg stuff.jpg".split())),
+}
 # Some packages ship the same picture at several resolutions (Elephants_3840x2160.jpg): keep one.
 _RESOLUTION_SUFFIX = ("_3840x2160", "_5640x3172", "_2560x1440", "_1920x1080")
 
@@ -483,6 +496,7 @@ def package_files(package: str) -> list[Path]:
     listing = _DPKG_INFO / f"{package}.list"
     if not listing.is_file():
         return []
+    folder, names = _PHOTO_SELECTION.get(package, ("/", None))
     out = []
     # KDE-style packages ship each picture as <Name>/contents/images/<W>x<H>.<ext> at many
     # sizes: keep the largest of each <Name> (screenshots are previews, not pictures).
@@ -490,6 +504,8 @@ def package_files(package: str) -> list[Path]:
     for line in listing.read_text(encoding="utf-8", errors="replace").splitlines():
         p = Path(line.strip())
         if p.suffix.lower() not in _PHOTO_EXTENSIONS or p.stem.endswith(_RESOLUTION_SUFFIX) or not p.is_file():
+            continue
+        if not str(p).startswith(folder) or (names is not None and p.name not in names):
             continue
         size = re.fullmatch(r"(\d+)x(\d+)", p.stem)
         if size is None:
