@@ -198,19 +198,24 @@ def test_train_and_eval_photo_pools_never_share_a_file() -> None:
     assert not train & evaluation
 
 
-def test_package_files_keeps_one_size_of_each_picture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_packages(root: Path, monkeypatch: pytest.MonkeyPatch, files: list[str], packages: tuple[str, ...]) -> None:
+    """Create ``files`` under ``root`` and dpkg listings naming all of them for each of ``packages``."""
     from relsearch.corpus import art as art_mod
 
-    files = ["Autumn/contents/images/640x480.jpg", "Autumn/contents/images/1920x1080.jpg",
-             "Autumn/contents/screenshot.jpg", "Kite/contents/images/800x600.png",
-             "flat/meadow.jpg", "flat/meadow_3840x2160.jpg", "flat/readme.txt"]
     for f in files:
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_bytes(b"x")
-    info = tmp_path / "info"
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_bytes(b"x")
+    info = root / "info"
     info.mkdir()
-    (info / "wp.list").write_text("".join(f"{tmp_path / f}\n" for f in files))
+    for pkg in packages:
+        (info / f"{pkg}.list").write_text("".join(f"{root / f}\n" for f in files))
     monkeypatch.setattr(art_mod, "_DPKG_INFO", info)
+
+
+def test_package_files_keeps_one_size_of_each_picture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_packages(tmp_path, monkeypatch, ["Autumn/contents/images/640x480.jpg", "Autumn/contents/images/1920x1080.jpg",
+                                           "Autumn/contents/screenshot.jpg", "Kite/contents/images/800x600.png",
+                                           "flat/meadow.jpg", "flat/meadow_3840x2160.jpg", "flat/readme.txt"], ("wp",))
     got = sorted(str(p.relative_to(tmp_path)) for p in package_files("wp"))
     assert got == ["Autumn/contents/images/1920x1080.jpg", "Kite/contents/images/800x600.png", "flat/meadow.jpg"]
     assert package_files("not-installed") == []
@@ -222,16 +227,9 @@ def test_package_files_keeps_only_the_selected_photographs_of_a_mixed_package(
     from relsearch.corpus import art as art_mod
 
     assert set(art_mod._PHOTO_SELECTION) <= set(TRAIN_PHOTO_PACKAGES)  # selections only narrow train packages
-    files = ["doc/data/room.jpg", "doc/data/chessboard.png", "doc/tutorial/diagram.png", "icons/app.png",
-             "templates/rocks.jpg", "templates/sheep.jpg", "starters/frame.png"]
-    for f in files:
-        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f).write_bytes(b"x")
-    info = tmp_path / "info"
-    info.mkdir()
-    for pkg in ("samples", "paint"):
-        (info / f"{pkg}.list").write_text("".join(f"{tmp_path / f}\n" for f in files))
-    monkeypatch.setattr(art_mod, "_DPKG_INFO", info)
+    _fake_packages(tmp_path, monkeypatch, ["doc/data/room.jpg", "doc/data/chessboard.png", "doc/tutorial/diagram.png",
+                                           "icons/app.png", "templates/rocks.jpg", "templates/sheep.jpg",
+                                           "starters/frame.png"], ("samples", "paint"))
     monkeypatch.setattr(art_mod, "_PHOTO_SELECTION", {
         "samples": (f"{tmp_path}/doc/data/", frozenset({"room.jpg"})),
         "paint": (f"{tmp_path}/templates/", None),
