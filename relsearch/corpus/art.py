@@ -459,11 +459,12 @@ def export_emoji_art(
 
 
 # ---------------------------------------------------------------------------------------------
-# Photographic backgrounds from Debian desktop-wallpaper packages
+# Photographic backgrounds from Debian packages (desktop wallpapers, sample photographs)
 #
 # Wallpaper packages ship real photographs (meadows, flowers, mountains, city streets) next to
-# rendered abstract art. Scenes composed over them look like what people's folders hold, and the
-# packages are split by name: the training corpus never sees the evaluation packages' images.
+# rendered abstract art; two other packages add photographs of things and places. Scenes composed
+# over them look like what people's folders hold, and the packages are split by name: the
+# training corpus never sees the evaluation packages' images.
 
 #: Packages whose images may appear in training scenes. The wallpaper packages are mostly rendered
 #: abstract art and landscapes; Tux Paint's templates (bark, rocks, sheep, a lighthouse) and

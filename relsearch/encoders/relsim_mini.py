@@ -62,7 +62,7 @@ class RelsimMiniConfig:
     #: blocks [0, trunk_blocks) are frozen and cacheable; the rest carry LoRA.
     #: 12 adapts the last four (7x7) blocks: measured +0.09 precision@10 over
     #: adapting the last block alone, for about twice the training step time.
-    #: (The defaults are a fresh run's; the shipped weights (v3-v5) were grown to
+    #: (The defaults are a fresh run's; the shipped weights (v3-v6) were grown to
     #: trunk_blocks 5 and image_size 288, see the model card.)
     trunk_blocks: int = 12
     lora_rank: int = 8
