@@ -226,7 +226,9 @@ def test_package_files_keeps_only_the_selected_photographs_of_a_mixed_package(
 ) -> None:
     from relsearch.corpus import art as art_mod
 
-    assert set(art_mod._PHOTO_SELECTION) <= set(TRAIN_PHOTO_PACKAGES)  # selections only narrow train packages
+    # selections only narrow training packages
+    assert set(art_mod._PHOTO_SELECTION) <= {*TRAIN_PHOTO_PACKAGES, art_mod.THINGS_PACKAGE}
+    assert art_mod.THINGS_PACKAGE not in EVAL_PHOTO_PACKAGES
     _fake_packages(tmp_path, monkeypatch, ["doc/data/room.jpg", "doc/data/chessboard.png", "doc/tutorial/diagram.png",
                                            "icons/app.png", "templates/rocks.jpg", "templates/sheep.jpg",
                                            "starters/frame.png"], ("samples", "paint"))
@@ -260,3 +262,100 @@ def test_photo_backgrounds_are_real_photographs(
     # packages also hold some smooth abstract pictures (a sixth of the training pool measures
     # under 1.0), so the typical background is tested, not each one.
     assert len(detail) >= 3 and float(np.median(detail)) > 1.0, detail
+
+
+def _cutout(colour: tuple[int, int, int], textured: bool, seed: int = 0) -> Image.Image:
+    """A disc cut out of a transparent square: photographed (noisy texture) or flat paint."""
+    rng = np.random.default_rng(seed)
+    rgb = np.broadcast_to(np.array(colour, np.float32), (120, 120, 3)).copy()
+    if textured:
+        rgb += rng.normal(0, 40, rgb.shape)
+    alpha = Image.new("L", (120, 120), 0)
+    ImageDraw.Draw(alpha).ellipse([10, 10, 110, 110], fill=255)
+    im = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+    im.putalpha(alpha)
+    return im
+
+
+def test_only_cut_out_photographs_count_as_photographed_things() -> None:
+    from relsearch.corpus.art import _is_photographed
+
+    assert _is_photographed(_cutout((200, 60, 40), textured=True))
+    assert not _is_photographed(_cutout((200, 60, 40), textured=False))  # flat paint: a drawing
+    opaque = _cutout((200, 60, 40), textured=True)
+    opaque.putalpha(255)
+    assert not _is_photographed(opaque)  # no cut: a whole picture, not a thing
+
+
+@pytest.fixture
+def fake_photos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grey training photograph and one photographed red thing, without the Debian packages."""
+    from relsearch.corpus import art as art_mod
+
+    grey = Image.fromarray(np.random.default_rng(1).normal(128, 6, (240, 240, 3)).clip(0, 255).astype(np.uint8))
+    monkeypatch.setitem(art_mod._photo_pools, "train", [grey])
+    monkeypatch.setattr(art_mod, "_things", [_cutout((230, 30, 30), textured=True)])
+
+
+def _red_share(path: Path) -> float:
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB"), np.int16)
+    return float(((a[..., 0] > 150) & (a[..., 1] < 110) & (a[..., 2] < 110)).mean())
+
+
+def test_things_stand_in_the_photograph_and_leave_the_relation_alone(
+    art: Path, tmp_path: Path, fake_photos: None
+) -> None:
+    kw = dict(n_per_family=0, split="all", seed=5, art_dirs=[art], grouped=True, n_groups=3, size_range=(160, 200),
+              backgrounds="photo", families=["stack", "orbit", "outline"])
+    compose(tmp_path / "bare", **kw)
+    compose(tmp_path / "things", things=True, **kw)
+    compose(tmp_path / "things2", things=True, workers=2, **kw)
+    bare, things = _labels(tmp_path / "bare"), _labels(tmp_path / "things")
+    assert [(r["family"], r["objects"], r["caption"], r["group"]) for r in bare] == [
+        (r["family"], r["objects"], r["caption"], r["group"]) for r in things
+    ]
+    for r in things:
+        assert (tmp_path / "things2" / r["path"]).read_bytes() == (tmp_path / "things" / r["path"]).read_bytes()
+        # The red thing shows, partly behind the objects (drawn in the same places in both).
+        assert _red_share(tmp_path / "things" / r["path"]) > _red_share(tmp_path / "bare" / r["path"]) + 0.01
+    assert json.loads((tmp_path / "things" / "summary.json").read_text())["things"] is True
+
+
+def test_a_groups_scenes_share_their_things(art: Path, tmp_path: Path, fake_photos: None) -> None:
+    from relsearch.corpus.art import ArtLibrary
+    from relsearch.corpus.compose import ComposeConfig, _scene_setup, plan_scenes
+
+    cfg = ComposeConfig(out_dir=tmp_path, n_per_family=0, split="all", seed=3, grouped=True, n_groups=2,
+                        art_dirs=(str(art),), backgrounds="photo", things=True, families=("stack", "orbit"))
+    library = ArtLibrary(cfg.art_dirs)
+    canvases = [np.asarray(_scene_setup(cfg, library, t)[0]) for t in plan_scenes(cfg)]
+    assert np.array_equal(canvases[0], canvases[1])  # group 0: stack and orbit over the same photograph
+    assert canvases[0].shape != canvases[2].shape or not np.array_equal(canvases[0], canvases[2])
+
+
+def test_things_need_photographs_and_their_package(
+    art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_photos: None
+) -> None:
+    from relsearch.corpus import art as art_mod
+
+    with pytest.raises(RelsearchError, match="backgrounds='photo'"):
+        compose(tmp_path / "x", 1, "all", seed=0, art_dirs=[art], backgrounds="plain", things=True)
+    monkeypatch.setattr(art_mod, "_things", [])
+    with pytest.raises(RelsearchError, match=f"apt-get install {art_mod.THINGS_PACKAGE}"):
+        compose(tmp_path / "y", 1, "all", seed=0, art_dirs=[art], backgrounds="photo", things=True)
+    assert not (tmp_path / "y").exists()
+
+
+def test_tux_paints_stamps_give_many_photographed_things(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relsearch.corpus import art as art_mod
+
+    if not package_files(art_mod.THINGS_PACKAGE):
+        pytest.skip(f"{art_mod.THINGS_PACKAGE} not installed (tools/setup.sh installs it)")
+    monkeypatch.setattr(art_mod, "_things", None)
+    things = art_mod.photo_things()
+    assert len(things) >= 150  # animals, fruit, tools, vehicles; drawings and letters left out
+    for im in things:
+        alpha = np.asarray(im)[..., 3]
+        assert im.mode == "RGBA" and max(im.size) <= art_mod.THING_SIDE
+        assert (alpha == 0).any() and (alpha == 255).any()

@@ -18,6 +18,7 @@ apt_packages=(
   plasma-workspace-wallpapers
   tuxpaint-data            # real photographs of things and places (its templates), for training scenes
   opencv-doc               # likewise (its sample photographs: a room, fruit, a table of things)
+  tuxpaint-stamps-default  # cut-out photographs of things, stood in training photographs (compose --things)
   lomiri-wallpapers        # evaluation-only backgrounds (tests/test_relsim_mini.py)
 )
 need_apt=()

@@ -54,6 +54,9 @@ def compose_cmd(
     realism: Annotated[bool, typer.Option(
         "--realism", help="Nuisances of real files: shadows, cut edges, resize, blur, noise, casts, JPEG 35-95.")]
     = False,
+    things: Annotated[bool, typer.Option(
+        "--things", help="Photographed things (cut-out photographs) stand in each photograph (photo backgrounds).")]
+    = False,
     export_sample_art: Annotated[Path | None, typer.Option(
         "--export-sample-art", metavar="DIR",
         help="Only write scikit-image's sample images to DIR as an unseen-art folder.")] = None,
@@ -78,5 +81,5 @@ def compose_cmd(
                       art_dirs=list(art) if art else None, distractors=distractors,
                       size_range=(min_size, max_size), workers=workers, image_format=image_format,
                       families=[f.strip() for f in families.split(",") if f.strip()] if families else None,
-                      backgrounds=backgrounds, photos=photos, realism=realism)
+                      backgrounds=backgrounds, photos=photos, realism=realism, things=things)
     print_json(summary)

@@ -472,6 +472,9 @@ def export_emoji_art(
 #: things and places, which is what the evaluation photographs and people's folders show.
 TRAIN_PHOTO_PACKAGES = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds", "plasma-workspace-wallpapers",
                         "tuxpaint-data", "opencv-doc")
+#: Cut-out photographs of things (animals, fruit, tools, vehicles: Tux Paint's stamps, with alpha),
+#: stood in training photographs by ``compose(things=True)``.
+THINGS_PACKAGE = "tuxpaint-stamps-default"
 #: Packages kept apart for evaluation only (photographs by other photographers).
 EVAL_PHOTO_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
 PHOTO_POOLS = {"train": TRAIN_PHOTO_PACKAGES, "eval": EVAL_PHOTO_PACKAGES}
@@ -483,6 +486,7 @@ PHOTO_SIDE = 768
 # folder of theirs is used, and only the named files in it when names are given.
 _PHOTO_SELECTION: dict[str, tuple[str, frozenset[str] | None]] = {
     "tuxpaint-data": ("/usr/share/tuxpaint/templates/", None),
+    THINGS_PACKAGE: ("/usr/share/tuxpaint/stamps/", None),
     "opencv-doc": ("/usr/share/doc/opencv-doc/examples/data/", frozenset(
         "aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg basketball1.png box_in_scene.png building.jpg "
         "butterfly.jpg ela_original.jpg fruits.jpg graf1.png home.jpg leuvenA.jpg messi5.jpg orange.jpg "
@@ -611,3 +615,74 @@ def render_photo_background(
         arr = arr * (1 - wash) + _random_colour(rng) * wash
     rgb = np.clip(arr, 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("RGBA")
+
+
+# ---------------------------------------------------------------------------------------------
+# Photographed things stood in a photograph
+#
+# The evaluation photographs are pictures *of things*: a red bowl with a fig, hanging lamps, a dog
+# on a porch. Such things look like a scene's objects, and a relation (a row of lamps, a fig in a
+# bowl) can seem to hold among them. Standing cut-out photographs of things in the training
+# photographs teaches the encoder to read the relation among the scene's objects and let the
+# photograph's own things be; which things, how large, where and how sharp stays random.
+
+#: Stamps drawn as cartoons, letters, signs and holiday symbols are drawings, not photographs.
+_THINGS_SKIP = ("/cartoon/", "/symbols/", "/seasonal/")
+#: Stamps are decoded once at this longest side (a thing covers at most 90% of a canvas side).
+THING_SIDE = 384
+_things: list[Image.Image] | None = None
+
+
+def _is_photographed(im: Image.Image) -> bool:
+    """A cut-out photograph: a real alpha cut and the colour variety of a photograph, not flat paint."""
+    small = np.asarray(im.resize((96, 96), Image.BILINEAR))
+    solid = small[..., 3] > 200
+    if solid.mean() < 0.05 or solid.mean() > 0.97:
+        return False
+    colours = np.unique(small[..., :3][solid] // 4, axis=0)
+    return len(colours) >= 0.15 * int(solid.sum())
+
+
+def photo_things() -> list[Image.Image]:
+    """The photographed things (RGBA), decoded once per process; empty when the package is absent."""
+    global _things
+    if _things is None:
+        found = []
+        for path in package_files(THINGS_PACKAGE):
+            if any(part in str(path) for part in _THINGS_SKIP) or path.stem.endswith(("_mirror", "_flip")):
+                continue
+            try:
+                with Image.open(path) as im:
+                    if im.mode != "RGBA":
+                        continue  # greyscale and palette stamps are line art
+                    im.draft("RGBA", (THING_SIDE, THING_SIDE))
+                    rgba = im.convert("RGBA")
+            except (OSError, ValueError):
+                continue
+            rgba.thumbnail((THING_SIDE, THING_SIDE), Image.BILINEAR)
+            if _is_photographed(rgba):
+                found.append(rgba)
+        _things = found
+    return _things
+
+
+def add_photo_things(canvas: Image.Image, rng: np.random.Generator) -> None:
+    """Stand one to three photographed things in ``canvas`` (RGBA, in place), some out of focus."""
+    things = photo_things()
+    if not things:
+        raise RelsearchError(f"no photographed things: apt-get install {THINGS_PACKAGE}")
+    w, h = canvas.size
+    for _ in range(int(rng.choice((1, 2, 3), p=(0.45, 0.35, 0.2)))):
+        thing = things[int(rng.integers(len(things)))]
+        scale = float(rng.uniform(0.3, 0.9)) * min(w, h) / max(thing.size)
+        im = thing.resize((max(8, round(thing.width * scale)), max(8, round(thing.height * scale))), Image.BILINEAR)
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        if rng.random() < 0.5:  # behind the scene's objects, as a shallow depth of field leaves it
+            im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.8, 3.0))))
+        # Up to a third of a thing may stand outside the frame, as in a photograph.
+        x = int(rng.integers(-im.width // 3, max(-im.width // 3, w - 2 * im.width // 3) + 1))
+        y = int(rng.integers(-im.height // 3, max(-im.height // 3, h - 2 * im.height // 3) + 1))
+        layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+        layer.paste(im, (x, y))
+        canvas.alpha_composite(layer)

@@ -31,6 +31,7 @@ from relsearch.corpus.art import (
     SPLITS,
     ArtLibrary,
     ArtObject,
+    add_photo_things,
     render_background,
     render_photo_background,
 )
@@ -40,7 +41,7 @@ from relsearch.corpus.realism import Style, degrade, draw_style, drawing_style, 
 from relsearch.errors import RelsearchError
 
 # Stream tags keep the random streams of different uses independent.
-_CANVAS, _SCENE, _OBJECTS, _BACKGROUND, _GROUP, _STYLE, _FINISH = 1, 2, 3, 4, 5, 6, 7
+_CANVAS, _SCENE, _OBJECTS, _BACKGROUND, _GROUP, _STYLE, _FINISH, _THINGS = 1, 2, 3, 4, 5, 6, 7, 8
 MAX_ASPECT = 1.75
 IMAGE_FORMATS = ("jpg", "png")
 #: Background modes: "default" (plain, gradient, texture or a washed-out sample photo, the first
@@ -77,6 +78,9 @@ class ComposeConfig:
     #: the nuisances of real files: drop shadows, objects cut by the frame, resize, blur, noise,
     #: colour casts, JPEG at varied quality
     realism: bool = False
+    #: photographed things (cut-out photographs) stand in each photograph, under the scene's
+    #: objects; photo backgrounds only
+    things: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -100,6 +104,8 @@ class ComposeConfig:
             raise ValueError(f"backgrounds must be one of {BACKGROUND_MODES}, got {self.backgrounds!r}")
         if self.photos not in PHOTO_POOLS:
             raise ValueError(f"photos must be one of {tuple(PHOTO_POOLS)}, got {self.photos!r}")
+        if self.things and self.backgrounds != "photo":
+            raise ValueError("things stand in photographs: they need backgrounds='photo'")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise ValueError(f"unknown families {unknown}; choose from {FAMILIES}")
@@ -162,6 +168,8 @@ def _scene_setup(
     key = (_GROUP, task.group) if task.group is not None else task.key
     w, h = _canvas_size(_rng(cfg.seed, _CANVAS, *key), cfg.size_range)
     canvas = _background(cfg, _rng(cfg.seed, _BACKGROUND, *key), w, h)
+    if cfg.things:
+        add_photo_things(canvas, _rng(cfg.seed, _THINGS, *key))
     take = _LazyObjects(library, _rng(cfg.seed, _OBJECTS, *key), cfg.split)
     if task.group is not None:
         take(MAX_OBJECTS)  # a group's object list is fixed up front, same for all its scenes
@@ -267,6 +275,7 @@ def compose(
     backgrounds: str = "default",
     photos: str = "train",
     realism: bool = False,
+    things: bool = False,
 ) -> dict:
     """Compose a corpus into ``out_dir`` and return a summary dict.
 
@@ -277,7 +286,8 @@ def compose(
     default openclipart tree. Images are written as ``image_format`` ("jpg" or "png").
     ``backgrounds`` picks the background mode (:data:`BACKGROUND_MODES`), ``photos`` the wallpaper
     pool ("train", or "eval" for sets never used in training), ``realism`` the nuisances of real
-    files (shadows, cut edges, resize, blur, noise, colour casts, JPEG at varied quality).
+    files (shadows, cut edges, resize, blur, noise, colour casts, JPEG at varied quality), ``things``
+    photographed things standing in the photographs (a group's scenes share them, like the photograph).
     Output is byte-identical for a seed, whatever ``workers``.
     """
     try:
@@ -297,6 +307,7 @@ def compose(
             backgrounds=backgrounds,
             photos=photos,
             realism=realism,
+            things=things,
         )
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
@@ -308,6 +319,11 @@ def compose(
         if not photo_pool(cfg.photos):  # fail early, and decode the photos once before forking
             missing = " ".join(PHOTO_POOLS[cfg.photos])
             raise RelsearchError(f"no wallpaper photos in pool {cfg.photos!r}: apt-get install {missing}")
+    if cfg.things:
+        from relsearch.corpus.art import THINGS_PACKAGE, photo_things
+
+        if not photo_things():  # likewise
+            raise RelsearchError(f"no photographed things: apt-get install {THINGS_PACKAGE}")
     if cfg.out_dir.exists() and any(cfg.out_dir.iterdir()):
         if not (cfg.out_dir / "labels.jsonl").is_file():
             raise RelsearchError(f"output folder is not empty and holds no corpus: {cfg.out_dir}")
@@ -343,6 +359,7 @@ def compose(
         "backgrounds": cfg.backgrounds,
         "photos": cfg.photos,
         "realism": cfg.realism,
+        "things": cfg.things,
         "workers": cfg.workers,
         "seconds": round(seconds, 3),
         "scenes_per_second": round(len(records) / seconds, 1) if seconds > 0 else None,
