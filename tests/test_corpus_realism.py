@@ -339,7 +339,7 @@ def test_things_need_photographs_and_their_package(
 ) -> None:
     from relsearch.corpus import art as art_mod
 
-    with pytest.raises(RelsearchError, match="backgrounds='photo'"):
+    with pytest.raises(RelsearchError, match="need photo backgrounds"):
         compose(tmp_path / "x", 1, "all", seed=0, art_dirs=[art], backgrounds="plain", things=True)
     monkeypatch.setattr(art_mod, "_things", [])
     with pytest.raises(RelsearchError, match=f"apt-get install {art_mod.THINGS_PACKAGE}"):

@@ -655,7 +655,6 @@ def photo_things() -> list[Image.Image]:
                 with Image.open(path) as im:
                     if im.mode != "RGBA":
                         continue  # greyscale and palette stamps are line art
-                    im.draft("RGBA", (THING_SIDE, THING_SIDE))
                     rgba = im.convert("RGBA")
             except (OSError, ValueError):
                 continue
@@ -666,11 +665,17 @@ def photo_things() -> list[Image.Image]:
     return _things
 
 
-def add_photo_things(canvas: Image.Image, rng: np.random.Generator) -> None:
-    """Stand one to three photographed things in ``canvas`` (RGBA, in place), some out of focus."""
+def require_photo_things() -> list[Image.Image]:
+    """:func:`photo_things`, or a user error naming the package to install."""
     things = photo_things()
     if not things:
         raise RelsearchError(f"no photographed things: apt-get install {THINGS_PACKAGE}")
+    return things
+
+
+def add_photo_things(canvas: Image.Image, rng: np.random.Generator) -> None:
+    """Stand one to three photographed things in ``canvas`` (RGBA, in place), some out of focus."""
+    things = require_photo_things()
     w, h = canvas.size
     for _ in range(int(rng.choice((1, 2, 3), p=(0.45, 0.35, 0.2)))):
         thing = things[int(rng.integers(len(things)))]

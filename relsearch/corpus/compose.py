@@ -105,7 +105,7 @@ class ComposeConfig:
         if self.photos not in PHOTO_POOLS:
             raise ValueError(f"photos must be one of {tuple(PHOTO_POOLS)}, got {self.photos!r}")
         if self.things and self.backgrounds != "photo":
-            raise ValueError("things stand in photographs: they need backgrounds='photo'")
+            raise ValueError("things stand in photographs: they need photo backgrounds (--backgrounds photo)")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown or not self.families:
             raise ValueError(f"unknown families {unknown}; choose from {FAMILIES}")
@@ -320,10 +320,9 @@ def compose(
             missing = " ".join(PHOTO_POOLS[cfg.photos])
             raise RelsearchError(f"no wallpaper photos in pool {cfg.photos!r}: apt-get install {missing}")
     if cfg.things:
-        from relsearch.corpus.art import THINGS_PACKAGE, photo_things
+        from relsearch.corpus.art import require_photo_things
 
-        if not photo_things():  # likewise
-            raise RelsearchError(f"no photographed things: apt-get install {THINGS_PACKAGE}")
+        require_photo_things()  # likewise
     if cfg.out_dir.exists() and any(cfg.out_dir.iterdir()):
         if not (cfg.out_dir / "labels.jsonl").is_file():
             raise RelsearchError(f"output folder is not empty and holds no corpus: {cfg.out_dir}")
