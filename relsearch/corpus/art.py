@@ -617,6 +617,14 @@ def render_photo_background(
     return Image.fromarray(np.ascontiguousarray(rgb), "RGB").convert("RGBA")
 
 
+def paste_clipped(canvas: Image.Image, im: Image.Image, x: int, y: int) -> None:
+    """Alpha-composite ``im`` (RGBA) onto ``canvas`` with its top-left corner at (x, y), clipped to the canvas."""
+    sx0, sy0 = max(0, -x), max(0, -y)
+    sx1, sy1 = min(im.width, canvas.width - x), min(im.height, canvas.height - y)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas.alpha_composite(im, (x + sx0, y + sy0), (sx0, sy0, sx1, sy1))
+
+
 # ---------------------------------------------------------------------------------------------
 # Photographed things stood in a photograph
 #
@@ -688,6 +696,4 @@ def add_photo_things(canvas: Image.Image, rng: np.random.Generator) -> None:
         # Up to a third of a thing may stand outside the frame, as in a photograph.
         x = int(rng.integers(-im.width // 3, max(-im.width // 3, w - 2 * im.width // 3) + 1))
         y = int(rng.integers(-im.height // 3, max(-im.height // 3, h - 2 * im.height // 3) + 1))
-        layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-        layer.paste(im, (x, y))
-        canvas.alpha_composite(layer)
+        paste_clipped(canvas, im, x, y)

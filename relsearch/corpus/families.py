@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from relsearch.corpus.art import ArtObject
+from relsearch.corpus.art import ArtObject, paste_clipped
 from relsearch.corpus.realism import current_style, shadow_of
 
 ObjectSource = Callable[[int], list[ArtObject]]
@@ -89,12 +89,7 @@ def _paste(canvas: Image.Image, im: Image.Image, x: float, y: float, shadow: boo
         if cast is not None:
             sh, dx, dy = cast
             _paste(canvas, sh, x + dx, y + dy, shadow=False)
-    x, y = round(x), round(y)
-    sx0, sy0 = max(0, -x), max(0, -y)
-    sx1, sy1 = min(im.width, canvas.width - x), min(im.height, canvas.height - y)
-    if sx1 <= sx0 or sy1 <= sy0:
-        return
-    canvas.alpha_composite(im, (x + sx0, y + sy0), (sx0, sy0, sx1, sy1))
+    paste_clipped(canvas, im, round(x), round(y))
 
 
 def _paste_center(canvas: Image.Image, im: Image.Image, cx: float, cy: float) -> None:
