@@ -187,6 +187,26 @@ def test_relational_bad_input_is_one_line(tmp_path, case):
     assert not res.exists()
 
 
+def test_relsets_draw_is_the_named_recipe_with_another_seed():
+    import dataclasses
+
+    from relsearch.bench.relsets import SETS, resolve_set
+
+    draw = resolve_set("photo9@121")
+    assert (draw.name, draw.seed) == ("photo9@121", 121)
+    assert dataclasses.replace(draw, name="photo9", seed=SETS["photo9"].seed) == SETS["photo9"]
+    assert resolve_set("plain9") is SETS["plain9"]
+
+
+@pytest.mark.parametrize(("bad", "needle"), [("photo9@x", "a whole number"), ("photo10@3", "'photo10'")])
+def test_relsets_bad_set_name_is_one_line_before_any_work(tmp_path, bad, needle):
+    root, res = tmp_path / "sets", tmp_path / "res"
+    r = _invoke("relsets", "--root", str(root), "--sets", f"plain9,{bad}", "--no-baseline",
+                "--results-dir", str(res))
+    _one_line_error(r, needle)
+    assert not root.exists() and not res.exists()  # plain9 was not composed first
+
+
 # --------------------------------------------------------------------------- throughput
 def test_throughput_reports_split_and_ratio(tmp_path):
     res = tmp_path / "res"

@@ -16,6 +16,7 @@ from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, read_caption_jsonl, read_dataset, read_paper_release
 from relsearch.train.loss import LossConfig, contrastive_loss, image_label_loss, positive_mask
 from relsearch.train.trainer import (
+    CACHE_NAME,
     CHECKPOINT_NAME,
     METRICS_NAME,
     TrainConfig,
@@ -329,3 +330,49 @@ def test_image_loss_needs_family_labels(tmp_path: Path) -> None:
         _config(tmp_path / "labels.jsonl", tmp_path / "run", image_loss=0.5)
     with pytest.raises(ValueError, match="image_loss"):
         _config(tmp_path / "labels.jsonl", tmp_path / "run", image_loss=-1.0, family_positives=True)
+
+
+def test_cache_from_reuses_an_earlier_rounds_rows_and_computes_only_the_new_ones(tmp_path: Path) -> None:
+    # A training round's data = the last round's rows + new ones: the last round's cache supplies its rows.
+    data = make_scene_set(tmp_path / "data", n=24)
+    rows = (data / "captions.jsonl").read_text().splitlines(keepends=True)
+    (data / "round1.jsonl").write_text("".join(rows[:16]))
+    train(_config(data / "round1.jsonl", tmp_path / "r1", steps=1))
+    r1_file = tmp_path / "r1" / CACHE_NAME
+    r1 = torch.load(r1_file, weights_only=True)
+    assert r1["features"]["trunk"].shape[:2] == (2, 16)
+    # Mark the earlier rows (same key): a recompute would not reproduce the mark, reuse keeps it.
+    marked = {name: torch.full_like(t, 7.0) for name, t in r1["features"].items()}
+    torch.save({"key": r1["key"], "features": marked}, r1_file)
+
+    train(_config(data / "captions.jsonl", tmp_path / "r2", steps=1, cache_from=str(tmp_path / "r1")))
+    train(_config(data / "captions.jsonl", tmp_path / "full", steps=1))
+    r2 = torch.load(tmp_path / "r2" / CACHE_NAME, weights_only=True)
+    full = torch.load(tmp_path / "full" / CACHE_NAME, weights_only=True)
+    assert r2["key"] == full["key"]  # a later run on this data reuses it as its own
+    for name, t in r2["features"].items():
+        assert t.shape == full["features"][name].shape
+        assert torch.equal(t[:, :16], marked[name])
+        assert not torch.equal(full["features"][name][:, :16], marked[name])
+        torch.testing.assert_close(t[0, 16:], full["features"][name][0, 16:], rtol=0, atol=0)  # clean view
+
+
+def test_cache_from_refuses_a_cache_of_other_rows_or_views(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine_helpers import run_cli
+
+    data = make_scene_set(tmp_path / "data", n=24)
+    rows = (data / "captions.jsonl").read_text().splitlines(keepends=True)
+    (data / "round1.jsonl").write_text("".join(rows[8:24]))
+    train(_config(data / "round1.jsonl", tmp_path / "r1", steps=1))
+    with pytest.raises(RelsearchError, match="not the first 16 rows"):
+        train(_config(data / "captions.jsonl", tmp_path / "r2", steps=1, cache_from=str(tmp_path / "r1")))
+    with pytest.raises(RelsearchError, match="--cache-views 2"):
+        train(_config(data / "round1.jsonl", tmp_path / "r3", steps=1, cache_views=1,
+                      cache_from=str(tmp_path / "r1" / CACHE_NAME)))
+    with pytest.raises(ValueError, match="cache_views"):
+        _config(data / "captions.jsonl", tmp_path / "r4", cache_views=0, cache_from=str(tmp_path / "r1"))
+    out = tmp_path / "r5"
+    assert run_cli("train", *_argv(data / "captions.jsonl", out, "--cache-from", str(tmp_path / "nowhere"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no feature cache there" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -15,11 +15,14 @@ distractors. The sets differ in what a user's folder would add:
     relsearch bench relsets --root data_bench [--relsim-mini WEIGHTS_DIR]
 
 composes the sets that are missing, embeds them with relsim-mini and the imagenet attribute
-baseline, and writes ``benchmarks/results/relsim_mini_sets.json``.
+baseline, and writes ``benchmarks/results/relsim_mini_sets.json``. ``NAME@SEED`` (``--sets
+photo9@121,photo9@122``) is another draw of a set's recipe: same families, photographs, art and
+nuisances, other groups, objects and layouts; it tells how much one set's numbers owe to its draw.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -80,6 +83,19 @@ SETS: dict[str, BenchSet] = {
 }
 
 
+def resolve_set(name: str) -> BenchSet:
+    """A set by name; ``NAME@SEED`` is the named set's recipe composed with another seed."""
+    base, sep, seed = name.partition("@")
+    if base not in SETS:
+        raise RelsearchError(f"unknown benchmark set {base!r}; choose from {', '.join(SETS)} (NAME@SEED for "
+                             "another draw)")
+    if not sep:
+        return SETS[base]
+    if not seed.isdigit():
+        raise RelsearchError(f"benchmark set {name!r}: the part after '@' is a seed, a whole number")
+    return dataclasses.replace(SETS[base], name=f"{base}@{int(seed)}", seed=int(seed))
+
+
 def ensure_set(root: Path, bench: BenchSet, workers: int = 1) -> Path:
     """Compose ``bench`` under ``root`` unless it is there already; returns its folder."""
     from relsearch.corpus.art import export_emoji_art
@@ -132,6 +148,7 @@ def evaluate(root: Path, relsim_mini: str | None, names: Sequence[str], workers:
     from relsearch.encoders.imagenet import load as load_imagenet
     from relsearch.encoders.relsim_mini import load as load_mini
 
+    benches = [resolve_set(name) for name in names]  # every name checked before any work
     mini = load_mini(relsim_mini)
     encoders: dict[str, Any] = {"relsim-mini": mini}
     if baseline:
@@ -139,10 +156,7 @@ def evaluate(root: Path, relsim_mini: str | None, names: Sequence[str], workers:
     captions = [(f, t) for f in FAMILIES for t in TEMPLATES[f]]
     report: dict[str, Any] = {"k": K, "relsim_mini": relsim_mini or "shipped", "fingerprint": mini.fingerprint,
                               "sets": {}}
-    for name in names:
-        if name not in SETS:
-            raise RelsearchError(f"unknown benchmark set {name!r}; choose from {', '.join(SETS)}")
-        bench = SETS[name]
+    for bench in benches:
         folder = ensure_set(root, bench, workers)
         paths, families, objects = _read(folder)
         entry: dict[str, Any] = {"images": len(paths), "families": len(bench.families), "encoders": {}}
@@ -162,7 +176,7 @@ def evaluate(root: Path, relsim_mini: str | None, names: Sequence[str], workers:
                 # confusions are what the training changes target).
                 entry["confusions"] = _confusions(emb, families)
             entry["encoders"][enc_name] = res
-        report["sets"][name] = entry
+        report["sets"][bench.name] = entry
     return report
 
 

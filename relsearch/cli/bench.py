@@ -107,7 +107,8 @@ def relsets_cmd(
     relsim_mini: Annotated[str | None, typer.Option(
         "--relsim-mini", help="relsim-mini weights folder (default: the shipped weights).")] = None,
     sets: Annotated[str | None, typer.Option(
-        "--sets", help="Comma-separated sets: plain9, photo9, photo12, unseen_art12 (default: all).")] = None,
+        "--sets", help="Comma-separated sets: plain9, photo9, photo12, unseen_art12 (default: all); "
+        "NAME@SEED is another draw of a set's recipe (photo9@121).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Compose processes.")] = 1,
     baseline: Annotated[bool, typer.Option(
         "--baseline/--no-baseline", help="Also score the imagenet attribute baseline.")] = True,

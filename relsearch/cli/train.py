@@ -59,6 +59,10 @@ def train_cmd(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 100,
     cache_views: Annotated[int, typer.Option(
         "--cache-views", help="Cached frozen-feature views per image (0: augment every step).")] = 3,
+    cache_from: Annotated[str | None, typer.Option(
+        "--cache-from", metavar="RUN", help="Reuse an earlier run's frozen-feature cache (its folder or "
+        "feature_cache.pt) whose rows are the first rows of --data; only the rows after them are computed.")]
+    = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
@@ -78,7 +82,7 @@ def train_cmd(
             grad_clip=grad_clip, temperature=temperature, symmetric=symmetric, loss_mode=loss_mode,
             pos_threshold=pos_threshold, family_positives=family_positives,
             group_batches=group_batches, image_loss=image_loss, checkpoint_every=checkpoint_every,
-            cache_views=cache_views, seed=seed, device=device, threads=threads, resume=resume,
+            cache_views=cache_views, cache_from=cache_from, seed=seed, device=device, threads=threads, resume=resume,
             progress=progress, model_args=parse_model_args(model_arg or []),
         )
     except ValueError as exc:

@@ -36,15 +36,17 @@ def _numpy_data_globals() -> list[Any]:
             type(np.dtype(np.float64)), type(np.dtype(np.int64))]
 
 
-def load_tensors(path: str | Path, what: str) -> Any:
+def load_tensors(path: str | Path, what: str, mmap: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain values; ``what`` names the file in errors.
+
+    ``mmap`` maps the tensors' storage from the file instead of reading it into memory.
 
     Raises :class:`UnsafeFileError` for a file holding any other object, and
     :class:`RelsearchError` for one that cannot be read at all.
     """
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise UnsafeFileError(
             f"refusing {what} {path}: it holds pickled objects beyond tensors and plain values, "

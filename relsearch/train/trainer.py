@@ -76,6 +76,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     #: frozen-feature views per image (view 0 clean, others augmented); 0 = no cache.
     cache_views: int = 3
+    #: an earlier run (or its feature_cache.pt) whose cached rows are the first rows of ``data``:
+    #: those features are reused and only the rows after them are computed.
+    cache_from: str | None = None
     seed: int = 0
     device: str | None = None
     threads: int | None = None
@@ -106,6 +109,8 @@ class TrainConfig:
             raise ValueError("image_loss compares scenes by family label: it needs family_positives")
         if self.cache_views < 0:
             raise ValueError(f"cache_views must be >= 0, got {self.cache_views!r}")
+        if self.cache_from and not self.cache_views:
+            raise ValueError("cache_from reuses cached frozen features: it needs cache_views >= 1")
         self.loss_config()  # validates temperature / mode / threshold
 
     def loss_config(self) -> LossConfig:
@@ -252,38 +257,95 @@ def _records_key(records: list[CaptionRecord]) -> str:
 
 
 def build_feature_cache(encoder: FeatureCachingEncoder, records: list[CaptionRecord], views: int, seed: int,
-                        path: Path | None, progress: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Frozen features for every image and view: ``{key: [views, N, ...]}``, reused from ``path``."""
+                        path: Path | None, progress: bool, batch_size: int = 32,
+                        base: Path | None = None) -> dict[str, torch.Tensor]:
+    """Frozen features for every image and view: ``{key: [views, N, ...]}``, reused from ``path``.
+
+    ``base``, another run's cache whose rows are the first rows of ``records`` (an earlier
+    round's data), supplies those rows; only the rows after them are computed. A cache read
+    from a file is memory-mapped: a training run over a cache of many gigabytes reads the rows
+    of each batch from the page cache instead of holding the whole cache in its own memory.
+    """
     # Only the frozen part matters: runs with other heads or seeds share the cache.
     fp = encoder.cache_fingerprint
     key = f"{fp}:{_records_key(records)}:{views}:{seed}"
     if path is not None and path.is_file():
         try:
-            cached = load_tensors(path, "feature cache")
+            cached = load_tensors(path, "feature cache", mmap=True)
         except RelsearchError as exc:  # damaged or unsafe: recomputed and overwritten below
             logging.getLogger(__name__).warning("%s; recomputing it", exc)
             cached = None
         if isinstance(cached, dict) and cached.get("key") == key:
             return cached["features"]
+    prefix = _cached_prefix(base, fp, records, views, seed) if base is not None else {}
+    first = next(iter(prefix.values())).shape[1] if prefix else 0
     from tqdm import tqdm
 
-    per_view: list[dict[str, list[torch.Tensor]]] = [{} for _ in range(views)]
-    bar = tqdm(total=views * len(records), desc="caching frozen features", unit="img",
+    # One tensor per feature, filled in place: no second full copy while it is assembled.
+    features: dict[str, torch.Tensor] = {}
+
+    def slot(name: str, rows: torch.Tensor) -> torch.Tensor:
+        if name not in features:
+            features[name] = torch.empty((views, len(records), *rows.shape[1:]), dtype=rows.dtype)
+        return features[name]
+
+    for name, t in prefix.items():
+        slot(name, t[0])[:, :first] = t
+    bar = tqdm(total=views * (len(records) - first), desc="caching frozen features", unit="img",
                disable=not progress, file=sys.stderr)
-    for start in range(0, len(records), batch_size):
+    for start in range(first, len(records), batch_size):
         chunk = records[start : start + batch_size]
         images = [load_image(r.image) for r in chunk]
         for v in range(views):
             rng = np.random.default_rng([seed, v, start])
             feats = encoder.cache_features(prepare_batch(encoder, images, v > 0, rng))
             for name, t in feats.items():
-                per_view[v].setdefault(name, []).append(t)
+                slot(name, t)[v, start : start + len(chunk)] = t
             bar.update(len(chunk))
     bar.close()
-    features = {name: torch.stack([torch.cat(pv[name]) for pv in per_view]) for name in per_view[0]}
-    if path is not None:
-        atomic_torch_save({"key": key, "features": features}, path)
-    return features
+    if path is None:
+        return features
+    atomic_torch_save({"key": key, "features": features}, path)
+    features.clear()  # the file is the cache now: drop the in-memory copy
+    return load_tensors(path, "feature cache", mmap=True)["features"]
+
+
+def _cache_file(source: str | None) -> Path | None:
+    """``--cache-from``: a run folder (its feature_cache.pt) or the cache file itself."""
+    if not source:
+        return None
+    path = Path(source)
+    if path.is_dir():
+        path = path / CACHE_NAME
+    if not path.is_file():
+        raise RelsearchError(f"--cache-from {source}: no feature cache there")
+    return path
+
+
+def _cached_prefix(base: Path, fp: str, records: list[CaptionRecord], views: int,
+                   seed: int) -> dict[str, torch.Tensor]:
+    """The features of ``base`` (a cache file) when its rows are the first rows of ``records``.
+
+    Memory-mapped, so reusing a cache of many gigabytes does not hold it twice in memory.
+    """
+    cached = load_tensors(base, "feature cache", mmap=True)
+    parts = cached.get("key", "").rsplit(":", 3) if isinstance(cached, dict) else []
+    feats = cached.get("features") if isinstance(cached, dict) else None
+    if len(parts) != 4 or not isinstance(feats, dict) or not feats:
+        raise RelsearchError(f"{base} is not a relsearch feature cache")
+    their_fp, their_rows, their_views, their_seed = parts
+    if their_fp != fp:
+        raise RelsearchError(f"feature cache {base} was computed by another frozen trunk ({their_fp}; this "
+                             f"encoder's is {fp}): it cannot be reused")
+    if their_views != str(views) or their_seed != str(seed):
+        raise RelsearchError(f"feature cache {base} holds {their_views} view(s) drawn with seed {their_seed}; "
+                             f"reuse it with --cache-views {their_views} --seed {their_seed}")
+    n = next(iter(feats.values())).shape[1]
+    if n > len(records) or _records_key(records[:n]) != their_rows:
+        raise RelsearchError(f"feature cache {base} holds {n} images that are not the first {n} rows of the "
+                             "training data (same files, unchanged): start this round's data with the earlier "
+                             "round's rows")
+    return feats
 
 
 class BatchSource:
@@ -418,6 +480,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     val_records = read_dataset(config.val) if config.val else None
     if config.group_batches and not any(r.group is not None for r in records):
         raise RelsearchError("--group-batches needs grouped rows (a 'group' per row, from compose --grouped)")
+    cache_base = _cache_file(config.cache_from)
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
 
     torch.manual_seed(config.seed)
@@ -434,10 +497,12 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     val_text = text_embeddings(val_records, device).numpy() if val_records else None
 
     can_cache = config.cache_views > 0 and isinstance(encoder, FeatureCachingEncoder)
+    if config.cache_from and not can_cache:
+        raise RelsearchError(f"--cache-from: encoder {config.encoder!r} has no frozen-feature cache")
     features = val_features = None
     if can_cache:
         features = build_feature_cache(encoder, records, config.cache_views, config.seed,
-                                       out / CACHE_NAME, config.progress)
+                                       out / CACHE_NAME, config.progress, base=cache_base)
         if val_records:
             val_features = build_feature_cache(encoder, val_records, 1, config.seed,
                                                out / ("val_" + CACHE_NAME), config.progress)
