@@ -57,7 +57,9 @@ def test_cached_maps_through_the_head_equal_the_encoder(init_release: Path, tmp_
 
     data = make_scene_set(tmp_path / "data", n=4)
     records = read_dataset(data / "labels.jsonl")
-    feats = upper_features(str(init_release), records, tmp_path / "maps.pt")
+    feats = upper_features(str(init_release), records, tmp_path / "maps.safetensors")
+    again = upper_features(str(init_release), records, tmp_path / "maps.safetensors")  # from the cache
+    assert torch.equal(feats, again)
     enc = load(str(init_release))
     with torch.no_grad():
         via_cache = torch.nn.functional.normalize(enc.model.head(feats.float()), dim=-1).numpy()
@@ -74,3 +76,33 @@ def test_cli_reports_bad_input_in_one_line(init_release: Path, tmp_path: Path, c
     assert code != 0 and len(err) == 1 and "family" in err[0]
     with pytest.raises(RelsearchError):
         tune(str(tmp_path / "missing"), str(bad), str(tmp_path / "o2"))
+
+
+class _Planted:
+    """Unpickling this writes a marker file: what a planted cache would run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
+@pytest.mark.parametrize("name", ["upper_features.safetensors", "upper_features.pt"])
+def test_a_planted_cache_runs_no_code(init_release: Path, tmp_path: Path, name: str, capsys) -> None:
+    """A pickle planted in the run folder under the cache's name (or the old one) runs nothing."""
+    import pickle
+
+    data = make_scene_set(tmp_path / "data", n=4)
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+    (out / name).write_bytes(pickle.dumps({"key": "x", "features": _Planted(str(marker))}))
+    code = main(["--init", str(init_release), "--data", str(data / "labels.jsonl"), "--out", str(out),
+                 "--steps", "2", "--batch-size", "4"])
+    assert not marker.exists()
+    if name.endswith(".safetensors"):  # the cache's own name: refused in one line, nothing trained
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and "feature cache" in err[0]
+    else:  # the old name is never read
+        assert code == 0

@@ -27,10 +27,29 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from relsearch.errors import RelsearchError
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
 from relsearch.train.loss import LossConfig, contrastive_loss
+
+
+def _read_cache(cache: Path, key: str) -> torch.Tensor | None:
+    """The cached maps when ``cache`` holds them for ``key``; None for another key or no file.
+
+    The cache is a safetensors file (tensors and a string header, nothing that can run code
+    when read): a file planted in a run folder can at worst be refused.
+    """
+    if not cache.is_file():
+        return None
+    try:
+        with safe_open(str(cache), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return f.get_tensor("features")
+    except Exception as exc:  # not safetensors, truncated, no "features"
+        raise RelsearchError(f"cannot read the feature cache {cache}: {exc}; delete it to recompute") from exc
 
 
 def upper_features(init: str, records: list[CaptionRecord], cache: Path, batch: int = 32,
@@ -40,10 +59,9 @@ def upper_features(init: str, records: list[CaptionRecord], cache: Path, batch: 
 
     enc = load(init)
     key = json.dumps({"fingerprint": enc.fingerprint, "images": [r.image for r in records]})
-    if cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=False)
-        if saved.get("key") == key:
-            return saved["features"]
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        return cached
     enc._ready_for_inference()  # merged LoRA + folded BatchNorm, channels-last
     model = enc.model
     parts = []
@@ -57,7 +75,7 @@ def upper_features(init: str, records: list[CaptionRecord], cache: Path, batch: 
             log(f"features {i + len(ims)}/{len(records)} {time.perf_counter() - started:.0f}s")
     feats = torch.cat(parts)
     tmp = cache.with_suffix(".tmp")
-    torch.save({"key": key, "features": feats}, tmp)
+    save_file({"features": feats.contiguous()}, str(tmp), metadata={"key": key})
     tmp.replace(cache)
     return feats
 
@@ -88,10 +106,10 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
     out_dir.mkdir(parents=True, exist_ok=True)
     records = read_dataset(data)
     groups = _family_groups(records)
-    feats = upper_features(init, records, out_dir / "upper_features.pt", log=log)
+    feats = upper_features(init, records, out_dir / "upper_features.safetensors", log=log)
     text = text_embeddings(records, None)
     val_records = read_dataset(val) if val else None
-    val_feats = upper_features(init, val_records, out_dir / "val_upper_features.pt") if val_records else None
+    val_feats = upper_features(init, val_records, out_dir / "val_upper_features.safetensors") if val_records else None
 
     enc = load(init, trainable=True)  # the peft model: what ``save`` writes LoRA + head from
     head = enc.model.head
