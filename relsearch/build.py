@@ -46,7 +46,7 @@ from relsearch.collection.exclude import STORED_NAME, effective, write_stored
 from relsearch.encoders import DEFAULT_ENCODERS, Encoder, get_encoder, resolve_factory
 from relsearch.encoders.base import EncoderSpec, PipelinedEncoder, parse_encoder_list
 from relsearch.errors import RelsearchError
-from relsearch.faults import point
+from relsearch.faults import new_run, point
 from relsearch.home import default_index_path
 from relsearch.indexdir import (
     FAISS_DIR,
@@ -242,6 +242,7 @@ def build_index(
     """Index (or incrementally update) the images under ``collection``."""
     opts = options or BuildOptions()
     t0 = time.perf_counter()
+    new_run()
     root = Path(collection)
     if not root.exists():
         raise RelsearchError(f"collection folder {root} does not exist")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from fault_harness import SCENARIOS, Trial, fault_points
+from fault_harness import SCENARIOS, Trial, fault_points, prepare, run_child
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,14 @@ def test_kill_at_each_write_point(trials, kind, fault):
 
 
 @pytest.mark.parametrize("kind", SCENARIOS)
-def test_kill_at_random_moments(trials, kind):
+def test_kill_at_random_moments(trials, kind, tmp_path):
+    # Aim inside the build: its length measured here (the faster of two), kills in its first half.
+    spans = []
+    for n in range(2):
+        root, idx, enc = prepare(kind, tmp_path / f"probe{n}")
+        spans.append(run_child(root, idx, enc, timed=True))
     rng = random.Random(f"{kind}-random")
     for _ in range(2):
-        trials[kind].run(kill_after=rng.uniform(0.0, 0.6))  # a build here takes ~0.6 s after its imports
+        delay = rng.uniform(0.02, 0.5) * min(spans)
+        result = trials[kind].run(kill_after=delay)
+        assert result["killed"], f"the kill {delay:.2f} s in landed after the build had finished"

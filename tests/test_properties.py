@@ -9,12 +9,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from engine_helpers import TinyColorEncoder
 from fault_harness import answers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from relsearch import faults
 from relsearch.build import FAULT_POINTS, BuildOptions, build_index
 from relsearch.collection import scan
 from relsearch.errors import RelsearchError
@@ -86,6 +88,44 @@ def _expected(root: Path) -> dict[str, bytes]:
     return out
 
 
+AFTER_SWITCH = ("switched", "exported", "cleaned")
+
+
+def _columns(root: Path, idx: Path) -> dict[str, bytes]:
+    return {p: v for p, (_, v) in answers(root, idx)["tinycolor"].items()}
+
+
+def _crash_at(point: str, root: Path, idx: Path, opts: BuildOptions, step: int) -> None:
+    """A build with work to do at every point dies (disk full) at ``point``: it raised there,
+    and the index answers the previous state in full (before the switch) or the new one."""
+    Image.new("RGB", (8, 8), (step * 40 % 256, 9, 200)).save(root / f"crash{step}.png")
+    before = answers(root, idx)
+    os.environ["RELSEARCH_FAULT"] = f"{point}:enospc"
+    try:
+        with pytest.raises(RelsearchError, match="No space left"):
+            build_index(root, idx, opts)
+    finally:
+        del os.environ["RELSEARCH_FAULT"]
+    assert faults.fired() == point
+    if point in AFTER_SWITCH:
+        assert _columns(root, idx) == _expected(root)
+    else:
+        assert answers(root, idx) == before
+
+
+def test_a_crash_step_fires_at_its_point_every_time(tmp_path):
+    """The fault state is per build: the same point fires in a second build of one process."""
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    root.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(root / "seed.png")
+    opts = BuildOptions(encoders="tinycolor", progress=False, workers=1, batch_size=2, commit_every=1)
+    build_index(root, idx, opts)
+    for step, point in enumerate([p for p in FAULT_POINTS if p != "locked"] * 2):
+        _crash_at(point, root, idx, opts, step)
+    build_index(root, idx, opts)
+    assert _columns(root, idx) == _expected(root) and verify_index(idx).consistent
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops, st.lists(image_names, min_size=1, max_size=3, unique=True))
 def test_random_sequences_with_crashes_end_equal_to_the_collection(sequence, extra):
@@ -107,16 +147,7 @@ def test_random_sequences_with_crashes_end_equal_to_the_collection(sequence, ext
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name)
             if op == "crash":
-                # a build that dies (disk full) at this point changes nothing anyone sees
-                before = answers(root, idx)
-                os.environ["RELSEARCH_FAULT"] = f"{arg}:enospc"
-                try:
-                    build_index(root, idx, opts)
-                except RelsearchError as exc:
-                    assert "No space left" in str(exc)
-                    assert answers(root, idx) == before or arg in ("switched", "exported", "cleaned")
-                finally:
-                    del os.environ["RELSEARCH_FAULT"]
+                _crash_at(arg, root, idx, opts, step)
                 continue
             build_index(root, idx, opts)
             got = answers(root, idx)["tinycolor"]
