@@ -1,4 +1,4 @@
-"""relsim's fast path on the tiny random-init release: same vectors as the plain path."""
+"""relsim's fast path on the tiny random-init release: same vectors as the plain path and the released procedure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from tiny_models import make_tiny_relsim, tiny_images  # noqa: E402
+from tiny_models import aspect_images, make_tiny_relsim, official_relsim_vectors, tiny_images  # noqa: E402
 
 from relsearch.encoders.relsim import RelsimOptions, load  # noqa: E402
 from relsearch.encoders.relsim.fast import fixed_side, patchify, square_crop  # noqa: E402
@@ -52,11 +52,15 @@ def test_patchify_matches_the_qwen_processor(encoder):
     theirs = ip(images=imgs, return_tensors="pt")["pixel_values"]
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs.float(), atol=1e-5)
+    # a wide image already on the processor's grid: no resize, the same patches
+    wide = encoder.fit(aspect_images()["wide_small"])
+    assert wide.size == (140, 56)
+    ours = patchify(np.stack([np.asarray(wide)]), ip)
+    assert torch.allclose(ours, ip(images=[wide], return_tensors="pt")["pixel_values"].float(), atol=1e-5)
 
 
 def test_fast_path_equals_plain_path_on_the_same_pixels(encoder):
-    fast = encoder.fast()
-    imgs = [square_crop(im, fast.side) for im in tiny_images(5, seed=7)]
+    imgs = [encoder.fit(im) for im in tiny_images(5, seed=7)]
     plain = encoder.embed_plain(imgs)
     quick = encoder.embed_fast(imgs, batch_size=4)
     cos = _cos(plain, quick)
@@ -65,26 +69,57 @@ def test_fast_path_equals_plain_path_on_the_same_pixels(encoder):
 
 
 def test_default_embed_uses_the_fast_path_and_batching_does_not_change_vectors(encoder, release):
-    imgs = tiny_images(5, seed=11)
+    imgs = tiny_images(5, seed=11) + list(aspect_images(seed=2).values())
     together = encoder.embed(imgs)
     alone = np.concatenate([encoder.embed([im]) for im in imgs])
     assert np.allclose(together, alone, atol=1e-5)
-    assert np.allclose(together, encoder.embed_fast(imgs), atol=1e-6)
-    # the plain path squares images the same way (the paper's training crop) ...
+    assert np.allclose(together, encoder.embed_fast(imgs, batch_size=4), atol=1e-5)
+    # the plain path (processor, padded batches) sizes images the same way ...
     assert _cos(together, encoder.embed_plain(imgs)).min() >= 0.9999
-    # ... unlike the reference script's aspect-preserving resize, still available
-    native = load(str(release), device="cpu", options=RelsimOptions(square=False, fast=False))
-    assert _cos(together, native.embed(imgs)).min() < 0.9999
+    # ... and both are the released one-image-at-a-time procedure
+    assert _cos(together, official_relsim_vectors(encoder, imgs)).min() >= 0.9999
+    # the square crop is another encoding, on the fast and the plain path alike
+    square = load(str(release), device="cpu", options=RelsimOptions(square=True))
+    cropped = square.embed(imgs)
+    assert _cos(cropped, square.embed_plain(imgs)).min() >= 0.9999
+    assert _cos(together, cropped).min() < 0.999
 
 
-def test_fast_needs_square():
-    with pytest.raises(ValueError, match="square"):
-        RelsimOptions(square=False)
+def test_a_mixed_batch_is_grouped_by_grid_in_one_prepare(encoder):
+    shapes = aspect_images(seed=4)
+    imgs = [shapes["wide"], shapes["square"], shapes["tall"], shapes["wide"], shapes["square_small"]]
+    batch = encoder.preprocess_batch(imgs)
+    groups = {size: rows for size, rows, _ in batch["groups"]}
+    assert groups == {(56, 168): [0, 3], (112, 112): [1], (168, 56): [2], (56, 56): [4]}
+    for (h, w), rows, values in batch["groups"]:
+        assert values.shape[0] == len(rows) * (h // 14) * (w // 14)
+    vecs = encoder.embed_batch(batch)
+    assert np.allclose(vecs[0], vecs[3], atol=1e-5)
+    np.testing.assert_allclose(vecs, encoder.embed_plain(imgs), atol=1e-4)
+    # one grid per batch with the square crop
+    encoder.options = RelsimOptions(square=True)
+    assert len(encoder.preprocess_batch(imgs)["groups"]) == 1
+
+
+def test_images_the_processor_still_resizes_take_its_own_pixels(encoder):
+    from PIL import Image
+
+    # 100x300 stays 112x308 after process_vision_info's sizing; the tiny budget makes it 56x168
+    tall = encoder.fit(aspect_images()["tall"])
+    assert tall.size == (112, 308)
+    on_grid = tall.resize((56, 168), Image.BICUBIC)
+    batch = encoder.fast().prepare_fitted([tall, on_grid])
+    ((size, rows, values),) = batch["groups"]
+    assert size == (168, 56) and rows == [0, 1]
+    ip = encoder.processor.image_processor
+    half = values.shape[0] // 2
+    assert torch.allclose(values[:half], ip(images=[tall], return_tensors="pt")["pixel_values"].float(), atol=1e-6)
+    assert torch.allclose(values[half:], patchify(np.stack([np.asarray(on_grid)]), ip), atol=1e-6)
 
 
 def test_merged_lora_equals_unmerged(encoder):
     fast = encoder.fast()
-    imgs = [square_crop(im, fast.side) for im in tiny_images(4, seed=13)]
+    imgs = [encoder.fit(im) for im in tiny_images(4, seed=13)]
     merged = encoder.embed_fast(imgs)
     assert encoder.lora_merged
     encoder.unmerge_lora()
@@ -100,17 +135,27 @@ def test_merged_lora_equals_unmerged(encoder):
     assert _cos(merged, bare).min() < 0.999
 
 
-def test_batched_window_attention_equals_the_per_window_loop(encoder):
+@pytest.mark.parametrize("size", [(112, 112), (84, 56), (56, 196)])
+def test_batched_window_attention_equals_the_per_window_loop(encoder, size):
+    from PIL import Image
+
     fast = encoder.fast()
     visual = encoder.module.backbone.get_base_model().model.visual
-    imgs = [square_crop(im, fast.side) for im in tiny_images(3, seed=17)]
-    batch = fast.prepare(imgs)
-    grid = fast.prompt.grid_thw.expand(3, -1)
+    # 112x112: 4 equal windows; 84x56 and 56x196: windows of two lengths (grid not a multiple of the window)
+    imgs = [im.resize(size, Image.BICUBIC) for im in tiny_images(3, seed=17)]
+    ((grid_size, _, values),) = fast.prepare_fitted(imgs)["groups"]
+    prompt = fast.prompt_for(*grid_size)
+    grid = prompt.grid_thw.expand(3, -1)
     with torch.inference_mode():
-        loop = visual(batch["pixel_values"], grid_thw=grid).pooler_output
+        loop = visual(values, grid_thw=grid).pooler_output
         with fast._installed(merge=False):
-            batched = visual(batch["pixel_values"], grid_thw=grid).pooler_output
-    assert torch.allclose(loop, batched, atol=1e-5)
+            batched = visual(values, grid_thw=grid).pooler_output
+            fast._state["grid"] = grid_size  # as forward_group sets it: the plan is cached per grid
+            cached = [visual(values, grid_thw=grid).pooler_output for _ in range(2)]
+            fast._state["grid"] = None
+    for out in [batched, *cached]:
+        assert torch.allclose(loop, out, atol=1e-5)
+    assert any(key[0] == grid_size for key in fast._plans)
     # the patch is removed again after the call
     assert "forward" not in vars(visual.blocks[0].attn)
 
@@ -128,12 +173,17 @@ def test_bench_relsim_tiny_on_cpu_writes_the_result_contract(tmp_path):
     from relsearch.bench.relsim_speed import RelsimBenchConfig, run
 
     result = run(RelsimBenchConfig(device="cpu", arch="tiny", batch_sizes=(1, 4), images=8, paper_images=2,
-                                   equivalence_images=4))
+                                   equivalence_images=8))
     assert [r["batch"] for r in result["runs"]] == [1, 4]
-    for r in result["runs"]:
-        assert r["img_per_s"] > 0 and 0.0 < r["vision_share"] <= 1.0
-    assert result["paper_procedure"]["img_per_s"] > 0
-    assert result["equivalence"]["min_cosine"] >= 0.9999
+    assert result["sizing"] == "aspect" and set(result["sizings"]) == {"aspect", "square"}
+    for name, part in result["sizings"].items():
+        for r in part["runs"]:
+            assert r["img_per_s"] > 0 and 0.0 < r["vision_share"] <= 1.0
+        assert part["paper_procedure"]["img_per_s"] > 0
+        assert part["equivalence"]["min_cosine"] >= 0.9999, name
+    # the bench's images hold several shapes: several grids unless cropped
+    assert result["sizings"]["aspect"]["grids"] > 1 and result["sizings"]["square"]["grids"] == 1
+    assert result["sizings"]["aspect"]["runs"][1]["forwards"] > result["sizings"]["square"]["runs"][1]["forwards"]
     assert set(result["packages"]) >= {"torch", "transformers", "peft"}
     json.dumps(result)  # serialisable as written
 

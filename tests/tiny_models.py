@@ -177,3 +177,88 @@ def tiny_images(n: int = 4, seed: int = 0) -> list:
         arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         out.append(Image.fromarray(arr, mode="RGB"))
     return out
+
+
+def _fetch_image_resize(img):
+    """``qwen_vl_utils.fetch_image``'s resize of a PIL image, restated (0.0.14: 28 px cells, 4..16384 cells).
+
+    Written apart from relsearch's own sizing so the reference does not share its code.
+    """
+    import math
+
+    factor, lo, hi = 28, 4 * 28 * 28, 16384 * 28 * 28
+    width, height = img.size
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > hi:
+        beta = math.sqrt(height * width / hi)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < lo:
+        beta = math.sqrt(lo / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return img.resize((w, h))
+
+
+def official_vision_inputs(messages):
+    """``process_vision_info(messages)``'s images: the package's own when installed, else the restatement."""
+    try:
+        from qwen_vl_utils import process_vision_info
+    except ImportError:
+        return [_fetch_image_resize(part["image"].convert("RGB")) for m in messages for part in m["content"]
+                if part["type"] == "image"]
+    return process_vision_info(messages)[0]
+
+
+def official_relsim_vectors(encoder, images, max_image_size=None):
+    """The released inference procedure (``relsim/relsim_score.py``), one image per call.
+
+    ``preprocess_image`` (RGB), ``embed``'s optional LANCZOS cap, the chat template with
+    the image and ``<|query|>`` in one user turn, ``process_vision_info``, the
+    checkpoint's processor, the full model with ``output_hidden_states`` and the LoRA
+    unmerged, ``hidden_states[-1]`` at ``<|query|>``, the head, L2. Only the model and
+    processor come from ``encoder``. Every processor output goes to the model: the
+    released code passes four of them, which is the same on the transformers it pins,
+    while newer ones place the rope positions with ``mm_token_type_ids``.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    encoder.unmerge_lora()
+    module, processor = encoder.module, encoder.processor
+    out = []
+    for img in images:
+        img = img.convert("RGB")
+        if max_image_size and max(img.size) > max_image_size:
+            img = img.copy()
+            img.thumbnail((max_image_size, max_image_size), Image.LANCZOS)
+        messages = [{"role": "user", "content": [{"type": "image", "image": img},
+                                                 {"type": "text", "text": QUERY_TOKEN}]}]
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=official_vision_inputs(messages), padding=True, return_tensors="pt")
+        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        with torch.no_grad():
+            hidden = module.backbone(**inputs, output_hidden_states=True, return_dict=True).hidden_states[-1]
+            at = (inputs["input_ids"][0] == encoder.query_token_id).nonzero().flatten()
+            assert at.numel() == 1, "the prompt must hold <|query|> once"
+            vec = torch.nn.functional.normalize(module.projection(hidden[0, at]).float(), dim=-1)
+        out.append(vec.numpy())
+    return np.concatenate(out, axis=0)
+
+
+def aspect_images(seed: int = 0) -> dict:
+    """Square, wide (3:1) and tall (1:3) RGB images, smooth with noise, in sizes the tiny
+    processor's budget (784..12544 px) shrinks and sizes it keeps."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sizes = {"square": (150, 150), "wide": (300, 100), "tall": (100, 300),
+             "square_small": (60, 60), "wide_small": (150, 50), "tall_small": (40, 120)}
+    out = {}
+    for name, (w, h) in sizes.items():
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * (2 + c) + yy * (5 - c)) % 256 for c in range(3)], axis=-1)
+        noise = rng.integers(0, 60, size=(h, w, 3))
+        out[name] = Image.fromarray(((base + noise) % 256).astype(np.uint8), mode="RGB")
+    return out

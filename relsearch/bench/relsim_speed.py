@@ -3,11 +3,14 @@
 Builds Qwen2.5-VL with the published 7B shapes (``relsearch/encoders/relsim/qwen2_5_vl_7b.json``)
 and random weights directly on the device, adds the paper's LoRA (r 16, alpha 32, q_proj /
 v_proj), ``<|query|>`` and Linear(3584 -> 384), and runs the project's own relsim encoder on
-it. Random weights change no timing. For each batch size it reports images/s of the fast
-path (:mod:`relsearch.encoders.relsim.fast`), peak GPU memory and the share of time in the
-vision tower; in the same run, the paper's procedure as the baseline (one image per call,
-full forward with ``output_hidden_states``, LoRA unmerged) and how close the two paths'
-vectors are.
+it. Random weights change no timing. The images mix square, landscape, portrait, wide (3:1)
+and tall (1:3) shapes. For each sizing (``aspect``: the default, as the released inference
+sizes images, batches grouped by patch grid; ``square``: the 448 px centre crop, one grid)
+and batch size it reports images/s of the fast path (:mod:`relsearch.encoders.relsim.fast`),
+peak GPU memory and the share of time in the vision tower; in the same run, the paper's
+procedure on the same pixels as the baseline (one image per call, full forward with
+``output_hidden_states``, LoRA unmerged) and how close the two paths' vectors are. The
+top-level ``runs``, ``best``, ``paper_procedure`` and ``equivalence`` are the first sizing's.
 
 ``--arch tiny`` runs the same code on the tiny test architecture (CPU, seconds): the CI test.
 """
@@ -37,16 +40,20 @@ class RelsimBenchConfig:
     paper_images: int = 16
     equivalence_images: int = 16
     seed: int = 0
+    #: "aspect" (the released sizing, bucketed by grid) and / or "square" (the centre crop).
+    sizings: tuple[str, ...] = ("aspect", "square")
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive, got {self.batch_sizes!r}")
         if self.images < 1 or self.paper_images < 1 or self.equivalence_images < 1:
             raise ValueError("image counts must be >= 1")
+        if not self.sizings or set(self.sizings) - {"aspect", "square"}:
+            raise ValueError(f"sizings must be aspect and/or square, got {self.sizings!r}")
 
 
 def build_random_relsim(arch: dict[str, Any], device: str, dtype: str | None, pixels: tuple[int, int],
-                        seed: int = 0, max_image_size: int = 448) -> Any:
+                        seed: int = 0, max_image_size: int | None = None, square: bool = False) -> Any:
     """The project's :class:`RelsimEncoder` around a random-init model of shapes ``arch``."""
     import torch
     from peft import LoraConfig
@@ -55,7 +62,7 @@ def build_random_relsim(arch: dict[str, Any], device: str, dtype: str | None, pi
     from relsearch.encoders.relsim.model import RelsimEncoder, RelsimOptions, relsim_module_class
     from relsearch.encoders.relsim.release import EMBED_DIM, LORA_SETTINGS, peft_wrap
 
-    options = RelsimOptions(max_image_size=max_image_size, dtype=dtype)
+    options = RelsimOptions(max_image_size=max_image_size, dtype=dtype, square=square)
     torch_dtype = options.torch_dtype(device)
     processor = synthetic.processor(with_query=True, pixels=pixels)
     tok = processor.tokenizer
@@ -78,11 +85,11 @@ def build_random_relsim(arch: dict[str, Any], device: str, dtype: str | None, pi
 
 
 def _images(n: int, seed: int) -> list[Any]:
-    """Photograph-sized RGB images (smooth gradients plus noise, varied aspect ratios)."""
+    """Photograph-sized RGB images (smooth gradients plus noise): square, 4:3, 3:4, 3:2, 3:1 and 1:3."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    sizes = [(640, 480), (480, 640), (800, 600), (512, 512), (1024, 683)]
+    sizes = [(640, 480), (480, 640), (800, 600), (512, 512), (1024, 683), (1200, 400), (400, 1200)]
     out = []
     for i in range(n):
         w, h = sizes[i % len(sizes)]
@@ -100,15 +107,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def paper_vectors(encoder: Any, images: list[Any], side: int) -> tuple[np.ndarray, float]:
+def paper_vectors(encoder: Any, images: list[Any]) -> tuple[np.ndarray, float]:
     """The paper's procedure: one image per call, full forward with hidden states, unmerged LoRA.
 
-    Returns (vectors, seconds). Images get the same square crop as the fast path so
-    the two are compared on the same pixels.
+    Returns (vectors, seconds). Images are sized by ``encoder.fit``: as the released
+    ``process_vision_info`` sizes them, or with the encoder's square crop, so the two
+    paths are compared on the same pixels.
     """
     import torch
-
-    from relsearch.encoders.relsim.fast import square_crop
 
     encoder.unmerge_lora()
     device = encoder.device
@@ -118,7 +124,7 @@ def paper_vectors(encoder: Any, images: list[Any], side: int) -> tuple[np.ndarra
     t0 = time.perf_counter()
     with torch.inference_mode():
         for img in images:
-            inputs = encoder.processor(text=[prompt], images=[square_crop(img, side)], return_tensors="pt")
+            inputs = encoder.processor(text=[prompt], images=[encoder.fit(img)], return_tensors="pt")
             inputs = {k: v.to(device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
             inputs["pixel_values"] = inputs["pixel_values"].to(encoder._model_dtype())
             result = encoder.module.backbone(**inputs, output_hidden_states=True, use_cache=False)
@@ -131,10 +137,21 @@ def paper_vectors(encoder: Any, images: list[Any], side: int) -> tuple[np.ndarra
     return np.concatenate(out, axis=0), time.perf_counter() - t0
 
 
-def _fast_rate(fast: Any, images: list[Any], batch: int, device: str) -> dict[str, float]:
+def prepared_batches(encoder: Any, images: list[Any], batch: int) -> list[dict[str, Any]]:
+    """The fast path's CPU work as ``embed_fast`` does it: fit, sort by grid, ``batch`` images per batch."""
+    fast = encoder.fast()
+    fitted = [encoder.fit(img) for img in images]
+    order = sorted(range(len(fitted)), key=lambda i: fast.grid_of(fitted[i]))
+    return [fast.prepare_fitted([fitted[r] for r in order[i : i + batch]]) for i in range(0, len(order), batch)]
+
+
+def _fast_rate(encoder: Any, images: list[Any], batch: int, device: str) -> dict[str, float]:
     import torch
 
-    prepared = [fast.prepare(images[i : i + batch]) for i in range(0, len(images), batch)]
+    fast = encoder.fast()
+    t0 = time.perf_counter()
+    prepared = prepared_batches(encoder, images, batch)
+    prepare_s = time.perf_counter() - t0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     fast.embed_prepared(prepared[0])  # warm-up (kernels, allocator)
@@ -148,18 +165,22 @@ def _fast_rate(fast: Any, images: list[Any], batch: int, device: str) -> dict[st
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
     vision = _vision_share(fast, prepared[0], device)
-    return {"batch": batch, "img_per_s": n / seconds, "peak_gb": peak, "vision_share": vision, "images": n}
+    forwards = sum(len(b["groups"]) for b in prepared)
+    return {"batch": batch, "img_per_s": n / seconds, "peak_gb": peak, "vision_share": vision, "images": n,
+            "forwards": forwards, "cpu_prepare_img_per_s": n / max(prepare_s, 1e-9)}
 
 
 def _vision_share(fast: Any, batch: dict[str, Any], device: str, repeats: int = 3) -> float:
-    """Time of the vision tower alone over the time of the whole fast forward, same batch."""
+    """Time of the vision tower alone over the time of the whole fast forward, first grid of the batch."""
     import torch
 
     enc = fast.encoder
     visual = enc.module.backbone.get_base_model().model.visual
-    n = int(batch["n"])
-    values = batch["pixel_values"].to(device).to(enc._model_dtype())
-    grid = fast.prompt.grid_thw.expand(n, -1)
+    (h, w), rows, pixel_values = batch["groups"][0]
+    n = len(rows)
+    prompt = fast.prompt_for(h, w)
+    values = pixel_values.to(device).to(enc._model_dtype())
+    grid = prompt.grid_thw.expand(n, -1)
     with torch.inference_mode(), fast._installed():
         for timed in (False, True):  # first pass warms up
             _sync(device)
@@ -170,12 +191,47 @@ def _vision_share(fast: Any, batch: dict[str, Any], device: str, repeats: int = 
             t_vision = time.perf_counter() - t0
             t0 = time.perf_counter()
             for _ in range(repeats):
-                fast.forward(batch)
+                fast.forward_group(prompt, pixel_values, n)
             _sync(device)
             t_all = time.perf_counter() - t0
             if timed:
                 return float(min(1.0, t_vision / max(t_all, 1e-9)))
     return 0.0
+
+
+def _sizing(encoder: Any, config: RelsimBenchConfig, sizing: str, images: list[Any]) -> dict[str, Any]:
+    """Speed, the paper's loop and equivalence for one sizing (``aspect`` or ``square``)."""
+    from dataclasses import replace
+
+    import torch
+
+    square = sizing == "square"
+    encoder.options = replace(encoder.options, square=square, max_image_size=config.side if square else None)
+    runs = [_fast_rate(encoder, images[: config.images], b, config.device) for b in config.batch_sizes]
+    # Equivalence on the same pixels: fast path (merged, batched) vs the paper's loop (unmerged).
+    eq_images = images[: config.equivalence_images]
+    fast_vecs = encoder.embed_fast(eq_images, batch_size=max(config.batch_sizes))
+    paper_vecs, _ = paper_vectors(encoder, eq_images)
+    cos = np.sum(fast_vecs * paper_vecs, axis=1)
+    if config.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    _, paper_s = paper_vectors(encoder, images[: config.paper_images])
+    paper_peak = torch.cuda.max_memory_allocated() / 2**30 if config.device.startswith("cuda") else 0.0
+    fast = encoder.fast()
+    grids = [fast.grid_of(encoder.fit(img)) for img in images[: config.images]]
+    cell = int(fast.image_processor.merge_size) * int(fast.image_processor.patch_size)
+    best = max(runs, key=lambda r: r["img_per_s"])
+    return {
+        "side": encoder.square_side() if square else None,
+        "grids": len(set(grids)),
+        "visual_tokens_per_image": float(np.mean([h * w for h, w in grids])) / cell**2,
+        "runs": runs,
+        "best": {"batch": best["batch"], "img_per_s": best["img_per_s"], "peak_gb": best["peak_gb"]},
+        "paper_procedure": {"img_per_s": config.paper_images / paper_s, "peak_gb": paper_peak,
+                            "images": config.paper_images},
+        "equivalence": {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
+                        "images": len(eq_images)},
+    }
 
 
 def run(config: RelsimBenchConfig) -> dict[str, Any]:
@@ -192,41 +248,28 @@ def run(config: RelsimBenchConfig) -> dict[str, Any]:
     else:
         arch, pixels = synthetic.read_arch(config.arch), synthetic.FULL_PIXELS
     t0 = time.perf_counter()
-    encoder = build_random_relsim(arch, config.device, config.dtype, pixels, seed=config.seed,
-                                  max_image_size=config.side)
+    encoder = build_random_relsim(arch, config.device, config.dtype, pixels, seed=config.seed)
     build_s = time.perf_counter() - t0
-    fast = encoder.fast(side=config.side)
     images = _images(max(config.images, config.paper_images, config.equivalence_images), config.seed)
-
-    runs = [_fast_rate(fast, images[: config.images], b, config.device) for b in config.batch_sizes]
-
-    # Equivalence on the same pixels: fast path (merged, batched) vs the paper's loop (unmerged).
-    eq_images = images[: config.equivalence_images]
-    fast_vecs = encoder.embed_fast(eq_images, batch_size=max(config.batch_sizes))
-    paper_vecs, _ = paper_vectors(encoder, eq_images, fast.side)
-    cos = np.sum(fast_vecs * paper_vecs, axis=1)
-    if config.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    _, paper_s = paper_vectors(encoder, images[: config.paper_images], fast.side)
-    paper_peak = torch.cuda.max_memory_allocated() / 2**30 if config.device.startswith("cuda") else 0.0
-    best = max(runs, key=lambda r: r["img_per_s"])
+    sizings = {name: _sizing(encoder, config, name, images) for name in config.sizings}
+    first = sizings[config.sizings[0]]
+    square_side = encoder.square_side()
     return {
         "benchmark": "relsim",
         "device": torch.cuda.get_device_name(0) if config.device.startswith("cuda") else platform.processor()
         or platform.machine(),
         "arch": config.arch,
         "dtype": str(encoder._model_dtype()).replace("torch.", ""),
-        "side": fast.side,
-        "visual_tokens_per_image": int(fast.prompt.grid_thw.prod()) // 4,
-        "prompt_tokens": int(fast.prompt.input_ids.shape[1]),
+        "sizing": config.sizings[0],
+        "side": first["side"] or square_side,
+        "visual_tokens_per_image": first["visual_tokens_per_image"],
         "parameters_b": sum(p.numel() for p in encoder.module.parameters()) / 1e9,
         "build_s": build_s,
-        "runs": runs,
-        "best": {"batch": best["batch"], "img_per_s": best["img_per_s"], "peak_gb": best["peak_gb"]},
-        "paper_procedure": {"img_per_s": config.paper_images / paper_s, "peak_gb": paper_peak,
-                            "images": config.paper_images},
-        "equivalence": {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()),
-                        "images": len(eq_images)},
+        "runs": first["runs"],
+        "best": first["best"],
+        "paper_procedure": first["paper_procedure"],
+        "equivalence": first["equivalence"],
+        "sizings": sizings,
         "packages": {name: _version(name) for name in ("torch", "transformers", "peft")},
     }
 
@@ -245,10 +288,13 @@ def plot(result: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    batches = [r["batch"] for r in result["runs"]]
-    rates = [r["img_per_s"] for r in result["runs"]]
-    ax.plot(batches, rates, "o-", label="fast path")
-    ax.axhline(result["paper_procedure"]["img_per_s"], color="grey", ls="--", label="paper procedure (1 image/call)")
+    sizings = result.get("sizings") or {"aspect": result}
+    labels = {"aspect": "fast path, aspect kept (grouped by grid)", "square": "fast path, 448 px square crop"}
+    for name, part in sizings.items():
+        batches = [r["batch"] for r in part["runs"]]
+        line = ax.plot(batches, [r["img_per_s"] for r in part["runs"]], "o-", label=labels.get(name, name))
+        ax.axhline(part["paper_procedure"]["img_per_s"], color=line[0].get_color(), ls="--",
+                   label=f"paper procedure, {name} (1 image/call)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s")

@@ -1,8 +1,10 @@
 """``relsim``: the relational visual similarity encoder (Qwen2.5-VL + LoRA).
 
 ``model`` holds the encoder and its factories (:func:`load`, :func:`new`, :func:`relsim`),
-``release`` reads, validates and writes the released checkpoint layout, ``identity``
-computes the weight fingerprint an index records.
+``options`` its inference settings (and ``relsim@SOURCE?square=1`` specs), ``pixels`` how
+an image is sized (as the released inference script does, or the square crop),
+``fast`` the batched inference path, ``release`` reads, validates and writes the
+released checkpoint layout, ``identity`` computes the fingerprint an index records.
 """
 
 from relsearch.encoders.relsim.model import (

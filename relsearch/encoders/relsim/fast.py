@@ -1,25 +1,24 @@
-"""relsim's inference fast path: one fixed square grid, merged LoRA, batched window attention.
+"""relsim's inference fast path: images bucketed by patch grid, merged LoRA, batched attention.
 
-The plain path (:meth:`RelsimEncoder.embed`) follows the reference pipeline: each
-image keeps its aspect ratio, the Qwen2-VL processor patches it, a batch is padded
-to its longest prompt, and the language model's 3-D rope positions are computed
-sample by sample. On a GPU that costs more than the model: padding, a Python loop
-per sample, and one attention call per vision window.
+The plain path (:meth:`RelsimEncoder.embed_plain`) hands a batch to the Qwen2-VL
+processor, which pads every prompt to the longest one and lets the model compute the
+3-D rope positions sample by sample. The fast path gives the same vectors (tests check
+cosine >= 0.9999 in float32 against the released one-image-at-a-time procedure) and
+changes only how they are computed:
 
-The fast path gives the same vectors on the same inputs (tests check cosine >= 0.9999
-in float32) and changes only how they are computed:
-
-- every image is resized (shorter side) and centre-cropped to one square side, by
-  default 448 px, the paper's training crop; then every image has the same number of
-  visual tokens, a batch needs no padding, and the prompt, its rope positions and the
-  place of ``<|query|>`` are the same for every row: they are computed once;
-- pixels are normalised and cut into patches with torch, in the Qwen2-VL image
-  processor's layout, on CPU worker threads (pinned memory on CUDA);
+- images are sized exactly as on the plain path (:mod:`relsearch.encoders.relsim.pixels`:
+  aspect kept, the checkpoint's pixel budget), then grouped by the patch grid the
+  processor gives them. Images of one grid have prompts of one length, one set of rope
+  positions and ``<|query|>`` at one place: those are computed once per grid
+  (:class:`FixedPrompt`), and a group runs as one forward with no padding. With
+  ``RelsimOptions.square`` every image has the same grid and a batch is one group;
+- pixels already at their grid size are normalised and cut into patches with torch in the
+  processor's layout (:func:`patchify`) on CPU worker threads (pinned memory on CUDA);
+  the few the processor still has to resize go through the processor itself;
 - the LoRA update is merged into ``q_proj`` / ``v_proj`` (``W + s * B @ A``), exact up
   to rounding, and unmerged again if training starts;
-- the vision tower's windowed attention runs as one batched SDPA over all windows of
-  the batch (a 448 px square has 16 windows of 64 patches each) instead of one call per
-  window; full-attention blocks batch over images the same way;
+- the vision tower's attention runs one SDPA call per distinct segment length (windows of
+  equal size, or whole images, stacked together) instead of one call per window;
 - only the decoder body runs (no language-model head over 152k entries), no per-layer
   hidden states are kept, and the last hidden state is read at ``<|query|>`` only.
 """
@@ -31,64 +30,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from relsearch.encoders.relsim.pixels import (  # noqa: F401  (re-exported: their former home)
+    fixed_side,
+    pixel_budget,
+    processor_size,
+    square_crop,
+)
 from relsearch.errors import RelsearchError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-#: The paper's training crop.
+#: The paper's training crop (the side of ``RelsimOptions.square``).
 DEFAULT_SIDE = 448
 
 
-def fixed_side(image_processor: Any, requested: int = DEFAULT_SIDE) -> int:
-    """The square side the processor would keep for a ``requested`` x ``requested`` image.
-
-    A multiple of patch x merge (28 px for Qwen2.5-VL) within the processor's pixel
-    budget: 448 stays 448 with the released processor; a tiny test processor with a
-    small budget gets a smaller square.
-    """
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-    factor = int(image_processor.patch_size) * int(image_processor.merge_size)
-    min_px, max_px = pixel_budget(image_processor)
-    h, w = smart_resize(requested, requested, factor=factor, min_pixels=min_px, max_pixels=max_px)
-    if h != w:  # pragma: no cover - smart_resize scales both sides alike
-        raise RelsearchError(f"relsim: the processor turns a square into {w}x{h}")
-    return int(h)
-
-
-def pixel_budget(image_processor: Any) -> tuple[int, int]:
-    """``(min_pixels, max_pixels)`` of a Qwen2-VL image processor, old or new config layout."""
-    size = image_processor.size
-    min_px = getattr(size, "shortest_edge", None) or getattr(image_processor, "min_pixels", None)
-    max_px = getattr(size, "longest_edge", None) or getattr(image_processor, "max_pixels", None)
-    if isinstance(size, dict):
-        min_px = min_px or size.get("shortest_edge")
-        max_px = max_px or size.get("longest_edge")
-    if not min_px or not max_px:
-        raise RelsearchError("relsim: the image processor states no pixel budget (min/max pixels)")
-    return int(min_px), int(max_px)
-
-
-def square_crop(img: Image.Image, side: int) -> Image.Image:
-    """RGB, shorter side resized to ``side`` (bicubic), centre crop ``side`` x ``side``."""
-    from PIL import Image
-
-    img = img.convert("RGB")
-    w, h = img.size
-    scale = side / min(w, h)
-    nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - side) // 2, (nh - side) // 2
-    if (nw, nh) != (side, side):
-        img = img.crop((left, top, left + side, top + side))
-    return img
-
-
 def patchify(pixels: np.ndarray, image_processor: Any) -> torch.Tensor:
-    """uint8 ``[B, S, S, 3]`` -> float32 ``[B * g * g, C * T * P * P]`` in the processor's layout.
+    """uint8 ``[B, H, W, 3]`` -> float32 ``[B * gh * gw, C * T * P * P]`` in the processor's layout.
 
     Rescale to [0, 1], normalise with the processor's mean/std, then group patches
     merge-window by merge-window with each patch repeated over the temporal axis,
@@ -112,27 +71,27 @@ def patchify(pixels: np.ndarray, image_processor: Any) -> torch.Tensor:
 
 @dataclass
 class FixedPrompt:
-    """What every row of a fast batch shares: tokens, rope positions, the query's place."""
+    """What every row of one grid's group shares: tokens, rope positions, the query's place."""
 
     input_ids: torch.Tensor  # [1, L]
     position_ids: torch.Tensor  # [3, 1, L]
     grid_thw: torch.Tensor  # [1, 3]
     query_pos: int
-    side: int
+    size: tuple[int, int]  # (height, width) in pixels
 
     def to(self, device: str) -> FixedPrompt:
         return FixedPrompt(self.input_ids.to(device), self.position_ids.to(device), self.grid_thw.to(device),
-                           self.query_pos, self.side)
+                           self.query_pos, self.size)
 
 
-def fixed_prompt(encoder: Any, side: int) -> FixedPrompt:
-    """Tokens and 3-D rope positions for one ``side`` x ``side`` image, from the model's own code."""
+def fixed_prompt(encoder: Any, height: int, width: int) -> FixedPrompt:
+    """Tokens and 3-D rope positions for one ``width`` x ``height`` image, from the model's own code."""
     import inspect
 
     import torch
     from PIL import Image
 
-    dummy = Image.new("RGB", (side, side))
+    dummy = Image.new("RGB", (width, height))
     enc = encoder.processor(text=[encoder.prompt()], images=[dummy], return_tensors="pt")
     input_ids = enc["input_ids"]
     grid = enc["image_grid_thw"]
@@ -148,19 +107,33 @@ def fixed_prompt(encoder: Any, side: int) -> FixedPrompt:
         kwargs["mm_token_type_ids"] = enc["mm_token_type_ids"]
     with torch.no_grad():
         positions, _ = inner.get_rope_index(input_ids, **kwargs)
-    return FixedPrompt(input_ids, positions, grid, int(hits[0]), side)
+    return FixedPrompt(input_ids, positions, grid, int(hits[0]), (height, width))
 
 
-def _batched_window_attention(attn: Any, equal_cache: dict[tuple[int, int], bool]) -> Any:
-    """A forward for one vision block's attention that batches equal-length segments.
+def _segment_plan(cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
+    """Token indices ``[segments, length]`` per distinct segment length of ``cu_seqlens``."""
+    import torch
 
-    Same arithmetic as the module's own forward (qkv, vision rotary, SDPA per
-    segment, proj); when every segment of ``cu_seqlens`` has one length they are
-    stacked into a single SDPA call. Otherwise the module's own forward runs.
-    ``equal_cache`` is shared by every block and call of one fast path: all its
-    images have one grid, so (patches, segments) says whether the segments are
-    equal, and the host sync that finds out happens once per shape, not per block.
+    bounds = cu_seqlens.tolist()
+    by_length: dict[int, list[int]] = {}
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            by_length.setdefault(end - start, []).append(start)
+    device = cu_seqlens.device
+    return [torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)
+            for length, starts in by_length.items()]
+
+
+def _grouped_attention(attn: Any, plans: dict[Any, list[Any]], state: dict[str, Any]) -> Any:
+    """A forward for one vision block's attention: one SDPA call per distinct segment length.
+
+    Same arithmetic as the module's own forward (qkv, vision rotary, SDPA per segment,
+    proj), with the segments of one length stacked into a batch. ``plans`` is shared by
+    every block of one fast path; while the fast path runs a group, ``state["grid"]``
+    names its grid, so (grid, tokens, segments) identifies ``cu_seqlens`` and the host
+    sync that reads it happens once per shape, not per block and call.
     """
+    import torch
     import torch.nn.functional as F
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
@@ -169,25 +142,33 @@ def _batched_window_attention(attn: Any, equal_cache: dict[tuple[int, int], bool
     def forward(hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 max_seqlen: int | None = None, **kwargs: Any) -> torch.Tensor:
-        n = hidden_states.shape[0]
-        segments = cu_seqlens.numel() - 1
-        key = (n, segments)
-        if key not in equal_cache:  # one host sync per shape
-            lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-            equal_cache[key] = len(set(lengths)) == 1 and position_embeddings is not None
-        if not equal_cache[key]:
+        if position_embeddings is None:
             return original(hidden_states, cu_seqlens=cu_seqlens, position_embeddings=position_embeddings,
                             max_seqlen=max_seqlen, **kwargs)
+        n = hidden_states.shape[0]
+        key = (state.get("grid"), n, cu_seqlens.numel() - 1)
+        plan = plans.get(key) if key[0] is not None else None
+        if plan is None:
+            plan = _segment_plan(cu_seqlens)
+            if key[0] is not None:
+                plans[key] = plan
         q, k, v = attn.qkv(hidden_states).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)
-        seg = n // segments
+        if len(plan) == 1 and plan[0].numel() == n:  # equal segments in order: views, no gather
+            segments, length = plan[0].shape
 
-        def split(x: torch.Tensor) -> torch.Tensor:  # [n, H, D] -> [segments, H, seg, D]
-            return x.reshape(segments, seg, attn.num_heads, -1).transpose(1, 2)
+            def split(x: torch.Tensor) -> torch.Tensor:  # [n, H, D] -> [segments, H, length, D]
+                return x.reshape(segments, length, attn.num_heads, -1).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=attn.scaling)
-        return attn.proj(out.transpose(1, 2).reshape(n, -1))
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=attn.scaling)
+            return attn.proj(out.transpose(1, 2).reshape(n, -1))
+        out = torch.empty_like(q)
+        for index in plan:
+            part = F.scaled_dot_product_attention(q[index].transpose(1, 2), k[index].transpose(1, 2),
+                                                  v[index].transpose(1, 2), scale=attn.scaling)
+            out[index] = part.transpose(1, 2)
+        return attn.proj(out.reshape(n, -1))
 
     return forward
 
@@ -195,25 +176,67 @@ def _batched_window_attention(attn: Any, equal_cache: dict[tuple[int, int], bool
 class FastPath:
     """The fast forward of one loaded :class:`RelsimEncoder` (built by ``encoder.fast()``)."""
 
-    def __init__(self, encoder: Any, side: int = DEFAULT_SIDE, batched_attention: bool = True) -> None:
+    def __init__(self, encoder: Any, batched_attention: bool = True) -> None:
         self.encoder = encoder
-        ip = encoder.processor.image_processor
-        self.image_processor = ip
-        self.side = fixed_side(ip, side)
-        self.prompt = fixed_prompt(encoder, self.side).to(encoder.device)
+        self.image_processor = encoder.processor.image_processor
         self.batched_attention = batched_attention
-        self._equal_segments: dict[tuple[int, int], bool] = {}
+        self._prompts: dict[tuple[int, int], FixedPrompt] = {}
+        self._plans: dict[Any, list[Any]] = {}
+        self._state: dict[str, Any] = {"grid": None}
+
+    def prompt_for(self, height: int, width: int) -> FixedPrompt:
+        """The :class:`FixedPrompt` of a ``width`` x ``height`` grid (computed once, then kept)."""
+        size = (int(height), int(width))
+        if size not in self._prompts:
+            self._prompts[size] = fixed_prompt(self.encoder, *size).to(self.encoder.device)
+        return self._prompts[size]
 
     # ------------------------------------------------------------------ CPU side
+    def grid_of(self, fitted: Image.Image) -> tuple[int, int]:
+        """``(height, width)`` the processor gives an image already through ``encoder.fit``."""
+        return processor_size(self.image_processor, fitted.height, fitted.width)
+
     def prepare(self, images: list[Image.Image]) -> dict[str, Any]:
-        """Square crop + patches on the CPU (thread-safe); pinned when the model is on CUDA."""
+        """Sizing, grouping by grid and patches on the CPU (thread-safe); pinned when the model is on CUDA.
+
+        The batch is ``{"n": n, "groups": [((height, width), rows, pixel_values), ...]}``:
+        ``rows`` are the images' places in ``images``.
+        """
         if not images:
             raise RelsearchError("relsim: no images to prepare")
-        pixels = np.stack([np.asarray(square_crop(img, self.side)) for img in images])
-        values = patchify(pixels, self.image_processor)
-        if str(self.encoder.device).startswith("cuda"):
-            values = values.pin_memory()
-        return {"pixel_values": values, "n": len(images)}
+        return self.prepare_fitted([self.encoder._fit(img) for img in images])
+
+    def prepare_fitted(self, fitted: list[Image.Image]) -> dict[str, Any]:
+        """:meth:`prepare` for images already through ``encoder.fit``."""
+        by_grid: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(fitted):
+            by_grid.setdefault(self.grid_of(img), []).append(i)
+        pin = str(self.encoder.device).startswith("cuda")
+        groups = []
+        for size, rows in by_grid.items():
+            values = self._pixel_values([fitted[r] for r in rows], size)
+            groups.append((size, rows, values.pin_memory() if pin else values))
+        return {"n": len(fitted), "groups": groups}
+
+    def _pixel_values(self, imgs: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        """Patches of images that share one grid, in order: torch for those already at size, else the processor."""
+        import torch
+
+        h, w = size
+        at_size = [i for i, im in enumerate(imgs) if im.size == (w, h)]
+        if len(at_size) == len(imgs):
+            return patchify(np.stack([np.asarray(im) for im in imgs]), self.image_processor)
+        per_image: list[Any] = [None] * len(imgs)
+        rows = (h // int(self.image_processor.patch_size)) * (w // int(self.image_processor.patch_size))
+        if at_size:
+            direct = patchify(np.stack([np.asarray(imgs[i]) for i in at_size]), self.image_processor)
+            for j, i in enumerate(at_size):
+                per_image[i] = direct[j * rows : (j + 1) * rows]
+        rest = [i for i in range(len(imgs)) if per_image[i] is None]
+        resized = self.image_processor(images=[imgs[i] for i in rest], return_tensors="pt")["pixel_values"]
+        for j, i in enumerate(rest):
+            per_image[i] = resized[j * rows : (j + 1) * rows].float()
+        return torch.cat(per_image, dim=0)
 
     # ------------------------------------------------------------------ GPU side
     def embed_prepared(self, batch: dict[str, Any]) -> np.ndarray:
@@ -224,25 +247,40 @@ class FastPath:
         return out.float().cpu().numpy()
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """``[n, 384]`` unit vectors; LoRA must be merged and the patches installed by the caller."""
+        """``[n, 384]`` unit vectors in the batch's order; LoRA merged and attention installed by the caller."""
+        import torch
+
+        out: torch.Tensor | None = None
+        for (h, w), rows, values in batch["groups"]:
+            vecs = self.forward_group(self.prompt_for(h, w), values, len(rows))
+            if out is None:
+                out = vecs.new_empty((int(batch["n"]), vecs.shape[1]))
+            out[torch.as_tensor(rows, device=vecs.device)] = vecs
+        if out is None:
+            raise RelsearchError("relsim: an empty batch")
+        return out
+
+    def forward_group(self, prompt: FixedPrompt, pixel_values: torch.Tensor, n: int) -> torch.Tensor:
+        """``[n, 384]`` unit vectors of ``n`` images of ``prompt``'s grid: one forward, no padding."""
         import torch
 
         enc = self.encoder
-        n = int(batch["n"])
-        dtype = enc._model_dtype()
-        values = batch["pixel_values"].to(enc.device, non_blocking=True).to(dtype)
-        p = self.prompt
+        values = pixel_values.to(enc.device, non_blocking=True).to(enc._model_dtype())
         inner = enc.module.backbone.get_base_model().model
-        out = inner(
-            input_ids=p.input_ids.expand(n, -1),
-            attention_mask=None,  # no padding: plain causal attention
-            position_ids=p.position_ids.expand(-1, n, -1),
-            pixel_values=values,
-            image_grid_thw=p.grid_thw.expand(n, -1),
-            use_cache=False,
-            return_dict=True,
-        )
-        hidden = out.last_hidden_state[:, p.query_pos]
+        self._state["grid"] = prompt.size
+        try:
+            out = inner(
+                input_ids=prompt.input_ids.expand(n, -1),
+                attention_mask=None,  # no padding: plain causal attention
+                position_ids=prompt.position_ids.expand(-1, n, -1),
+                pixel_values=values,
+                image_grid_thw=prompt.grid_thw.expand(n, -1),
+                use_cache=False,
+                return_dict=True,
+            )
+        finally:
+            self._state["grid"] = None
+        hidden = out.last_hidden_state[:, prompt.query_pos]
         proj = enc.module.projection
         return torch.nn.functional.normalize(proj(hidden.to(proj.weight.dtype)).float(), dim=-1)
 
@@ -257,7 +295,7 @@ class FastPath:
             patched = []
             if self.batched_attention:
                 for blk in self.encoder.module.backbone.get_base_model().model.visual.blocks:
-                    blk.attn.forward = _batched_window_attention(blk.attn, self._equal_segments)
+                    blk.attn.forward = _grouped_attention(blk.attn, self._plans, self._state)
                     patched.append(blk.attn)
             try:
                 yield

@@ -1,11 +1,15 @@
 """Identity of relsim weights: the fingerprint an index records for its relsim column.
 
 Cheap (1-D tensors of the base, the LoRA tensors, the head) and independent of dtype
-and device, so the same release loaded on CPU or GPU opens the same index.
+and device, so the same release loaded on CPU or GPU opens the same index. The
+recorded fingerprint also names how images are sized (:func:`inference_fingerprint`):
+the same weights with the square crop give other vectors, and an index built one way
+must refuse the other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,3 +66,8 @@ def release_fingerprint(lora: Any, projection: Any, query_id: int, identity: str
     lora_items = sorted(((k, v.float()) for k, v in lora), key=lambda kv: kv[0])
     proj_items = sorted(((f"projection.{k}", v.float()) for k, v in projection), key=lambda kv: kv[0])
     return fingerprint_tensors(lora_items + proj_items, extra=f"relsim/{EMBED_DIM}/q{query_id}/base:{identity}")
+
+
+def inference_fingerprint(weights: str, preprocessing: str) -> str:
+    """The fingerprint of ``weights`` used with the image sizing described by ``preprocessing``."""
+    return hashlib.sha256(f"{weights}|{preprocessing}".encode()).hexdigest()[:16]

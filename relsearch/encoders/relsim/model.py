@@ -7,6 +7,14 @@ and L2 normalisation. Similarity is the dot product.
 Weights come in the released layout (see :mod:`relsearch.encoders.relsim.release`),
 from a local directory or a hub id already in the local HF cache.
 
+Images are sized as the released inference script (``relsim/relsim_score.py``) sizes
+them: RGB, ``qwen_vl_utils``' resize to sides that are multiples of 28, then the
+checkpoint's processor within its ``min_pixels`` / ``max_pixels``; the aspect ratio is kept
+and nothing is cropped (:mod:`relsearch.encoders.relsim.pixels`). ``square=1``
+(``relsim@SOURCE?square=1``, or ``RelsimOptions(square=True)``) centre-crops every image to
+the paper's 448 px training square instead: faster in batches (one grid), but a deviation
+from the released procedure, with its own fingerprint so indexes of the two never mix.
+
 Library use::
 
     model, preprocess = relsearch.relsim("path/or/owner/name")
@@ -16,16 +24,15 @@ Library use::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from relsearch.encoders import hub
 from relsearch.encoders.base import l2_normalize, pick_device
-from relsearch.encoders.relsim.identity import base_identity, release_fingerprint
+from relsearch.encoders.relsim.identity import base_identity, inference_fingerprint, release_fingerprint
+from relsearch.encoders.relsim.options import DEFAULT_MAX_IMAGE_SIZE, RelsimOptions, split_source
 from relsearch.encoders.relsim.release import (
     ADAPTER_WEIGHTS,
     DEFAULT_BASE,
@@ -50,63 +57,9 @@ from relsearch.encoders.relsim.release import (
 from relsearch.encoders.text import OwnedTextTower
 from relsearch.errors import RelsearchError
 
-log = logging.getLogger(__name__)
-
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
-
-#: The training resolution: longer image side capped here before the processor.
-DEFAULT_MAX_IMAGE_SIZE = 448
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
-
-
-@dataclass(frozen=True)
-class RelsimOptions:
-    """Inference settings that do not change the weights.
-
-    ``max_image_size`` caps the longer image side (None keeps native size, up
-    to the processor's own pixel budget); ``micro_batch_size`` images go
-    through one forward pass; ``dtype`` None means bfloat16 on CUDA and
-    float32 elsewhere.
-    """
-
-    max_image_size: int | None = DEFAULT_MAX_IMAGE_SIZE
-    micro_batch_size: int = 8
-    dtype: str | None = None
-    #: Centre-crop every image to a ``max_image_size`` square (the paper's 448 px
-    #: training crop). False keeps the aspect ratio (longer side capped) as the
-    #: reference inference script does.
-    square: bool = True
-    #: Embed through :mod:`relsearch.encoders.relsim.fast` (merged LoRA, one batched
-    #: forward, no padding); needs ``square``. False runs the plain processor path.
-    fast: bool = True
-    #: Images per forward pass on the fast path (its batches need no padding,
-    #: so they can be much larger than ``micro_batch_size``).
-    fast_batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.max_image_size is not None and (not isinstance(self.max_image_size, int)
-                                                or self.max_image_size < 28):
-            raise ValueError(f"max_image_size must be an int >= 28 or None, got {self.max_image_size!r}")
-        if not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be a positive int, got {self.micro_batch_size!r}")
-        if self.dtype is not None and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(set(_DTYPES))} or None, got {self.dtype!r}")
-        if not isinstance(self.fast_batch_size, int) or self.fast_batch_size < 1:
-            raise ValueError(f"fast_batch_size must be a positive int, got {self.fast_batch_size!r}")
-        if self.fast and not self.square:
-            raise ValueError("fast=True needs square=True (one fixed grid for every image)")
-
-    def torch_dtype(self, device: str) -> torch.dtype:
-        import torch
-
-        if self.dtype is not None:
-            return getattr(torch, _DTYPES[self.dtype])
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-
 
 def _make_module_class() -> type:
     """Build the nn.Module subclass lazily so ``import relsearch`` never imports torch."""
@@ -203,6 +156,11 @@ class RelsimEncoder:
     # ----------------------------------------------------------------- Encoder
     @property
     def fingerprint(self) -> str:
+        """The weights' fingerprint combined with :meth:`preprocessing` (both change the vectors)."""
+        return inference_fingerprint(self.weights_fingerprint, self.preprocessing())
+
+    @property
+    def weights_fingerprint(self) -> str:
         if self._fingerprint is not None:
             return self._fingerprint
         current = release_fingerprint(
@@ -215,12 +173,39 @@ class RelsimEncoder:
             self._fingerprint = current
         return current
 
+    def preprocessing(self) -> str:
+        """How images are sized, in words: what besides the weights decides the vectors."""
+        from relsearch.encoders.relsim.pixels import grid_factor, pixel_budget
+
+        ip = self.processor.image_processor
+        lo, hi = pixel_budget(ip)
+        budget = (f"pixels {lo}..{hi} in {grid_factor(ip)} px cells, mean {list(ip.image_mean)}, "
+                  f"std {list(ip.image_std)}")
+        if self.options.square:
+            return f"centre crop {self.square_side()} px square; {budget}"
+        return f"aspect kept, longer side cap {self.options.max_image_size}; {budget}"
+
+    def square_side(self) -> int:
+        """Side of the ``square`` crop: ``max_image_size`` (default 448) on the processor's grid."""
+        from relsearch.encoders.relsim.fast import DEFAULT_SIDE
+        from relsearch.encoders.relsim.pixels import fixed_side
+
+        return fixed_side(self.processor.image_processor, self.options.max_image_size or DEFAULT_SIDE)
+
     @property
     def query_token_id(self) -> int:
         return self.module.query_token_id
 
     def preprocess(self, images: Image.Image | list[Image.Image]) -> Image.Image | list[Image.Image]:
-        """RGB conversion and the longer-side cap; list in, list out."""
+        """RGB conversion, as the released ``preprocess_image``; list in, list out (sizing is :meth:`fit`'s)."""
+        from PIL import Image
+
+        if isinstance(images, Image.Image):
+            return self._rgb(images)
+        return [self._rgb(img) for img in images]
+
+    def fit(self, images: Image.Image | list[Image.Image]) -> Image.Image | list[Image.Image]:
+        """The sizing :meth:`embed` applies before the processor: RGB, cap, 28 px grid (or the square crop)."""
         from PIL import Image
 
         if isinstance(images, Image.Image):
@@ -234,19 +219,29 @@ class RelsimEncoder:
         return self.embed_plain(images)
 
     def embed_fast(self, images: Image.Image | list[Image.Image], batch_size: int | None = None) -> np.ndarray:
-        """Fixed square grid, merged LoRA, batched forward (:mod:`relsearch.encoders.relsim.fast`)."""
+        """Images grouped by patch grid, merged LoRA, batched forwards (:mod:`relsearch.encoders.relsim.fast`).
+
+        The whole list is sorted by grid first, so each forward holds as many images of
+        one grid as ``batch_size`` allows; the rows come back in the input order.
+        """
         from PIL import Image
 
         if isinstance(images, Image.Image):
             images = [images]
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        fast = self.fast()
+        fitted = [self._fit(img) for img in images]
+        order = sorted(range(len(fitted)), key=lambda i: fast.grid_of(fitted[i]))
         step = batch_size or self.options.fast_batch_size
-        parts = [self.embed_batch(self.preprocess_batch(images[i : i + step])) for i in range(0, len(images), step)]
-        return l2_normalize(np.concatenate(parts, axis=0))
+        out = np.zeros((len(images), self.dim), dtype=np.float32)
+        for i in range(0, len(order), step):
+            rows = order[i : i + step]
+            out[rows] = self.embed_batch(fast.prepare_fitted([fitted[r] for r in rows]))
+        return l2_normalize(out)
 
     def preprocess_batch(self, images: list[Image.Image]) -> dict[str, Any]:
-        """CPU half of the fast path (square crop, patches; pinned on CUDA). Thread-safe."""
+        """CPU half of the fast path (sizing, grouping by grid, patches; pinned on CUDA). Thread-safe."""
         return self.fast().prepare(images)
 
     def embed_batch(self, batch: dict[str, Any]) -> np.ndarray:
@@ -267,13 +262,12 @@ class RelsimEncoder:
         finally:
             self.module.train(was_training)
 
-    def fast(self, side: int | None = None) -> Any:
-        """The :class:`~relsearch.encoders.relsim.fast.FastPath` of this encoder (built once per side)."""
-        from relsearch.encoders.relsim.fast import DEFAULT_SIDE, FastPath, fixed_side
+    def fast(self) -> Any:
+        """The :class:`~relsearch.encoders.relsim.fast.FastPath` of this encoder (built once)."""
+        from relsearch.encoders.relsim.fast import FastPath
 
-        want = fixed_side(self.processor.image_processor, side or self.options.max_image_size or DEFAULT_SIDE)
-        if self._fast is None or self._fast.side != want:
-            self._fast = FastPath(self, want)
+        if self._fast is None:
+            self._fast = FastPath(self)
         return self._fast
 
     @property
@@ -335,14 +329,16 @@ class RelsimEncoder:
                 generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """Processor outputs for a batch (CPU tensors).
 
-        ``train`` and ``generator`` add no augmentation: the paper trains on the
-        images as they are (they exist so every trainable encoder is called alike).
+        ``train`` batches are centre-cropped to the 448 px square, as the paper's training
+        loader does; inference batches are sized as :meth:`embed` sizes them. ``generator``
+        adds no augmentation: the paper trains on the images as they are (it exists so every
+        trainable encoder is called alike).
         """
         import torch
 
         if not images:
             raise RelsearchError("relsim: no images to prepare")
-        fitted = [self._fit(img) for img in images]
+        fitted = [self._fit(img, square=train) for img in images]
         prompt = self.prompt()
         enc = self.processor(text=[prompt] * len(fitted), images=fitted, padding=True, return_tensors="pt")
         return {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
@@ -372,52 +368,21 @@ class RelsimEncoder:
             self._prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self._prompt
 
-    def _fit(self, img: Image.Image) -> Image.Image:
+    @staticmethod
+    def _rgb(img: Image.Image) -> Image.Image:
         from PIL import Image
 
         if not isinstance(img, Image.Image):
             raise RelsearchError(f"relsim: expected a PIL image, got {type(img).__name__}")
-        if self.options.square:
-            from relsearch.encoders.relsim.fast import DEFAULT_SIDE, fixed_side, square_crop
+        return img.convert("RGB")
 
-            side = fixed_side(self.processor.image_processor, self.options.max_image_size or DEFAULT_SIDE)
-            return square_crop(img, side)
-        img = img.convert("RGB")
-        cap = self.options.max_image_size
-        if cap is not None and max(img.size) > cap:
-            img = img.copy()
-            img.thumbnail((cap, cap), Image.LANCZOS)
-        return self._snap_to_grid(img)
+    def _fit(self, img: Image.Image, square: bool = False) -> Image.Image:
+        from relsearch.encoders.relsim.pixels import native_fit, square_crop
 
-    def _snap_to_grid(self, img: Image.Image) -> Image.Image:
-        """Resize in PIL to the patch grid the processor would pick.
-
-        The reference pipeline sizes images this way (bicubic, to multiples of
-        patch x merge within the processor's pixel budget) before the processor
-        sees them, so the processor's own resize becomes a no-op.
-        """
-        from PIL import Image
-
-        try:
-            from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-        except ImportError as exc:  # the processor still resizes, only in its own way
-            log.debug("no smart_resize in this transformers (%s): the processor resizes", exc)
-            return img
-        from relsearch.encoders.relsim.fast import pixel_budget
-
-        ip = self.processor.image_processor
-        try:
-            min_px, max_px = pixel_budget(ip)
-        except RelsearchError:
-            return img
-        factor = int(ip.patch_size) * int(ip.merge_size)
-        try:
-            height, width = smart_resize(img.height, img.width, factor=factor, min_pixels=min_px, max_pixels=max_px)
-        except ValueError as exc:
-            raise RelsearchError(f"relsim: cannot use a {img.width}x{img.height} image: {exc}") from exc
-        if (width, height) != img.size:
-            img = img.resize((width, height), Image.BICUBIC)
-        return img
+        img = self._rgb(img)
+        if self.options.square or square:
+            return square_crop(img, self.square_side())
+        return native_fit(img, self.processor.image_processor, self.options.max_image_size)
 
     def _model_dtype(self) -> torch.dtype:
         return next(self.module.backbone.parameters()).dtype
@@ -428,10 +393,13 @@ def load(source: str | None = None, device: str | None = None, options: RelsimOp
          base: str | None = None) -> RelsimEncoder:
     """Load a relsim release from a local directory or a cached hub id.
 
-    ``base`` overrides the base model named in ``adapter_config.json`` (a local
-    directory or hub id), e.g. when the base lives outside the HF cache.
+    ``source`` may end in ``?key=value&...`` (``relsim@DIR?square=1`` on the command
+    line): :class:`RelsimOptions` fields that override ``options``. ``base`` overrides
+    the base model named in ``adapter_config.json`` (a local directory or hub id),
+    e.g. when the base lives outside the HF cache.
     """
-    options = options or RelsimOptions()
+    source, query = split_source(source)
+    options = (options or RelsimOptions()).with_query(query)
     source = source or DEFAULT_SOURCE
     release = hub.resolve_dir(source, RELEASE_FILES, f"relsim checkpoint {source!r}")
     adapter_cfg = read_adapter_config(release)
@@ -507,15 +475,19 @@ def new(base: str = DEFAULT_BASE, device: str | None = None, options: RelsimOpti
 
 
 def relsim(source: str | None = None, device: str | None = None, max_image_size: int | None = DEFAULT_MAX_IMAGE_SIZE,
-           micro_batch_size: int = 8, base: str | None = None) -> tuple[RelsimEncoder, Callable[..., Any]]:
+           micro_batch_size: int = 8, base: str | None = None,
+           square: bool = False) -> tuple[RelsimEncoder, Callable[..., Any]]:
     """``model, preprocess = relsim(source)``: the dreamsim-style entry point.
 
     ``model.embed(images)`` gives float32 ``[N, 384]`` unit vectors and
     ``model(a, b)`` their cosine similarity; ``preprocess`` converts a PIL image
-    (or a list) to RGB with the longer side capped.
+    (or a list) to RGB, as the released ``preprocess_image`` does. ``max_image_size``
+    caps the longer side first (the released ``embed``'s argument of that name);
+    ``square`` centre-crops to the 448 px training square, a deviation from the
+    released inference.
     """
     try:
-        options = RelsimOptions(max_image_size=max_image_size, micro_batch_size=micro_batch_size)
+        options = RelsimOptions(max_image_size=max_image_size, micro_batch_size=micro_batch_size, square=square)
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
     model = load(source, device=device, options=options, base=base)
