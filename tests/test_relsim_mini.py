@@ -216,6 +216,7 @@ def test_index_of_other_relsim_mini_weights_refuses_with_rebuild_message(
     coll, idx = tmp_path / "coll", tmp_path / "idx"
     make_collection(coll, n=4)
     monkeypatch.setattr(rm, "WEIGHTS_DIR", old)
+    monkeypatch.setenv("RELSEARCH_RUNTIME", "torch")  # the patched folder is the torch loader's
     assert run_cli("build-index", str(coll), "--index", str(idx), "--encoders", "relsim-mini") == 0
     monkeypatch.setattr(rm, "WEIGHTS_DIR", WEIGHTS_DIR)
     outside = tmp_path / "outside.png"

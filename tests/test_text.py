@@ -34,6 +34,8 @@ def test_similar_captions_score_higher_than_unrelated(tower) -> None:
 def test_deterministic_batch_independent_and_fingerprinted(tower) -> None:
     caps = ["{Object} nested inside {Container}, layer within layer", "a short one"]
     together = tower.embed_text(caps)
-    alone = np.concatenate([embed_text([c], device="cpu") for c in caps])
+    alone = np.concatenate([tower.embed_text([c]) for c in caps])
     np.testing.assert_allclose(together, alone, atol=1e-5)  # padding must not change the mean
+    # the one-off may run the fp16-weight graph on ONNX Runtime: the same vectors up to rounding
+    np.testing.assert_allclose(embed_text(caps, device="cpu"), together, atol=1e-3)
     assert len(tower.fingerprint) == 16 and tower.fingerprint == text_tower("cpu").fingerprint

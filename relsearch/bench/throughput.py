@@ -209,6 +209,90 @@ def query_latency(index: Path, name: str, paths: list[str], k: int, device: str 
     return {"queries": len(paths), "k": k, **{key: _pct(v) for key, v in parts.items()}}
 
 
+def _measure(enc: Any, root: Path, paths: list[str], decoded: list[Any], index: Path, batch_size: int,
+             queries: int, k: int, workers: int | None, device: str | None) -> dict[str, Any]:
+    """One loaded encoder: raw forward rate (before and after the build), the build by phase, queries."""
+    from relsearch.build import BuildOptions, build_index
+
+    name = enc.name
+    # The forward rate is taken before and after the build and averaged: on a shared
+    # machine the load moves during a run, and the ratio should compare like with like.
+    before = raw_forward_rate(enc, decoded, batch_size)
+    timers = _Timers()
+    with _instrumented(enc, timers):  # the build uses this very instance
+        t = time.perf_counter()
+        b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
+                                                  device=device, progress=False, preloaded={name: enc}))
+        wall = time.perf_counter() - t
+    after = raw_forward_rate(enc, decoded, batch_size)
+    raw = {**before, "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
+           "before_build_images_per_s": before["images_per_s"],
+           "after_build_images_per_s": after["images_per_s"]}
+    raw.pop("seconds", None)
+    sec = b.seconds
+    embed_phase = sec.get("embed", 0.0)
+    split = {
+        "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
+        "decode": timers.input_wait,
+        "embed": timers.embed,
+        "metadata": timers.metadata,
+        "index": sec.get("index", 0.0),
+    }
+    split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
+    build_ips = len(paths) / wall
+    return {
+        "kind": enc.kind,
+        "dim": enc.dim,
+        "runtime": getattr(enc, "runtime", "torch"),
+        "fingerprint": enc.fingerprint,
+        "raw_forward": raw,
+        "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
+                  "preprocess_overlapped_s": timers.preprocess,
+                  "embedded": b.embedded, "failed": len(b.failed)},
+        "build_over_raw": build_ips / raw["images_per_s"],
+        # share of the build's wall time spent inside the forward: 1.0 means decode,
+        # preprocessing and writes are fully hidden; unlike the ratio above it does not
+        # depend on two timings taken at different moments of a shared machine's load.
+        "forward_share": split["embed"] / wall if wall > 0 else 0.0,
+        "query": query_latency(index, name, paths[:queries], k, device),
+    }
+
+
+def parse_runtimes(text: str | None) -> list[str | None]:
+    """``torch,onnx`` -> ``["torch", "onnx"]``; None -> ``[None]`` (the default choice of each encoder)."""
+    from relsearch.encoders.onnx_runtime import RUNTIMES
+
+    if text is None:
+        return [None]
+    names = [r.strip().lower() for r in text.split(",") if r.strip()]
+    bad = [r for r in names if r not in RUNTIMES]
+    if not names or bad or len(set(names)) != len(names):
+        raise RelsearchError(f"--runtimes must list distinct runtimes of {', '.join(RUNTIMES)}, got {text!r}")
+    return list(names)
+
+
+def _source_images(collection: str | os.PathLike[str] | None, n: int, tmp: str) -> tuple[Path, str]:
+    """The folder the run indexes (synthetic photos, or the first ``n`` images linked) and its label."""
+    from relsearch.collection import scan
+
+    if collection is None:
+        root = Path(tmp) / "photos"
+        synthetic_photos(root, n)
+        return root, f"{n} synthetic 480x360 JPEGs"
+    root = Path(collection)
+    if not root.is_dir():
+        raise RelsearchError(f"collection folder {root} does not exist")
+    files = scan(root).files
+    if not files:
+        raise RelsearchError(f"no images found under {root}")
+    if len(files) > n:  # index exactly the first n: link them into one folder
+        root = Path(tmp) / "subset"
+        root.mkdir()
+        for i, f in enumerate(files[:n]):
+            os.symlink(f.path, root / f"{i:06d}{Path(f.path).suffix}")
+    return root, f"{min(n, len(files))} images of {Path(collection).resolve()}"
+
+
 def run_throughput(
     collection: str | os.PathLike[str] | None = None,
     encoders: str = "imagenet",
@@ -222,106 +306,60 @@ def run_throughput(
     threads: int | None = None,
     analogy: bool = False,
     explain: bool = False,
+    runtimes: str | None = None,
 ) -> dict[str, Any]:
     """Measure every encoder of ``encoders``; returns the report (JSON + PNG in ``results_dir``).
 
-    ``threads`` sets torch's intra-op threads for the run (None: torch's default). On a
-    machine whose cores are busy with other work, two intra-op threads can be many times
-    slower than one, because every operator waits for both threads to be scheduled.
+    ``threads`` sets the intra-op threads (torch's and ONNX Runtime's) for the run (None: each
+    runtime's default). On a machine whose cores are busy with other work, two intra-op threads
+    can be many times slower than one, because every operator waits for both threads to be
+    scheduled. ``runtimes`` (``torch,onnx``) measures every encoder once per runtime, side by
+    side, as ``NAME:RUNTIME``; without it each encoder loads as ``get_encoder`` picks.
 
     Without ``collection``, ``n`` synthetic photos are written to a temporary folder; with
     one, its first ``n`` images are used (copied nowhere: the build indexes the folder).
     """
-    from relsearch.build import BuildOptions, build_index
+    import torch
+
+    from relsearch import threads as thread_conf
     from relsearch.collection import load_image, scan
     from relsearch.encoders import get_encoders
+    from relsearch.encoders.onnx_runtime import forced_runtime
 
     if n < 1 or batch_size < 1 or queries < 1 or k < 1:
         raise RelsearchError("--n, --batch-size, --queries and -k must all be at least 1")
     if threads is not None and threads < 1:
         raise RelsearchError(f"--threads must be at least 1, got {threads}")
-    encs = get_encoders(encoders, device=device)  # bad names fail before any work
-    with tempfile.TemporaryDirectory(prefix="relsearch-throughput-") as tmp:
-        if collection is None:
-            root = Path(tmp) / "photos"
-            synthetic_photos(root, n)
-            source = f"{n} synthetic 480x360 JPEGs"
-        else:
-            root = Path(collection)
-            if not root.is_dir():
-                raise RelsearchError(f"collection folder {root} does not exist")
-            files = scan(root).files
-            if not files:
-                raise RelsearchError(f"no images found under {root}")
-            if len(files) > n:  # index exactly the first n: link them into one folder
-                root = Path(tmp) / "subset"
-                root.mkdir()
-                for i, f in enumerate(files[:n]):
-                    os.symlink(f.path, root / f"{i:06d}{Path(f.path).suffix}")
-            source = f"{min(n, len(files))} images of {Path(collection).resolve()}"
-        paths = [f.path for f in scan(root).files]
-        decoded = [load_image(p, max_side=512) for p in paths]
-        report: dict[str, Any] = {"source": source, "images": len(paths), "batch_size": batch_size,
-                                  "device": device or "auto", "cpus": os.cpu_count(), "encoders": {}}
-        import torch
-
-        saved_threads = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        report["torch_threads"] = torch.get_num_threads()
-        report["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        try:
-            for enc in encs:
-                name = enc.name
-                # The forward rate is taken before and after the build and averaged: on a shared
-                # machine the load moves during a run, and the ratio should compare like with like.
-                before = raw_forward_rate(enc, decoded, batch_size)
-                timers = _Timers()
-                index = Path(tmp) / f"index-{name}"
-                with _instrumented(enc, timers):  # the build uses this very instance
-                    t = time.perf_counter()
-                    b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
-                                                              device=device, progress=False,
-                                                              preloaded={name: enc}))
-                    wall = time.perf_counter() - t
-                after = raw_forward_rate(enc, decoded, batch_size)
-                raw = {**before, "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
-                       "before_build_images_per_s": before["images_per_s"],
-                       "after_build_images_per_s": after["images_per_s"]}
-                raw.pop("seconds", None)
-                sec = b.seconds
-                embed_phase = sec.get("embed", 0.0)
-                split = {
-                    "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
-                    "decode": timers.input_wait,
-                    "embed": timers.embed,
-                    "metadata": timers.metadata,
-                    "index": sec.get("index", 0.0),
-                }
-                split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
-                build_ips = len(paths) / wall
-                report["encoders"][name] = {
-                    "kind": enc.kind,
-                    "dim": enc.dim,
-                    "fingerprint": enc.fingerprint,
-                    "raw_forward": raw,
-                    "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
-                              "preprocess_overlapped_s": timers.preprocess,
-                              "embedded": b.embedded, "failed": len(b.failed)},
-                    "build_over_raw": build_ips / raw["images_per_s"],
-                    # share of the build's wall time spent inside the forward: 1.0 means decode,
-                    # preprocessing and writes are fully hidden; unlike the ratio above it does not
-                    # depend on two timings taken at different moments of a shared machine's load.
-                    "forward_share": split["embed"] / wall if wall > 0 else 0.0,
-                    "query": query_latency(index, name, paths[:queries], k, device),
-                }
+    rts = parse_runtimes(runtimes)
+    saved_threads, saved_chosen = torch.get_num_threads(), thread_conf.intra_op_threads()
+    thread_conf.use_threads(threads if threads is not None else saved_chosen)  # before any session opens
+    try:
+        loaded = []
+        for rt in rts:  # bad names fail before any work
+            with forced_runtime(rt):
+                loaded += [(rt, enc) for enc in get_encoders(encoders, device=device)]
+        with tempfile.TemporaryDirectory(prefix="relsearch-throughput-") as tmp:
+            root, source = _source_images(collection, n, tmp)
+            paths = [f.path for f in scan(root).files]
+            decoded = [load_image(p, max_side=512) for p in paths]
+            report: dict[str, Any] = {"source": source, "images": len(paths), "batch_size": batch_size,
+                                      "device": device or "auto", "cpus": os.cpu_count(), "encoders": {},
+                                      "torch_threads": torch.get_num_threads(),
+                                      "onnx_threads": thread_conf.intra_op_threads() or "default"}
+            report["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            for rt, enc in loaded:
+                key = enc.name if rt is None else f"{enc.name}:{rt}"
+                with forced_runtime(rt):  # the query's Searcher loads the same runtime
+                    report["encoders"][key] = _measure(enc, root, paths, decoded, Path(tmp) / f"index-{key}",
+                                                       batch_size, queries, k, workers, device)
             if analogy or explain:  # the whole query with its modes, on one index of every encoder
                 from relsearch.bench.modes_eval import modes_latency
 
                 report["query_modes"] = modes_latency(root, paths[:queries], encoders, k, analogy, explain,
                                                       Path(tmp) / "index-all", device)
-        finally:
-            torch.set_num_threads(saved_threads)
+    finally:
+        thread_conf.use_threads(saved_chosen)
+        torch.set_num_threads(saved_threads)
     if results_dir is not None:
         out = Path(results_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +388,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         left += vals
     axes[0].set_yticks(y, names)
     axes[0].set_xlabel("seconds")
-    axes[0].set_title(f"build-index, {report['images']} images, torch threads {report['torch_threads']}")
+    axes[0].set_title(f"build-index, {report['images']} images, threads {report['torch_threads']}")
     axes[0].legend(fontsize=7, ncol=3)
     w = 0.38
     raw = [enc[n]["raw_forward"]["images_per_s"] for n in names]
@@ -382,15 +420,16 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = [f"{report['source']}, batch {report['batch_size']}, torch threads {report['torch_threads']}"]
-    head = (f"{'encoder':<12}{'raw img/s (before/after)':>26}{'build img/s':>12}{'ratio':>7}{'fwd share':>10}  build s: "
+    lines = [f"{report['source']}, batch {report['batch_size']}, torch threads {report['torch_threads']}, "
+             f"onnx threads {report.get('onnx_threads', 'default')}"]
+    head = (f"{'encoder':<18}{'raw img/s (before/after)':>26}{'build img/s':>12}{'ratio':>7}{'fwd share':>10}  build s: "
             + " ".join(f"{p:>8}" for p in PHASES))
     lines += [head, "-" * len(head)]
     for name, r in report["encoders"].items():
         s = r["build"]["split_s"]
         raw = r["raw_forward"]
         spread = f"({raw.get('before_build_images_per_s', 0):.1f}/{raw.get('after_build_images_per_s', 0):.1f})"
-        lines.append(f"{name:<12}{raw['images_per_s']:>12.1f} {spread:>13}{r['build']['images_per_s']:>12.1f}"
+        lines.append(f"{name:<18}{raw['images_per_s']:>12.1f} {spread:>13}{r['build']['images_per_s']:>12.1f}"
                      f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
     if "query_modes" in report:
         qm = report["query_modes"]
@@ -401,10 +440,10 @@ def format_table(report: dict[str, Any]) -> str:
                        + f"; total p95 {qm['total']['p95_ms']:.1f} ms"]
     else:
         lines_modes = []
-    head = f"{'encoder':<12}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
+    head = f"{'encoder':<18}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
     lines += ["", head, "-" * len(head)]
     for name, r in report["encoders"].items():
         q = r["query"]
-        lines.append(f"{name:<12}" + "".join(f"{q[st]['p50_ms']:>14.2f} / {q[st]['p95_ms']:>7.2f}"
+        lines.append(f"{name:<18}" + "".join(f"{q[st]['p50_ms']:>14.2f} / {q[st]['p95_ms']:>7.2f}"
                                              for st in (*STEPS, "total")))
     return "\n".join(lines + lines_modes)

@@ -1,4 +1,4 @@
-"""CLI: ``relsearch export milvus`` (copy an index into another engine for serving)."""
+"""CLI: ``relsearch export milvus`` (copy an index into another engine for serving), ``export onnx``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from relsearch.cli.app import ColumnsOpt, JsonOpt, app, print_json, user_errors
 from relsearch.errors import RelsearchError
 
-export_app = typer.Typer(help="Copy an index into another engine (Milvus) for serving.", no_args_is_help=True)
+export_app = typer.Typer(help="Copy an index into another engine (Milvus); export the encoders to ONNX.",
+                         no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
@@ -42,3 +43,29 @@ def milvus_cmd(
         if c.note:
             typer.echo(f"  note: {c.note}")
     typer.echo(f"{report.uri}: generation {report.generation} of {report.index} in {report.seconds:.1f}s")
+
+
+@export_app.command("onnx")
+@user_errors
+def onnx_cmd(
+    encoders: Annotated[str, typer.Option(
+        "--encoders", help="Comma-separated: relsim-mini, imagenet, minilm (default: all three).")]
+    = "relsim-mini,imagenet,minilm",
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the graphs (default: the package's relsearch/weights/onnx).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """ONNX graphs of the shipped encoders, checked against torch on photographs, clip art and captions."""
+    from relsearch.encoders.onnx_export import export_onnx
+
+    names = [e.strip() for e in encoders.split(",") if e.strip()]
+    if not names:
+        raise RelsearchError("--encoders names no encoder")
+    results = export_onnx(names, out)
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    for r in results:
+        tried = ", ".join(f"{fmt} {cos:.7f}" for fmt, cos in r.tried.items())
+        typer.echo(f"{r.path}: {r.name} {r.weights}, {r.bytes / 1e6:.1f} MB, fingerprint {r.fingerprint}, "
+                   f"lowest cosine to torch over {r.checked} inputs: {tried} ({r.seconds:.0f}s)")

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 
 from relsearch.encoders.base import Encoder, EncoderSpec, l2_normalize, parse_encoder_list
-from relsearch.errors import RelsearchError
+from relsearch.errors import MissingWeightsError, RelsearchError, first_line
 
 #: name -> "module:callable". Order is the order `relsearch info` lists them in.
 REGISTRY: dict[str, str] = {
@@ -31,11 +31,15 @@ def available() -> list[str]:
     return list(REGISTRY)
 
 
-def resolve_factory(name: str) -> Callable[..., Encoder]:
+def resolve_factory(name: str, lazy: bool = True) -> Callable[..., Encoder]:
     if name not in REGISTRY:
         raise RelsearchError(
             f"unknown encoder {name!r}; valid encoders: {', '.join(REGISTRY)}"
         )
+    from relsearch.encoders.onnx_runtime import GRAPHS
+
+    if lazy and name in GRAPHS:  # it may run on ONNX Runtime: import its torch module only when called
+        return lambda *args, **kwargs: resolve_factory(name, lazy=False)(*args, **kwargs)
     module_name, _, attr = REGISTRY[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -44,28 +48,64 @@ def resolve_factory(name: str) -> Callable[..., Encoder]:
     return getattr(module, attr)
 
 
-def get_encoder(spec: EncoderSpec | str, device: str | None = None) -> Encoder:
+def get_encoder(spec: EncoderSpec | str, device: str | None = None, runtime: str | None = None) -> Encoder:
     """Load the encoder for ``NAME`` or ``NAME@SOURCE``: a new instance on every call.
 
     Nothing is cached process-wide: the caller (a ``Searcher``, a build, a benchmark)
     owns the model and frees it by dropping its reference (``Searcher.close``).
+    ``runtime`` (``auto``, ``torch``, ``onnx``; default ``$RELSEARCH_RUNTIME`` or ``auto``)
+    picks ONNX Runtime or torch for the shipped encoders (``encoders/onnx_runtime.py``).
     """
     if isinstance(spec, str):
         try:
             spec = EncoderSpec.parse(spec)
         except ValueError as exc:
             raise RelsearchError(str(exc)) from exc
-    return resolve_factory(spec.name)(source=spec.source, device=device)
+    light = _on_onnx_runtime(spec, device, runtime)  # before the torch module is imported
+    if light is not None:
+        return light
+    factory = resolve_factory(spec.name)
+    try:
+        return _with_chosen_threads(factory(source=spec.source, device=device))
+    except Exception as exc:
+        if not _unreadable_weights(exc):
+            raise
+        raise MissingWeightsError(f"cannot load encoder {str(spec)!r}: a weights file is damaged or not what "
+                                  f"its name says ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def get_encoders(text: str, device: str | None = None) -> list[Encoder]:
+def _on_onnx_runtime(spec: EncoderSpec, device: str | None, runtime: str | None) -> Encoder | None:
+    """``spec`` on ONNX Runtime, or None where the registry's (torch) factory loads it."""
+    from relsearch.encoders.onnx_runtime import GRAPHS, load_onnx
+
+    if spec.name not in GRAPHS or spec.name not in REGISTRY:  # minilm is a caption tower, not an encoder
+        return None
+    return load_onnx(spec.name, spec.source, device, runtime)
+
+
+def _with_chosen_threads(encoder: Encoder) -> Encoder:
+    """``encoder``, with torch (which its factory may have just imported) given the chosen threads."""
+    from relsearch.threads import apply_to_torch
+
+    apply_to_torch()
+    return encoder
+
+
+def _unreadable_weights(exc: BaseException) -> bool:
+    """A weights file the loading library could not parse (junk or a truncated copy at a user's path):
+    safetensors raises its own error type, torch's safe loader an ``UnpicklingError``."""
+    kind = type(exc)
+    return kind.__module__.split(".")[0] == "safetensors" or kind.__name__ in {"SafetensorError", "UnpicklingError"}
+
+
+def get_encoders(text: str, device: str | None = None, runtime: str | None = None) -> list[Encoder]:
     try:
         specs = parse_encoder_list(text)
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
     for spec in specs:  # fail on a bad name before loading any weights
         resolve_factory(spec.name)
-    return [get_encoder(spec, device=device) for spec in specs]
+    return [get_encoder(spec, device=device, runtime=runtime) for spec in specs]
 
 
 __all__ = [

