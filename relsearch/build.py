@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import sys
 import time
@@ -57,11 +56,13 @@ from relsearch.indexdir import (
     Manifest,
     build_lock,
     check_fingerprint,
+    check_layout,
     ensure_writable,
     faiss_path,
     manifest_bytes,
     write_manifest,
 )
+from relsearch.safe_io import read_regular
 from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store
 from relsearch.store.disk import is_write_failure, write_error
 
@@ -122,6 +123,14 @@ class BuildOptions:
             raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target!r}")
 
 
+class NothingToIndexError(RelsearchError):
+    """Every file failed to embed; ``failed`` lists them (``{"path", "error"}``) once the build knows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.failed: list[dict[str, str]] = []
+
+
 @dataclass
 class BuildReport:
     index: str
@@ -152,6 +161,7 @@ class _Work:
     record_id: int | None = None  # existing record lacking vectors
     missing: list[str] = field(default_factory=list)
     counted: list[str] = field(default_factory=list)  # "added"/"updated" per path, undone on failure
+    expect: str | None = None  # sha256 the embedded bytes must have (the file may change meanwhile)
 
 
 @dataclass
@@ -163,6 +173,7 @@ class _Plan:
     known: dict[str, PathEntry]  # the paths table of generation G
     work: dict[str, _Work]  # digest (or "#id" for a record missing vectors) -> content to embed
     refilled: set[str] = field(default_factory=set)  # encoders whose live records lacked vectors
+    exclusions: dict[str, Any] | None = None  # folder patterns, committed with the switch (verify restores them)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +264,8 @@ def build_index(
         raise RelsearchError(f"index path {index_path} exists and is not a folder")
     if index_path.is_dir() and any(index_path.iterdir()) and not _is_index(index_path):
         raise RelsearchError(f"{index_path} is a non-empty folder that is not a relsearch index; choose another --index")
+    if index_path.is_dir():
+        check_layout(index_path)  # a file where a folder belongs (or the reverse): verify --repair fixes it
     ensure_writable(index_path)
 
     # Before the lock, for early failure on bad input: the scan, and the encoders asked
@@ -277,10 +290,13 @@ def build_index(
             report.failed = [{"path": p, "error": r} for p, r in scanned.skipped]
             report.excluded = {**scanned.excluded.counts(), "removed": 0}
             report.seconds["scan"] = time.perf_counter() - t0
-            write_stored(index_path, exclusions)  # before any removal: a killed build resumes with them
             store = Store.open(index_path / STORE_DIR, create=True)
             try:
-                _update(store, root, scanned.files, opts, report, index_path, scanned.excluded.matcher())
+                _update(store, root, scanned.files, opts, report, index_path, scanned.excluded.matcher(),
+                        exclusions)
+            except NothingToIndexError as exc:
+                exc.failed = list(report.failed)  # why each file failed: the caller shows them
+                raise
             finally:
                 store.close()
     except OSError as exc:
@@ -322,7 +338,8 @@ def _committed_manifest(store: Store, index: Path) -> Manifest | None:
 
 
 def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions, report: BuildReport,
-            index_path: Path, is_excluded: Callable[[str], bool] = lambda path: False) -> None:
+            index_path: Path, is_excluded: Callable[[str], bool] = lambda path: False,
+            exclusions: Any = None) -> None:
     # Everything below is decided from the store as it is under the lock.
     t = time.perf_counter()
     manifest = _committed_manifest(store, index_path)
@@ -344,6 +361,11 @@ def _update(store: Store, root: Path, files: list[FileEntry], opts: BuildOptions
     t = time.perf_counter()
     if plan.work and encoders is None:
         encoders = _load_encoders(specs, manifest, index_path, opts)
+    if exclusions is not None:
+        # Every option is checked by now (encoders, fingerprints, --index-spec): a refused
+        # build wrote nothing. Before any removal: a killed build resumes with them.
+        write_stored(index_path, exclusions)
+        plan.exclusions = exclusions.to_dict()
     if plan.work:
         assert encoders is not None
         _embed(store, list(plan.work.values()), encoders, specs, opts, report)
@@ -399,7 +421,7 @@ def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report
                 final[f.path] = existing
                 continue
             final[f.path] = digest
-            w = work.setdefault(digest, _Work(digest, [], [], missing=list(names)))
+            w = work.setdefault(digest, _Work(digest, [], [], missing=list(names), expect=digest))
             w.paths.append(f.path)
             w.entries.append(f)
             w.counted.append(how)
@@ -415,7 +437,10 @@ def _plan(store: Store, files: list[FileEntry], specs: list[EncoderSpec], report
         for rid, p in holders.items():
             if rid not in have:
                 key = f"#{rid}"
-                w = work.setdefault(key, _Work(key, [p], [], record_id=rid))
+                if key not in work:
+                    rec = store.get_records([rid]).get(rid)
+                    work[key] = _Work(key, [p], [], record_id=rid, expect=rec.sha256 if rec else None)
+                w = work[key]
                 w.missing.append(name)
                 refilled.add(name)
     return _Plan(final, entries, known, work, refilled)
@@ -461,6 +486,9 @@ def _embed(store: Store, work: list[_Work], encoders: list[Encoder], specs: list
             for d, vecs in rows:
                 if d.error is not None:
                     _failed(work[d.index], d.error, report)
+                    continue
+                if _changed(work[d.index], d):
+                    _failed(work[d.index], "changed while it was being indexed; run build-index again", report)
                     continue
                 chunk.append((work[d.index], d, vecs))
                 report.embedded += 1
@@ -556,6 +584,12 @@ def _all_pipelined(by_name: dict[str, Encoder]) -> bool:
     return all(_pipelined(e) for e in by_name.values())
 
 
+def _changed(w: _Work, d: Decoded) -> bool:
+    """The decoded bytes are not the content planned (and hashed) for ``w``: its vectors
+    would be stored under another picture's hash."""
+    return d.sha256 is not None and w.expect is not None and d.sha256 != w.expect
+
+
 def _failed(w: _Work, error: str, report: BuildReport) -> None:
     for p in w.paths:
         report.failed.append({"path": p, "error": error})
@@ -637,7 +671,8 @@ def _commit(
             rebuild[name] = why
     new_faiss = bool(removed or added or rebuild)
     lmdb_changes = bool(new_faiss or dropped or path_puts or path_dels or record_updates
-                        or store.get_meta("building") is not None)
+                        or store.get_meta("building") is not None
+                        or (plan.exclusions is not None and store.get_meta("exclusions") != plan.exclusions))
 
     new_gen = gen + 1 if new_faiss else gen
     if new_faiss:
@@ -683,6 +718,8 @@ def _commit(
         store.delete_meta(txn, "building")
         store.put_meta(txn, "generation", new_gen)
         store.put_meta(txn, "manifest", new_manifest.to_dict())
+        if plan.exclusions is not None:
+            store.put_meta(txn, "exclusions", plan.exclusions)
 
     if lmdb_changes or manifest is None:
         store.write(switch)
@@ -693,7 +730,7 @@ def _commit(
     # (a kill before this point, a corrupt or deleted file).
     want = manifest_bytes(new_manifest)
     try:
-        on_disk = (index_path / MANIFEST).read_bytes()
+        on_disk = read_regular(index_path / MANIFEST)
     except OSError:
         on_disk = b""
     if on_disk != want:
@@ -729,7 +766,7 @@ def write_generation(store: Store, index_path: Path, name: str, dim: int, gen: i
     if index is None:
         all_ids, vecs = _raw_vectors(store, name, dim, ids)
         if len(all_ids) == 0:
-            raise RelsearchError("no image could be embedded, so there is nothing to index (see the failed list)")
+            raise NothingToIndexError("no image could be embedded, so there is nothing to index")
         config = IndexConfig(spec=requested, recall_target=opts.recall_target)
         # Large collections get memory-mapped on-disk lists beside the FAISS file;
         # a Ray build also adds the shards of an on-disk index as Ray tasks.
@@ -769,11 +806,7 @@ def _save(index: Any, path: Path) -> None:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)  # a regular file only, read up to the size it had when opened
 
 
 def _lookup(store: Store, name: str, dim: int) -> Any:

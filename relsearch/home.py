@@ -96,14 +96,26 @@ class Chosen:
 
 def choose_index() -> Chosen:
     """The only index in the home, else the most recently built one; a clear error if none."""
+    from relsearch.indexdir import index_problem
+
     found = home_indexes()
     if not found:
         raise RelsearchError(f"no index in {index_home()}; build one with: relsearch build-index DIR "
                              f"(or pass --index; ${ENV_HOME} moves the home)")
     if len(found) == 1:
         return Chosen(found[0], f"the only index in {index_home()}")
-    return Chosen(found[0], f"the most recently built of {len(found)} indexes in {index_home()}; "
-                            "--index picks another")
+    # A damaged index must not stand in the way of the others: take the newest that opens.
+    problems = []
+    for path in found:
+        problem = index_problem(path)
+        if problem is None:
+            break
+        problems.append(problem)
+    else:
+        raise RelsearchError(f"all {len(found)} indexes in {index_home()} are damaged; the newest: {problems[0]}")
+    skipped = f" that opens (skipped {len(problems)} damaged: relsearch info lists them)" if problems else ""
+    return Chosen(path, f"the most recently built of {len(found)} indexes in {index_home()}{skipped}; "
+                        "--index picks another")
 
 
 def file_identity(path: str | os.PathLike[str]) -> str:

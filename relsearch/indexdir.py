@@ -30,12 +30,15 @@ from typing import Any
 
 from relsearch.atomic import atomic_write_bytes
 from relsearch.errors import IndexMismatchError, RelsearchError
+from relsearch.safe_io import read_regular
 from relsearch.store import SCHEMA_VERSION, Store
+from relsearch.store.lmdb_store import damaged, finished_before
 
 MANIFEST = "manifest.json"
 STORE_DIR = "meta.lmdb"
 FAISS_DIR = "faiss"
 LOCK = ".build.lock"
+STORED_NAME = "exclusions.json"  # relsearch.collection.exclude.STORED_NAME
 _PACKAGES = ("relsearch", "torch", "faiss-cpu", "faiss-gpu", "lmdb", "numpy", "transformers", "peft")
 
 
@@ -94,15 +97,20 @@ def read_manifest(index: Path) -> Manifest:
 def stored_manifest(store: Store, index: Path) -> tuple[Manifest, int]:
     """(manifest, generation) from one read transaction of ``store``."""
     raw, generation = store.get_metas(("manifest", "generation"))
+    if raw is None and finished_before(index):
+        raise damaged(store.path, "it holds no finished build, yet one of this index finished "
+                                  "(the store was replaced, or a repair was interrupted)")
     if raw is None:
         raise RelsearchError(
             f"index {index} has no finished build yet (the first build was interrupted); "
             f"finish it with: relsearch build-index DIR --index {index}"
         )
-    if not isinstance(raw, dict):
-        raise RelsearchError(f"corrupt manifest in {index / STORE_DIR}: not a JSON object; rebuild the index")
-    manifest = Manifest.from_dict(raw)
-    return manifest, int(generation or 0)
+    try:
+        if not isinstance(raw, dict):
+            raise RelsearchError("not a JSON object")
+        return Manifest.from_dict(raw), int(generation or 0)
+    except (RelsearchError, TypeError, ValueError) as exc:
+        raise damaged(store.path, f"its manifest: {exc}") from None
 
 
 def read_manifest_file(index: Path) -> Manifest:
@@ -111,7 +119,7 @@ def read_manifest_file(index: Path) -> Manifest:
     if not path.exists():
         raise RelsearchError(f"no index at {index} (missing {MANIFEST}); build one with: relsearch build-index DIR")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path))
     except (OSError, ValueError) as exc:
         raise RelsearchError(f"corrupt manifest {path}: {exc}") from exc
     if not isinstance(data, dict):
@@ -132,6 +140,38 @@ def manifest_bytes(manifest: Manifest) -> bytes:
 def write_manifest(index: Path, manifest: Manifest) -> None:
     """Export ``manifest`` (already committed to LMDB) as ``manifest.json``, atomically."""
     atomic_write_bytes(index / MANIFEST, manifest_bytes(manifest))
+
+
+#: What each entry of an index directory must be: True a folder, False a file.
+LAYOUT = {MANIFEST: False, STORE_DIR: True, FAISS_DIR: True, STORED_NAME: False, LOCK: False,
+          f"{STORE_DIR}/data.mdb": False, f"{STORE_DIR}/lock.mdb": False}
+#: The entries a reader needs of that type before it opens anything.
+READ_LAYOUT = (STORE_DIR, FAISS_DIR, f"{STORE_DIR}/data.mdb", f"{STORE_DIR}/lock.mdb")
+
+
+def layout_problems(index: Path) -> dict[str, str]:
+    """Entries of ``index`` that exist with the wrong type: {name: what is wrong}."""
+    out = {}
+    for name, folder in LAYOUT.items():
+        p = index / name  # judged by what it is or points at: a link to another disk is fine
+        if not p.exists():
+            continue
+        if folder and not p.is_dir():
+            out[name] = "is a file, not a folder"
+        elif not folder and not p.is_file():
+            out[name] = "is a folder, not a file" if p.is_dir() else "is not a regular file"
+    return out
+
+
+def check_layout(index: Path, names: tuple[str, ...] = tuple(LAYOUT)) -> None:
+    """Refuse (one line naming the fix) an index directory whose entries have the wrong type."""
+    problems = {n: why for n, why in layout_problems(index).items() if n in names}
+    if LOCK in problems:
+        raise RelsearchError(f"index {index} is damaged: {LOCK} {problems[LOCK]}; remove {index / LOCK} "
+                             "(no build is running while it is not a file)")
+    if problems:
+        what = "; ".join(f"{name} {why}" for name, why in problems.items())
+        raise RelsearchError(f"index {index} is damaged: {what}; fix it with: relsearch verify --repair --index {index}")
 
 
 def faiss_path(index: Path, encoder: str, generation: int) -> Path:
@@ -165,6 +205,7 @@ def ensure_writable(index: Path) -> None:
 def build_lock(index: Path) -> Iterator[None]:
     """Exclusive lock so two builds never interleave their writes."""
     index.mkdir(parents=True, exist_ok=True)
+    check_layout(index, (LOCK,))
     with open(index / LOCK, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -207,6 +248,7 @@ def open_index(path: str | os.PathLike[str]) -> OpenIndex:
         if (index / MANIFEST).exists():
             raise RelsearchError(f"index {index} has a manifest but no metadata store ({STORE_DIR}); rebuild it")
         raise RelsearchError(f"no index at {index}; build one with: relsearch build-index DIR --index {index}")
+    check_layout(index, READ_LAYOUT)
     store = Store.open(index / STORE_DIR, readonly=True)
     try:
         manifest, generation = stored_manifest(store, index)
@@ -238,6 +280,25 @@ def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
 def find_indexes(root: str | os.PathLike[str]) -> list[Path]:
     """Index directories directly under ``root``: a manifest, or a store whose manifest a build will re-export."""
     root = Path(root)
-    if not root.is_dir():
+
+    def looks_like_index(p: Path) -> bool:
+        try:  # an entry we may not look into is no index of ours, not a reason to fail
+            return (p / MANIFEST).exists() or (p / STORE_DIR / "data.mdb").exists()
+        except OSError:
+            return False
+
+    try:
+        return sorted(p for p in root.iterdir() if looks_like_index(p)) if root.is_dir() else []
+    except OSError:
         return []
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).exists() or (p / STORE_DIR / "data.mdb").exists())
+
+
+def index_problem(index: str | os.PathLike[str]) -> str | None:
+    """None when ``index`` opens for reading, else the one-line reason (naming the fix where there is one)."""
+    try:
+        with open_index(index):
+            return None
+    except RelsearchError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"index {index} cannot be read: {exc.strerror or exc}"

@@ -65,6 +65,7 @@ def load(index: Path, store: Store, asked: list[str] | None) -> Snapshot:
                 if not path.exists():
                     raise RelsearchError(f"index {index} is missing its FAISS file {path.name}; rebuild it")
                 indexes[name] = VectorIndex.load(path)
+                indexes[name].check_dim(manifest.encoders[name].dim, path)
         except RelsearchError:
             if store.generation != gen and not last:
                 continue  # replaced while we read it: the new generation is complete, take that

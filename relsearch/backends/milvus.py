@@ -56,10 +56,37 @@ def _client(uri: str) -> Any:
         parent = Path(uri).expanduser().resolve().parent
         if not parent.is_dir():
             raise RelsearchError(f"folder of the milvus-lite file {uri} does not exist")
+        try:
+            str(Path(uri).expanduser().resolve()).encode("utf-8")
+        except UnicodeEncodeError:  # milvus-lite fails on such a path deep inside, after creating it
+            msg = f"milvus-lite needs a UTF-8 file name; {uri!r} is not one: choose another --uri"
+            raise RelsearchError(msg) from None
+    with _captured_logs("milvus_lite") as records:
+        try:
+            return MilvusClient(uri=uri)
+        except Exception as exc:  # pymilvus raises MilvusException and plain ones for a bad URI
+            # milvus-lite logs why it could not open the file (with a traceback) and pymilvus raises
+            # a generic error: tell the user the logged reason, in one line
+            why = next((first_line(r.exc_info[1]) for r in records if r.exc_info and r.exc_info[1]), None)
+            if is_lite(uri) and why:
+                raise RelsearchError(f"cannot open {uri} as a milvus-lite database: {why}") from None
+            raise RelsearchError(f"cannot connect to Milvus at {uri}: {first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _captured_logs(name: str) -> Iterator[list[logging.LogRecord]]:
+    """Records of logger ``name`` kept in a list instead of printed (a library that logs its own
+    tracebacks would print them above the one-line error)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [handler], False
     try:
-        return MilvusClient(uri=uri)
-    except Exception as exc:  # pymilvus raises MilvusException and plain ones for a bad URI
-        raise RelsearchError(f"cannot connect to Milvus at {uri}: {first_line(exc)}") from exc
+        yield records
+    finally:
+        logger.handlers, logger.propagate = saved
 
 
 def is_lite(uri: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 
 import typer
@@ -18,6 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as click
 
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        # A file name that is not UTF-8 reaches Python as surrogates: print its bytes as they are
+        # (as ls does) rather than fail on them in a UTF-8 locale.
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+            stream.reconfigure(errors=errors)  # type: ignore[union-attr]
     try:
         code = app(args=bare_ray_flag(sys.argv[1:] if argv is None else argv), standalone_mode=False)
     except click.NoArgsIsHelpError as exc:  # bare `relsearch` / `relsearch bench`: help, as asked

@@ -64,7 +64,23 @@ def _global_options(
 # Use as ``as_json: JsonOpt = False`` / ``encoders: ColumnsOpt = None``.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 ColumnsOpt = Annotated[str | None, typer.Option("--encoders", help="Only these columns of the index.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda, mps, then cpu).")]
+
+
+def _device_option(value: str | None) -> str | None:
+    """``--device`` checked before any work (a bad name is a usage error, exit 2)."""
+    if value is None:
+        return None
+    from relsearch.encoders.base import check_device
+
+    try:
+        return check_device(value)
+    except RelsearchError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+DeviceOpt = Annotated[str | None, typer.Option("--device", callback=_device_option,
+                                               help="torch device: cpu, cuda, cuda:N or mps "
+                                                    "(default: cuda, mps, then cpu).")]
 
 
 def user_errors(func: F) -> F:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 import typer
@@ -65,7 +66,7 @@ def train_cmd(
     = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = None,
-    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1)] = None,
     model_arg: Annotated[list[str] | None, typer.Option(
         "--model-arg", metavar="KEY=JSON", help="relsim-mini architecture override, e.g. d_model=128 (repeatable); with relsim-mini@DIR, trunk_blocks / image_size grow the trained weights.")]
     = None,
@@ -75,6 +76,10 @@ def train_cmd(
     """Train a relational encoder on anonymous captions; prints the summary as JSON."""
     from relsearch.train.trainer import TrainConfig, train
 
+    for flag, value in (("--lr", lr), ("--weight-decay", weight_decay), ("--warmup-frac", warmup_frac),
+                        ("--grad-clip", grad_clip), ("--temperature", temperature), ("--image-loss", image_loss)):
+        if not math.isfinite(value):  # nan slips past every range check, inf turns the loss into nan
+            raise RelsearchError(f"{flag} must be a finite number, got {value}")
     try:
         config = TrainConfig(
             data=data, out=out, encoder=encoder, val=val, image_dir=image_dir, epochs=epochs, steps=steps,

@@ -6,9 +6,12 @@ build can list the bad file and carry on.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import multiprocessing
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -19,7 +22,21 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from relsearch.safe_io import FileTooLarge, NotRegularFile, open_regular, read_fd
+
 log = logging.getLogger(__name__)
+
+# PIL warns (a raw line on stderr) about an image between its MAX_IMAGE_PIXELS and twice
+# that, then decodes it anyway. The decoder's own bounds decide instead, silently: PIL's
+# error beyond twice (a DecodeError here) and ``max_pixels`` where a caller sets one.
+_QUIET_BOMB = ("ignore", None, Image.DecompressionBombWarning, None, 0)
+
+
+def _quiet_bomb_warning() -> None:
+    # checked on every decode: warnings.catch_warnings() (pytest, a caller) restores the
+    # filters it found, dropping one added meanwhile
+    if _QUIET_BOMB not in warnings.filters:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (same table as
@@ -38,6 +55,8 @@ _SWAPS_AXES = {5, 6, 7, 8}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _WIDE_GRAY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _MAX_REASON = 160
+#: Larger files are refused unread: each decode worker holds its file's bytes in memory.
+MAX_IMAGE_BYTES = 512 << 20
 
 
 class DecodeError(Exception):
@@ -49,6 +68,10 @@ class DecodeError(Exception):
             reason = reason[: _MAX_REASON - 3] + "..."
         super().__init__(reason)
         self.reason = reason
+
+
+class TooManyPixels(DecodeError):
+    """The image would decode to more pixels than allowed (``max_pixels``, or PIL's bomb limit)."""
 
 
 def _orientation(img: Image.Image) -> int:
@@ -124,13 +147,40 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, img).convert("RGB")
 
 
-def _decode(path: str | Path, max_side: int | None) -> tuple[Image.Image, int, int]:
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, read once: a regular file (a FIFO or device is refused
+    without blocking) of at most :data:`MAX_IMAGE_BYTES`. Raises :class:`DecodeError`."""
+    try:
+        fd, st = open_regular(path)
+        try:
+            data = read_fd(fd, st.st_size, os.fspath(path), MAX_IMAGE_BYTES)
+        finally:
+            os.close(fd)
+    except (NotRegularFile, FileTooLarge) as err:
+        raise DecodeError(err.strerror) from None
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except OSError as err:
+        raise DecodeError(f"unreadable: {err.strerror or err}") from None
+    if not data:
+        raise DecodeError("empty file")
+    return data
+
+
+def _decode(path: str | Path, max_side: int | None,
+            max_pixels: int | None = None) -> tuple[Image.Image, int, int, str]:
+    """Image, upright size and the sha256 of the very bytes that were decoded."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1 or None, got {max_side!r}")
+    _quiet_bomb_warning()
+    data = read_image_bytes(path)
+    # hashed and decoded from one buffer: a file rewritten meanwhile cannot pair
+    # one picture's hash with another picture's pixels
+    digest = hashlib.sha256(data).hexdigest()
     try:
-        if os.stat(path).st_size == 0:
-            raise DecodeError("empty file")
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             # Image.open only read the header; a GIF opens on its first frame
             # and we never seek, so animations give frame 0.
             stored = img.size
@@ -142,6 +192,9 @@ def _decode(path: str | Path, max_side: int | None) -> tuple[Image.Image, int, i
                 want = _target_size(stored, max_side)
                 if want != stored:
                     img.draft("RGB", want)
+            if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:  # size after draft
+                raise TooManyPixels(f"{stored[0]} x {stored[1]} pixels, more than the "
+                                    f"{max_pixels / 1e6:.0f} million allowed")
             img.load()  # truncated or corrupt data fails here, not later
             orientation = _orientation(img)
             out = _normalise_mode(img)
@@ -159,7 +212,7 @@ def _decode(path: str | Path, max_side: int | None) -> tuple[Image.Image, int, i
     except DecodeError:
         raise
     except Image.DecompressionBombError as err:
-        raise DecodeError(f"decompression bomb: {err}") from None
+        raise TooManyPixels(f"decompression bomb: {err}") from None
     except UnidentifiedImageError:
         raise DecodeError("not an image") from None
     except FileNotFoundError:
@@ -174,29 +227,35 @@ def _decode(path: str | Path, max_side: int | None) -> tuple[Image.Image, int, i
             raise DecodeError("truncated image") from None
         raise DecodeError(f"corrupt image: {text}") from None
     width, height = _upright_size(stored, orientation)
-    return out, width, height
+    return out, width, height, digest
 
 
-def load_image(path: str | Path, max_side: int | None = None) -> Image.Image:
+def load_image(path: str | Path, max_side: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode ``path`` to an upright RGB image.
 
     EXIF orientation is applied; transparency is composited on white; an
     animation gives its first frame; 16-bit, CMYK and grey images are converted.
     With ``max_side`` the image is downscaled (never upscaled) so its longer
-    side is at most ``max_side``. Raises :class:`DecodeError` on any failure.
+    side is at most ``max_side``. With ``max_pixels``, an image that would decode to more
+    pixels (after JPEG's reduced-size decoding) raises :class:`TooManyPixels` before any
+    pixel is decoded. Raises :class:`DecodeError` on any failure.
     """
-    return _decode(path, max_side)[0]
+    return _decode(path, max_side, max_pixels)[0]
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` as displayed (after EXIF orientation), from the header only."""
     try:
-        if os.stat(path).st_size == 0:
-            raise DecodeError("empty file")
-        with Image.open(path) as img:
-            return _upright_size(img.size, _orientation(img))
+        fd, st = open_regular(path)
+        with os.fdopen(fd, "rb") as fh:
+            if st.st_size == 0:
+                raise DecodeError("empty file")
+            with Image.open(fh) as img:
+                return _upright_size(img.size, _orientation(img))
     except DecodeError:
         raise
+    except NotRegularFile as err:
+        raise DecodeError(err.strerror) from None
     except Image.DecompressionBombError as err:
         raise DecodeError(f"decompression bomb: {err}") from None
     except UnidentifiedImageError:
@@ -214,7 +273,8 @@ class Decoded:
     """One decoded file; ``image`` is None exactly when ``error`` says why.
 
     ``width`` and ``height`` are the original size after EXIF orientation (0 on error),
-    not the size of the possibly downscaled ``image``.
+    not the size of the possibly downscaled ``image``; ``sha256`` is the hash of the bytes
+    ``image`` was decoded from.
     """
 
     index: int
@@ -223,6 +283,7 @@ class Decoded:
     error: str | None
     width: int = 0
     height: int = 0
+    sha256: str | None = None  # of the bytes decoded (None where the decoder did not say)
 
     @property
     def ok(self) -> bool:
@@ -232,12 +293,12 @@ class Decoded:
 def decode_one(index: int, path: str, max_side: int | None) -> Decoded:
     """Decode one file for a pool; never raises for a bad file."""
     try:
-        image, width, height = _decode(path, max_side)
+        image, width, height, digest = _decode(path, max_side)
     except DecodeError as err:
         return Decoded(index, path, None, err.reason)
     except Exception as err:  # a PIL plugin bug must not stop a 100k-file build
         return Decoded(index, path, None, f"decoder failed: {type(err).__name__}: {err}")
-    return Decoded(index, path, image, None, width, height)
+    return Decoded(index, path, image, None, width, height, digest)
 
 
 def default_workers() -> int:

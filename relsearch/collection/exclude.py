@@ -8,9 +8,9 @@ Two kinds of rule:
   case, because the folders these defaults target come from FAT/NTFS drives and NAS
   boxes, where ``$Recycle.Bin`` and ``$RECYCLE.BIN`` are the same folder.
 - **ignore files**: a ``.relsearchignore`` in any folder of the collection holds
-  gitignore-syntax patterns relative to that folder (read with :mod:`pathspec`'s
-  ``GitIgnoreSpec``, so negation, anchoring and ``dir/`` patterns behave as in git);
-  a deeper file's verdict overrides a shallower one's, as in git.
+  gitignore-syntax patterns relative to that folder (matched by
+  :mod:`relsearch.collection.wildmatch` in linear time, with git's negation, anchoring
+  and ``dir/`` rules); a deeper file's verdict overrides a shallower one's, as in git.
 
 Folder patterns are stored with the index (see :func:`read_stored` / :func:`write_stored`)
 and re-applied by every later build, so a build run without the flag does not bring
@@ -22,11 +22,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from relsearch.collection.wildmatch import BadPattern, Rule, compile_line
+from relsearch.safe_io import read_regular
+
+log = logging.getLogger(__name__)
 
 #: Folders left out unless ``--no-default-excludes``: NAS thumbnail folders (Synology
 #: ``@eaDir``), desktop and Windows recycle bins, Windows' restore-point store,
@@ -35,6 +41,8 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "@eaDir", ".Trash-*", "System Volume Information", "$RECYCLE.BIN", "node_modules", ".git",
 )
 IGNORE_FILE = ".relsearchignore"
+#: An ignore file is a short list of patterns; a larger one is refused unread.
+IGNORE_FILE_LIMIT = 1 << 20
 #: Where an index keeps the folder patterns it was built with.
 STORED_NAME = "exclusions.json"
 
@@ -96,21 +104,42 @@ class IgnoreFile:
     """One ``.relsearchignore``: its folder and its compiled patterns."""
 
     folder: str
-    spec: Any  # pathspec.GitIgnoreSpec
+    rules: tuple[Rule, ...]
+    #: lines left out, each "FILE:LINE: pattern 'p' left out: why" (also logged as a warning)
+    bad_lines: tuple[str, ...] = ()
 
     def verdict(self, path: str, is_dir: bool) -> bool | None:
         """True: ignore ``path``; False: re-included by a ``!`` pattern; None: no pattern matches."""
-        rel = path[len(self.folder) :].lstrip(os.sep).replace(os.sep, "/")
-        return self.spec.check_file(rel + "/" if is_dir else rel).include
+        parts = path[len(self.folder) :].lstrip(os.sep).split(os.sep)
+        for rule in reversed(self.rules):  # the last matching line decides, as in git
+            if rule.matches(parts, is_dir):
+                return not rule.negate
+        return None
 
 
 def read_ignore_file(folder: str) -> IgnoreFile:
-    """The ``.relsearchignore`` of ``folder`` compiled; OSError when it cannot be read."""
-    import pathspec
+    """The ``.relsearchignore`` of ``folder`` compiled; OSError when it cannot be read
+    (also when it is not a regular file or is larger than :data:`IGNORE_FILE_LIMIT`).
 
-    with open(os.path.join(folder, IGNORE_FILE), "rb") as fh:
-        text = fh.read().decode("utf-8", errors="surrogateescape")
-    return IgnoreFile(folder, pathspec.GitIgnoreSpec.from_lines(text.splitlines()))
+    A line git could not use either (a trailing backslash, a bare ``!``, an unclosed
+    ``[``) is left out with a warning naming the file and line; the others still apply,
+    as in git. Matching is linear-time (:mod:`relsearch.collection.wildmatch`), so no
+    pattern can stall a scan.
+    """
+    path = os.path.join(folder, IGNORE_FILE)
+    text = read_regular(path, limit=IGNORE_FILE_LIMIT).decode("utf-8", errors="surrogateescape")
+    rules: list[Rule] = []
+    bad: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            rule = compile_line(line)
+        except BadPattern as exc:
+            bad.append(f"{path}:{number}: pattern {line[:80]!r} left out: {exc}")
+            log.warning("%s", bad[-1])
+            continue
+        if rule is not None:
+            rules.append(rule)
+    return IgnoreFile(folder, tuple(rules), tuple(bad))
 
 
 def ignored_by(chain: tuple[IgnoreFile, ...], path: str, is_dir: bool) -> IgnoreFile | None:
@@ -148,9 +177,11 @@ def read_stored(index: str | os.PathLike[str]) -> Exclusions:
     from relsearch.errors import RelsearchError
 
     try:
-        return Exclusions.from_dict(json.loads(path.read_text()))
+        return Exclusions.from_dict(json.loads(read_regular(path)))  # a FIFO here must not block
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise RelsearchError(f"corrupt {path}: {exc}") from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise RelsearchError(f"corrupt {path}: {reason}; fix it with: relsearch verify --repair --index {index}") \
+            from None
 
 
 def write_stored(index: str | os.PathLike[str], exclusions: Exclusions) -> None:

@@ -23,6 +23,7 @@ from relsearch.collection.exclude import (
     read_ignore_file,
 )
 from relsearch.errors import RelsearchError
+from relsearch.safe_io import open_regular
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -197,11 +198,19 @@ def _ignore_rule(hit: IgnoreFile) -> str:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in ``chunk``-sized pieces."""
+    """Hex sha256 of a file's bytes, read in ``chunk``-sized pieces.
+
+    Only a regular file is read (a FIFO swapped in after the scan raises
+    :class:`~relsearch.safe_io.NotRegularFile` at once instead of blocking), and only as
+    far as the size it had when opened.
+    """
     digest = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
+    fd, st = open_regular(path)
+    with open(fd, "rb", buffering=0) as fh:
+        left = st.st_size
+        while left > 0 and (n := fh.readinto(view[: min(chunk, left)])):
             digest.update(view[:n])
+            left -= n
     return digest.hexdigest()

@@ -149,12 +149,45 @@ def fingerprint_tensors(named: Iterable[tuple[str, torch.Tensor]], extra: str = 
     return h.hexdigest()[:16]
 
 
+#: The torch device types relsearch runs its models on (``--device``).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(device: str) -> str:
+    """``device`` checked against this machine: a bad name raises :class:`RelsearchError`;
+    ``cuda``/``mps`` on a machine without one falls back to ``cpu`` with a logged warning
+    (as a GPU copy of a FAISS index does); ``cuda:N`` past the last GPU raises."""
+    import logging
+
+    import torch
+
+    from relsearch.errors import RelsearchError
+
+    text = device.strip()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise RelsearchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps is not None and mps.is_available()}
+    if not available[parsed.type]:
+        logging.getLogger(__name__).warning("device %s is not available on this machine, using the CPU", text)
+        return "cpu"
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise RelsearchError(f"device {text} does not exist: this machine has {count} CUDA device(s) "
+                             f"(cuda:0 to cuda:{count - 1})")
+    return text
+
+
 def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else cuda, then mps, then cpu."""
+    """``device`` if given (checked by :func:`check_device`), else cuda, then mps, then cpu."""
     import torch
 
     if device:
-        return device
+        return check_device(device)
     if torch.cuda.is_available():
         return "cuda"
     mps = getattr(torch.backends, "mps", None)

@@ -38,7 +38,7 @@ from torch import nn
 
 from relsearch.encoders.base import fingerprint_tensors, l2_normalize, pick_device
 from relsearch.encoders.text import OwnedTextTower
-from relsearch.errors import MissingWeightsError, RelsearchError
+from relsearch.errors import MissingWeightsError, RelsearchError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -390,7 +390,13 @@ class RelsimMiniEncoder:
     def load_state(self, path: str | Path) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except OSError as exc:
+            raise MissingWeightsError(f"cannot read relsim-mini weights {path}: {exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types (junk, truncation)
+            raise MissingWeightsError(f"cannot read relsim-mini weights {path}: not a safetensors file "
+                                      f"({first_line(exc)})") from None
         expected = self.release_shapes()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -558,7 +564,7 @@ def read_config(directory: Path) -> RelsimMiniConfig:
         if data.get("architecture", ARCHITECTURE) != ARCHITECTURE:
             raise ValueError(f"architecture {data.get('architecture')!r} is not {ARCHITECTURE!r}")
         return RelsimMiniConfig.from_dict(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, bad fields
         raise MissingWeightsError(f"bad relsim-mini config {path}: {exc}") from exc
 
 

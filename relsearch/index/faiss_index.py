@@ -572,6 +572,14 @@ class VectorIndex:
                 raise RelsearchError(f"{e}; rebuild the index") from None
         return loaded
 
+    def check_dim(self, dim: int, path: str | os.PathLike[str]) -> None:
+        """Refuse a loaded file of other than ``dim`` dimensions (what the manifest says of its column)."""
+        if self.dim != dim:
+            # another column's file in this one's place (swapped or copied by hand): verify rebuilds it
+            folder = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+            raise RelsearchError(f"index file {os.fspath(path)} holds {self.dim}-dimensional vectors, its column "
+                                 f"is {dim}-dimensional; fix it with: relsearch verify --repair --index {folder}")
+
     def _payload_bytes(self) -> int:
         if self._file_bytes is None:
             self._file_bytes = int(_faiss.import_faiss().serialize_index(self._index).nbytes)

@@ -24,6 +24,7 @@ import numpy as np
 
 from relsearch.atomic import atomic_write
 from relsearch.errors import RelsearchError, first_line
+from relsearch.safe_io import read_regular
 
 MAGIC = b"RSFAISS\n"
 FORMAT_VERSION = 1
@@ -54,8 +55,8 @@ def read_index_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memor
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
+        # a FIFO or device in its place is refused at once, never waited on or read forever
+        blob = read_regular(path, limit=None)
     except FileNotFoundError:
         raise RelsearchError(f"index file not found: {path}") from None
     except OSError as e:

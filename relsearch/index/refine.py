@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.errors import RelsearchError
+from relsearch.safe_io import open_regular, read_fd
 
 MAGIC = b"RSVECS1\n"
 SUFFIX = ".vecs"
@@ -43,6 +44,8 @@ _HEADER = struct.Struct("<QQ")
 _ALIGN = 64
 #: Rows copied per write when a store is rewritten (64k x 384 floats = 96 MB).
 _CHUNK = 65_536
+#: Largest squared norm a stored (unit) vector may have, float32 rounding included.
+_MAX_SQ_NORM = 1.0 + 1e-3
 
 
 def refine_path(faiss_file: str | os.PathLike[str]) -> Path:
@@ -61,26 +64,32 @@ class RefineStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            with open(self.path, "rb") as f:
-                head = f.read(len(MAGIC) + _HEADER.size)
-            size = self.path.stat().st_size
+            # a FIFO or device in its place is refused here instead of blocking the open
+            fd, st = open_regular(self.path)
+        except OSError as e:
+            raise RelsearchError(f"cannot read refine store {self.path}: {e.strerror or e}") from None
+        try:
+            self._open(fd, st.st_size)
+        finally:
+            os.close(fd)
+
+    def _open(self, fd: int, size: int) -> None:
+        try:
+            head = read_fd(fd, len(MAGIC) + _HEADER.size, str(self.path))
         except OSError as e:
             raise RelsearchError(f"cannot read refine store {self.path}: {e.strerror or e}") from None
         if len(head) < len(MAGIC) + _HEADER.size or head[: len(MAGIC)] != MAGIC:
-            raise RelsearchError(f"corrupt refine store {self.path}: bad magic; rebuild the index")
+            raise self.damaged("bad magic")
         n, d = _HEADER.unpack_from(head, len(MAGIC))
         off = _vectors_offset(n)
         if size != off + 4 * n * d:
-            raise RelsearchError(
-                f"corrupt refine store {self.path}: {size} bytes, expected {off + 4 * n * d}; rebuild the index"
-            )
+            raise self.damaged(f"{size} bytes, expected {off + 4 * n * d}")
         self.n, self.dim = int(n), int(d)
         # Two read-only maps of one file: the ids (8 B/vector, soon resident)
         # and the rows (paged in on demand).
         # One read-only map of the whole file, viewed as plain ndarrays (no
         # np.memmap bookkeeping per call, which shows at one query at a time).
-        with open(self.path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_RANDOM"):
             # Re-ranking reads ~100 scattered rows per query: without this the
             # kernel maps (and reads ahead) 64 KB around every touched row, so a
@@ -92,6 +101,28 @@ class RefineStore:
         # rows by subtraction; otherwise by binary search over the id column.
         self._dense = bool(n) and int(self.ids[-1]) - int(self.ids[0]) == n - 1
         self._first = int(self.ids[0]) if n else 0
+        if n > 1 and not bool((self.ids[1:] > self.ids[:-1]).all()):
+            # unsorted ids would send look-ups to the wrong rows (or none)
+            raise self.damaged("its ids are not in ascending order")
+
+    def damaged(self, why: str) -> RelsearchError:
+        """The one-line error for a store whose content is not what the build wrote."""
+        return RelsearchError(f"corrupt refine store {self.path}: {why}; run: relsearch verify --repair "
+                              f"--index {self.path.parent.parent}")
+
+    def check_rows(self, rows: np.ndarray) -> None:
+        """Raise :meth:`damaged` unless the stored vectors at ``rows`` are finite and no longer
+        than a unit vector. Every encoder stores unit vectors, so a longer row is damage
+        (random bytes read as float32 are huge or NaN) and would rank first with an
+        absurd score; the check costs one pass over the rows about to be returned."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not len(rows):
+            return
+        picked = self.vectors[rows]
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.einsum("ij,ij->i", picked, picked, dtype=np.float64)
+        if not bool(np.isfinite(norms).all()) or float(norms.max()) > _MAX_SQ_NORM:
+            raise self.damaged("stored vectors are not unit vectors")
 
     def __len__(self) -> int:
         return self.n
@@ -130,6 +161,7 @@ class RefineStore:
         else:
             found.fill(-1)
         missing = found < 0
+        self.check_rows(found[~missing])
         scores[missing] = -np.inf
         ids = self.ids[np.maximum(found, 0)] if self.n else found
         ids[missing] = -1
@@ -148,7 +180,9 @@ class RefineStore:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """The raw vectors of ``ids`` as float32 ``[len(ids), d]`` (a ``VectorLookup``)."""
-        return self.vectors[self.positions(ids)]
+        pos = self.positions(ids)
+        self.check_rows(pos)
+        return self.vectors[pos]
 
     def resident_ids(self) -> np.ndarray:
         return np.asarray(self.ids)

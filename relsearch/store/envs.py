@@ -73,7 +73,8 @@ def acquire(path: str | os.PathLike[str], *, write: bool, create: bool, map_size
         if shared is None:
             writable = write or create or (os.access(folder, os.W_OK | os.X_OK)
                                            and os.access(folder / DATA_FILE, os.W_OK))
-            env = lmdb.open(str(folder), map_size=max(map_size, SHARED_MAP_SIZE), max_dbs=max_dbs, readonly=not writable,
+            # bytes: py-lmdb encodes a str path as strict UTF-8, which a non-UTF-8 folder name is not
+            env = lmdb.open(os.fsencode(folder), map_size=max(map_size, SHARED_MAP_SIZE), max_dbs=max_dbs, readonly=not writable,
                             create=create, subdir=True, max_readers=max_readers)
             key = _file_key(folder)
             if key is None:  # LMDB made no data file: nothing to share it by

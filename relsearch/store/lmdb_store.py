@@ -21,6 +21,7 @@ before that commit leaves the previous generation in force, whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -35,6 +36,7 @@ import lmdb
 import numpy as np
 
 from relsearch.errors import IndexMismatchError, RelsearchError
+from relsearch.safe_io import regular_opener
 from relsearch.store import envs
 from relsearch.store.disk import write_error
 
@@ -83,6 +85,40 @@ class CorruptVectorError(RelsearchError):
     """A raw vector failed its checksum."""
 
 
+class StoreDamagedError(RelsearchError):
+    """The LMDB store cannot be read; ``relsearch verify --repair`` rebuilds it from the collection."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or str(self)  # what is wrong, without the command that fixes it
+
+
+#: LMDB's verdicts on a file whose pages are not what it wrote (garbage, a foreign file,
+#: a torn copy). Disk-full and I/O errors are plain :class:`lmdb.Error` and stay write errors.
+DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
+          lmdb.PanicError, lmdb.IncompatibleError, lmdb.BadTxnError, lmdb.BadValsizeError, lmdb.BadDbiError,
+          lmdb.BadChecksumError)
+
+
+def repair_hint(index: Path) -> str:
+    """The command that rebuilds a damaged store (re-embedding from the collection)."""
+    return f"rebuild it from the collection with: relsearch verify --repair --index {index}"
+
+
+def damaged(store_dir: Path, reason: str) -> StoreDamagedError:
+    """The one-line error for a store that cannot be read, naming the command that fixes it."""
+    what = f"metadata store {store_dir / envs.DATA_FILE} is damaged ({reason})"
+    return StoreDamagedError(f"{what}; {repair_hint(store_dir.parent)}", what)
+
+
+def _loads(raw: bytes, what: str, store_dir: Path) -> Any:
+    """JSON stored by this module; bytes that do not parse mean the page holding them was overwritten."""
+    try:
+        return json.loads(bytes(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged(store_dir, f"unreadable {what}: {exc}") from None
+
+
 def check_data_file(data: Path, attempts: int = 3) -> None:
     """Refuse a ``data.mdb`` shorter than its own meta pages say it is.
 
@@ -103,21 +139,22 @@ def check_data_file(data: Path, attempts: int = 3) -> None:
         problem = _data_file_problem(data)
         if not problem:
             return
-    raise RelsearchError(problem)
+    raise StoreDamagedError(problem, problem.split("; ")[0])
 
 
 def _data_file_problem(data: Path) -> str:
     """The reason ``data`` cannot be mapped safely, or "" when it can."""
     try:
-        with open(data, "rb") as f:
+        with open(data, "rb", opener=regular_opener) as f:  # a FIFO in its place must not block the open
             head = f.read(2 * 65536)
             size = os.fstat(f.fileno()).st_size  # after the read: see check_data_file
     except OSError as exc:
         raise RelsearchError(f"cannot read metadata store {data}: {exc.strerror or exc}") from None
+    recover = repair_hint(data.parent.parent)
     if size == 0:
+        if finished_before(data.parent.parent):
+            return f"metadata store {data} is damaged (empty, yet a build of this index finished); {recover}"
         return ""  # created, never written (a first build killed at once): LMDB initialises it
-    recover = (f"the index at {data.parent.parent} cannot be read; delete it and run "
-               f"relsearch build-index DIR --index {data.parent.parent}")
     metas = []
     for off in (0, None):
         if off is None:  # the second meta page sits one page (size read from the first) in
@@ -139,6 +176,12 @@ def _data_file_problem(data: Path) -> str:
     if size < need:
         return f"metadata store {data} is truncated ({size} bytes, its meta pages need {need}); {recover}"
     return ""
+
+
+def finished_before(index: Path) -> bool:
+    """Whether a build of ``index`` ever finished: it exported ``manifest.json`` (a first build
+    does so only after its store committed; its FAISS files come earlier, so they do not count)."""
+    return (index / "manifest.json").exists()
 
 
 @dataclass
@@ -181,8 +224,12 @@ class Store:
         self.readonly = readonly
         self._dbs: dict[str, Any] = {}
         self._txn: lmdb.Transaction | None = None
-        self.path = Path(env.path())
+        try:
+            self.path = Path(env.path())
+        except UnicodeDecodeError:  # py-lmdb decodes the folder as UTF-8; Store.open sets the path it was given
+            self.path = Path()
         self._closed = False
+        self._seen: tuple[Any, int] = (None, 0)  # data file (device, inode) and size when last read
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
@@ -197,12 +244,15 @@ class Store:
             # lock=True even read-only: a concurrent build must not be read mid-write.
             env = envs.acquire(path, write=not readonly, create=create, map_size=_INITIAL_MAP_SIZE,
                                max_dbs=_MAX_DBS, max_readers=126)
+        except DAMAGE as exc:
+            raise damaged(path, f"{type(exc).__name__}: {exc}") from None
         except lmdb.Error as exc:
             if not readonly:
                 raise write_error(path, exc) from None
             raise RelsearchError(f"cannot open metadata store {path}: {exc}") from exc
         store = cls(env, readonly)
         store.path = path
+        store._watch()
         try:
             store._check_schema(create)
         except BaseException:
@@ -235,7 +285,7 @@ class Store:
             except lmdb.NotFoundError:
                 return None
             except lmdb.Error as exc:
-                raise RelsearchError(f"corrupt metadata store ({name}): {exc}") from exc
+                raise damaged(self.path, f"database {name}: {type(exc).__name__}: {exc}") from None
         return self._dbs[name]
 
     def _check_schema(self, create: bool) -> None:
@@ -244,14 +294,16 @@ class Store:
             if create and not self.readonly:
                 self.write(lambda txn: self.put_meta(txn, "schema_version", SCHEMA_VERSION))
                 return
+            index = self.path.parent
+            if finished_before(index):
+                raise damaged(self.path, "it holds no schema version, yet a build of this index finished")
             if self._db("meta") is None or not self.count("meta"):
                 # created by a first build killed before its first commit: nothing to read yet
-                index = self.path.parent
                 raise RelsearchError(
                     f"index {index} has no finished build yet (the first build was interrupted); "
                     f"finish it with: relsearch build-index DIR --index {index}"
                 )
-            raise RelsearchError("metadata store has no schema version (corrupt or not a relsearch index)")
+            raise damaged(self.path, "no schema version")
         if version != SCHEMA_VERSION:
             raise IndexMismatchError(
                 f"index schema version {version} != supported {SCHEMA_VERSION}; rebuild it into a new --index path"
@@ -275,6 +327,13 @@ class Store:
                 # grow and redo it whole.
                 self._dbs.clear()
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except DAMAGE as exc:
+                self._dbs.clear()
+                raise damaged(self.path, f"{type(exc).__name__}: {exc}") from None
+            except lmdb.MapResizedError:
+                self._dbs.clear()
+                raise RelsearchError(f"metadata store {self.path} was grown by another process beyond this "
+                                     "one's map; run the command again") from None
             except (lmdb.Error, OSError) as exc:
                 # Disk full, I/O error: the txn was aborted, the last commit stands.
                 self._dbs.clear()
@@ -286,8 +345,49 @@ class Store:
         for name in names:
             self._db(name)
 
-    def read(self) -> lmdb.Transaction:
-        return self.env.begin(write=False)
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; LMDB's verdicts on damaged pages leave it as one-line errors."""
+        self._check_shrink()
+        try:
+            with self.env.begin(write=False) as txn:
+                yield txn
+        except DAMAGE as exc:
+            raise damaged(self.path, f"{type(exc).__name__}: {exc}") from None
+        except lmdb.MapResizedError:
+            raise RelsearchError(f"metadata store {self.path} was grown by another process beyond this "
+                                 "one's map; run the command again") from None
+
+    def _watch(self) -> None:
+        """Note the data file's identity and size, for :meth:`_check_shrink`."""
+        try:
+            st = os.stat(self.path / envs.DATA_FILE)
+        except OSError:
+            self._seen = (None, 0)
+            return
+        self._seen = ((st.st_dev, st.st_ino), st.st_size)
+
+    def _check_shrink(self) -> None:
+        """Refuse to read a data file that shrank since it was mapped.
+
+        LMDB never shrinks its file, so a smaller one was truncated by someone else, and
+        touching a page past its new end is a SIGBUS that kills the process (a long-lived
+        page server included). One ``stat`` per transaction catches that before LMDB reads;
+        a truncation landing between this check and the read is not caught.
+        """
+        key, size = self._seen
+        try:
+            st = os.stat(self.path / envs.DATA_FILE)
+        except OSError:
+            return  # deleted: the mapping still holds the old file whole
+        if (st.st_dev, st.st_ino) != key or st.st_size >= size:
+            if (st.st_dev, st.st_ino) == key:
+                self._seen = (key, st.st_size)
+            return  # replaced (the mapping holds the old file) or grown: safe
+        problem = _data_file_problem(self.path / envs.DATA_FILE) if st.st_size else "emptied"
+        if problem:
+            raise damaged(self.path, f"it shrank under this process from {size} to {st.st_size} bytes")
+        self._seen = (key, st.st_size)
 
     # ---- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -296,7 +396,7 @@ class Store:
             return default
         with self.read() as txn:
             raw = txn.get(key.encode(), db=db)
-        return default if raw is None else json.loads(bytes(raw))
+        return default if raw is None else _loads(raw, f"meta {key}", self.path)
 
     def get_metas(self, keys: Iterable[str]) -> list[Any]:
         """Several meta values read in one transaction (consistent with each other)."""
@@ -305,7 +405,7 @@ class Store:
             return [None for _ in keys]
         with self.read() as txn:
             raws = [txn.get(k.encode(), db=db) for k in keys]
-        return [None if r is None else json.loads(bytes(r)) for r in raws]
+        return [None if r is None else _loads(r, f"meta {k}", self.path) for k, r in zip(keys, raws)]
 
     def delete_meta(self, txn: lmdb.Transaction, key: str) -> None:
         txn.delete(key.encode(), db=self._db("meta"))
@@ -315,7 +415,7 @@ class Store:
 
     def txn_meta(self, txn: lmdb.Transaction, key: str, default: Any = None) -> Any:
         raw = txn.get(key.encode(), db=self._db("meta"))
-        return default if raw is None else json.loads(bytes(raw))
+        return default if raw is None else _loads(raw, f"meta {key}", self.path)
 
     def allocate_ids(self, txn: lmdb.Transaction, n: int) -> list[int]:
         start = int(self.txn_meta(txn, "next_id", 0))
@@ -333,7 +433,13 @@ class Store:
 
     def txn_record(self, txn: lmdb.Transaction, i: int) -> Record | None:
         raw = txn.get(id_key(i), db=self._db("records"))
-        return None if raw is None else Record.from_json(raw)
+        return None if raw is None else self._record(raw)
+
+    def _record(self, raw: bytes) -> Record:
+        try:
+            return Record(**_loads(raw, "record", self.path))
+        except TypeError as exc:
+            raise damaged(self.path, f"unreadable record: {exc}") from None
 
     def get_records(self, ids: Iterable[int]) -> dict[int, Record]:
         out: dict[int, Record] = {}
@@ -346,7 +452,7 @@ class Store:
                     continue
                 raw = txn.get(id_key(i), db=db)
                 if raw is not None:
-                    out[int(i)] = Record.from_json(raw)
+                    out[int(i)] = self._record(raw)
         return out
 
     def iter_records(self) -> Iterator[Record]:
@@ -355,7 +461,7 @@ class Store:
             return
         with self.read() as txn:
             for _, raw in txn.cursor(db=db):
-                yield Record.from_json(raw)
+                yield self._record(raw)
 
     def record_ids(self) -> set[int]:
         db = self._db("records")
@@ -402,7 +508,7 @@ class Store:
             return out
         with self.read() as txn:
             for k, v in txn.cursor(db=db):
-                out[key_path(k)] = PathEntry(**json.loads(bytes(v)))
+                out[key_path(k)] = self._path_entry(v)
         return out
 
     def get_path(self, path: str) -> PathEntry | None:
@@ -412,7 +518,13 @@ class Store:
             return None
         with self.read() as txn:
             raw = txn.get(path_key(path), db=db)
-        return None if raw is None else PathEntry(**json.loads(bytes(raw)))
+        return None if raw is None else self._path_entry(raw)
+
+    def _path_entry(self, raw: bytes) -> PathEntry:
+        try:
+            return PathEntry(**_loads(raw, "path entry", self.path))
+        except TypeError as exc:
+            raise damaged(self.path, f"unreadable path entry: {exc}") from None
 
     def put_path(self, txn: lmdb.Transaction, path: str, entry: PathEntry) -> None:
         txn.put(path_key(path), json.dumps(asdict(entry)).encode(), db=self._db("paths"))
@@ -474,20 +586,26 @@ class Store:
         built from it would be silently wrong.
         """
         db = self._db(f"vec:{enc}")
-        n = self.count(f"vec:{enc}") if db is not None else 0
-        ids = np.empty(n, dtype=np.int64)
-        vecs = np.empty((n, dim), dtype=np.float32)
-        if n:
-            with self.read() as txn:
-                for row, (k, v) in enumerate(txn.cursor(db=db)):
-                    ids[row] = key_id(k)
-                    vec = unpack_vector(ids[row], v)
-                    if vec is None or len(vec) != dim:
-                        raise CorruptVectorError(
-                            f"raw vector of id {ids[row]} ({enc}) in {self.path} fails its checksum; "
-                            "run relsearch verify --repair, then relsearch build-index to re-embed it"
-                        )
-                    vecs[row] = vec
+        if db is None:
+            return np.empty(0, dtype=np.int64), np.empty((0, dim), dtype=np.float32)
+        with self.read() as txn:
+            n = int(txn.stat(db)["entries"])
+            ids = np.empty(n, dtype=np.int64)
+            vecs = np.empty((n, dim), dtype=np.float32)
+            row = -1
+            for row, (k, v) in enumerate(txn.cursor(db=db)):
+                if row >= n:
+                    break
+                ids[row] = key_id(k)
+                vec = unpack_vector(ids[row], v)
+                if vec is None or len(vec) != dim:
+                    raise CorruptVectorError(
+                        f"raw vector of id {ids[row]} ({enc}) in {self.path} fails its checksum; "
+                        "run relsearch verify --repair, then relsearch build-index to re-embed it"
+                    )
+                vecs[row] = vec
+            if row + 1 != n:  # the tree and its own entry count disagree
+                raise damaged(self.path, f"vec:{enc} counts {n} entries, {row + 1} can be read")
         return ids, vecs
 
     # ---- pending / tombstones ------------------------------------------------------------

@@ -46,17 +46,26 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL, JSON-list or CSV file as dicts."""
     if not path.is_file():
         raise RelsearchError(f"caption file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RelsearchError(f"{path} is not a caption file: byte {exc.start} is not UTF-8 text "
+                             "(expected JSONL, a JSON list or CSV)") from None
+    except OSError as exc:
+        raise RelsearchError(f"cannot read caption file {path}: {exc.strerror or exc}") from None
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+        try:
+            return list(csv.DictReader(text.splitlines()))
+        except csv.Error as exc:
+            raise RelsearchError(f"{path}: not a valid CSV file ({exc})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             rows = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise RelsearchError(f"{path}: not valid JSON: {exc}") from exc
-        if not isinstance(rows, list):
-            raise RelsearchError(f"{path}: expected a JSON list of rows")
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise RelsearchError(f"{path}: expected a JSON list of rows (objects)")
         return rows
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -75,9 +84,9 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 def _objects(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(str(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return (str(value),)
 
 
 def read_caption_jsonl(path: str | Path, check_files: bool = True) -> list[CaptionRecord]:
@@ -88,15 +97,15 @@ def read_caption_jsonl(path: str | Path, check_files: bool = True) -> list[Capti
     for i, row in enumerate(_read_rows(path), 1):
         image = row.get("image", row.get("path"))
         caption = row.get("caption")
-        if not image or not isinstance(caption, str) or not caption.strip():
-            raise RelsearchError(f"{path}: row {i} needs non-empty 'image' (or 'path') and 'caption'")
+        if not image or not isinstance(image, str) or not isinstance(caption, str) or not caption.strip():
+            raise RelsearchError(f"{path}: row {i} needs non-empty 'image' (or 'path') and 'caption' strings")
         full = Path(image) if Path(image).is_absolute() else root / image
         if check_files and not full.is_file():
             raise RelsearchError(f"{path}: row {i}: image not found: {full}")
         group = row.get("group")
         records.append(CaptionRecord(
             image=str(full), caption=caption.strip(),
-            family=row.get("family") or None,
+            family=str(row["family"]) if row.get("family") else None,
             objects=_objects(row.get("objects")),
             group=None if group is None else str(group),
         ))

@@ -96,11 +96,11 @@ def finish(searcher: Any, result: Any, k: int, analogy: bool, explain: bool,
     """
     from relsearch.modes import Modes, apply_modes
 
-    apply_modes(searcher, result, k, Modes(analogy=analogy, explain=False))
+    apply_modes(searcher, result, k, Modes(analogy=analogy, explain=False, captions=captions))
     has_rel = any(v == "relational" for v in result.kinds.values())
     if explain or has_rel:
         try:
-            apply_modes(searcher, result, k, Modes(explain=True, captions=captions))
+            apply_modes(searcher, result, k, Modes(explain=True, captions=captions, relation=False))
         except RelsearchError:
             if explain:
                 raise

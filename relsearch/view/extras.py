@@ -16,20 +16,54 @@ import binascii
 import html
 import json
 import os
-import tempfile
+import re
 from typing import Any
+
+import numpy as np
 
 from relsearch.errors import RelsearchError
 
 #: Images one composed query may upload.
 MAX_IMAGES = 2
+#: Nesting a compose body may have: ``{"images": [...]}`` needs 2. Deeper bodies are refused
+#: before parsing (a parser recursing into a deep one runs out of stack).
+MAX_JSON_DEPTH = 8
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+
+
+def json_depth(body: bytes) -> int:
+    """How deep ``[`` and ``{`` nest in a JSON text (brackets inside strings do not count).
+
+    Linear in the body, whatever it holds: escapes go first, so that a string is then
+    simply quote, no quote, quote (a pattern for strings with escapes in them rescans the
+    rest of the body from every quote of an unterminated one).
+    """
+    bare = np.frombuffer(_STRING.sub(b"", _ESCAPE.sub(b"", body)), dtype=np.uint8)
+    depth = deepest = 0
+    for start in range(0, bare.size, 1 << 20):
+        part = bare[start : start + (1 << 20)]
+        step = np.isin(part, (ord("["), ord("{"))).astype(np.int32) - np.isin(part, (ord("]"), ord("}")))
+        run = np.cumsum(step, dtype=np.int64) + depth
+        deepest, depth = max(deepest, int(run.max())), int(run[-1])
+    return deepest
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def parse_compose(body: bytes) -> tuple[list[bytes], str, list[float] | None, int | None]:
     """``(images, caption, weights, k)`` from a ``/compose`` body; RelsearchError when malformed."""
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise RelsearchError(f"compose body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = json.loads(body, parse_constant=_refuse_constant)  # no NaN / Infinity
+    except (ValueError, RecursionError):
         raise RelsearchError("compose body must be JSON") from None
     if not isinstance(data, dict):
         raise RelsearchError("compose body must be a JSON object")
@@ -44,34 +78,22 @@ def parse_compose(body: bytes) -> tuple[list[bytes], str, list[float] | None, in
     if not isinstance(text, str):
         raise RelsearchError("text must be a string")
     weights = data.get("weights")
-    if weights is not None and (not isinstance(weights, list)
-                                or not all(isinstance(w, (int, float)) for w in weights)):
+    if weights is not None and (not isinstance(weights, list) or not all(_is_number(w) for w in weights)):
         raise RelsearchError("weights must be a list of numbers")
     k = data.get("k")
-    if k is not None and not isinstance(k, int):
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool)):
         raise RelsearchError("k must be an integer")
     if not images and not text.strip():
         raise RelsearchError("give an image or a caption to compose")
     return images, text.strip(), weights, k
 
 
-def compose_answer(searcher: Any, images: list[bytes], text: str, weights: list[float] | None,
+def compose_answer(searcher: Any, decoded: dict[str, Any], text: str, weights: list[float] | None,
                    k: int) -> dict[str, Any]:
-    """Search ``searcher`` with the uploaded images and the caption combined."""
-    from relsearch.collection import DecodeError, load_image
+    """Search ``searcher`` with the decoded uploads (by label, e.g. ``"image 1"``) and the caption combined."""
     from relsearch.composed import parse_terms, search_composed
     from relsearch.view.html import render_query, render_rows
 
-    decoded: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="relsearch-compose-") as tmp:
-        for i, data in enumerate(images, 1):
-            path = os.path.join(tmp, f"image{i}")
-            with open(path, "wb") as fh:
-                fh.write(data)
-            try:
-                decoded[f"image {i}"] = load_image(path, max_side=512)
-            except DecodeError as exc:
-                raise RelsearchError(f"image {i} is not a readable image ({exc.reason})") from exc
     queries = list(decoded) + ([f"text:{text}"] if text else [])
     terms = parse_terms(queries, weights)
     result = search_composed(searcher, terms, k, images=decoded)

@@ -17,23 +17,33 @@ and only while they still hold the content that was indexed (:mod:`relsearch.vie
 It binds 127.0.0.1 unless told otherwise, and answers only requests whose ``Host`` names
 the server itself (loopback name and port): a page on another site that rebinds its DNS
 name to 127.0.0.1 sends its own name and is refused.
+
+Every request is bounded: a body must arrive within ``REQUEST_TIMEOUT`` (408), be at most
+``MAX_UPLOAD`` bytes (413, told to the client before the rest of the body is dropped) and, for
+``/compose``, nest at most a few levels; uploads decode ``DECODE_SLOTS`` at a time under the
+query pixel budget (413); at most ``MAX_HANDLERS`` connections hold a thread (503 beyond).
+Refusals are JSON ``{"error": one line}``; nothing reaches stderr as a traceback.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import mimetypes
 import os
 import re
+import socket
+import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from relsearch.errors import RelsearchError
+from relsearch.errors import RelsearchError, first_line
 from relsearch.view import browse, extras
 from relsearch.view.files import FileRefused, indexed_thumbnail, read_indexed
 from relsearch.view.html import (
@@ -44,14 +54,29 @@ from relsearch.view.html import (
     jpeg_data_uri,
 )
 
+log = logging.getLogger(__name__)
+
 #: Largest upload accepted, in bytes: bigger than any photo, small enough to hold in memory.
 MAX_UPLOAD = 32 * 1024 * 1024
 MAX_K = 200
 #: Listen queue: a page of thumbnails opens dozens of connections at once; the standard
 #: library's 5 drops (then resets) most of them while one slow query holds the server.
 LISTEN_BACKLOG = 256
+#: Seconds a request may take to arrive (each read, and the whole body): a client that
+#: stalls mid-upload would otherwise hold its thread for ever.
+REQUEST_TIMEOUT = 30.0
+#: Connections handled at once; more are answered 503 at once (each holds a thread).
+MAX_HANDLERS = 64
+#: Uploads decoded at once: a decode holds the full-size image, the searches are serialised anyway.
+DECODE_SLOTS = 2
+#: Body bytes read and dropped after refusing a request, so the client sees the refusal
+#: rather than a reset; a bigger body is cut off.
+MAX_DRAIN = 2 * MAX_UPLOAD
+#: Seconds a refused connection stays open after our answer, reading what the client still sends.
+LINGER = 2.0
 #: Record ids are 8-byte keys in the store: plain decimal digits below 2**63.
 _ID = re.compile(r"[0-9]{1,19}")
+_LENGTH = re.compile(r"[0-9]{1,18}")
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?")
@@ -93,6 +118,25 @@ def host_allowed(header: str | None, port: int, bound: str) -> bool:
     return False
 
 
+class Refused(RelsearchError):
+    """A request the page answers with ``status`` (400 by default) and the message."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class TooLarge(Refused):
+    status = 413
+
+
+class Busy(Refused):
+    status = 503
+
+
 class ViewApp:
     """What the HTTP handler needs: a warm :class:`~relsearch.query.Searcher` behind a lock."""
 
@@ -108,6 +152,7 @@ class ViewApp:
         self.searcher = Searcher(index, encoders=encoders, device=device)
         # One query at a time: torch, FAISS and the LMDB reader are shared by all handler threads.
         self.lock = threading.Lock()
+        self.decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         from relsearch.threads import use_query_threads
 
         use_query_threads()  # one image per request: see relsearch.threads
@@ -140,21 +185,37 @@ class ViewApp:
             return None
         return indexed_thumbnail(rec, store.get_path, self.searcher.opened.manifest.collection, THUMB_PX)
 
+    def decode_upload(self, data: bytes, what: str = "the upload") -> Any:
+        """An uploaded image, decoded as a query image is; at most DECODE_SLOTS at a time.
+
+        Raises :class:`TooLarge` past the query pixel budget, :class:`Busy` when no decode
+        slot frees up in time, :class:`Refused` for anything that is not an image.
+        """
+        from relsearch.collection import DecodeError, load_image
+        from relsearch.collection.decode import TooManyPixels
+        from relsearch.query import QUERY_MAX_PIXELS
+
+        if not self.decode_slots.acquire(timeout=REQUEST_TIMEOUT):
+            raise Busy("the server is decoding other uploads; try again")
+        try:
+            # The decoder works on files (EXIF, modes, draft mode), so the upload takes a
+            # short trip through a private temporary folder.
+            with tempfile.TemporaryDirectory(prefix="relsearch-upload-") as tmp:
+                path = os.path.join(tmp, "query")
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                return load_image(path, max_side=512, max_pixels=QUERY_MAX_PIXELS)
+        except TooManyPixels as exc:
+            raise TooLarge(f"{what} is too large to search with ({exc.reason})") from exc
+        except DecodeError as exc:
+            raise Refused(f"{what} is not a readable image ({exc.reason})") from exc
+        finally:
+            self.decode_slots.release()
+
     def query_bytes(self, data: bytes, k: int, name: str = "upload", analogy: bool = False,
                     explain: bool = False) -> dict[str, Any]:
         """Search with an uploaded image; the answer carries the rendered rows."""
-        from relsearch.collection import DecodeError, load_image
-
-        # The decoder works on files (EXIF, modes, draft mode), so the upload takes a short
-        # trip through a private temporary folder.
-        with tempfile.TemporaryDirectory(prefix="relsearch-upload-") as tmp:
-            path = os.path.join(tmp, "query")
-            with open(path, "wb") as fh:
-                fh.write(data)
-            try:
-                image = load_image(path, max_side=512)
-            except DecodeError as exc:
-                raise RelsearchError(f"the upload is not a readable image ({exc.reason})") from exc
+        image = self.decode_upload(data)
         with self.lock:
             result = self.searcher.query_image(image, k=k, label=name)
             result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
@@ -185,9 +246,10 @@ class ViewApp:
         k = self.k if k is None else k
         if not 1 <= k <= MAX_K:
             raise RelsearchError(f"k must be an integer between 1 and {MAX_K}")
+        decoded = {f"image {i}": self.decode_upload(data, f"image {i}") for i, data in enumerate(images, 1)}
         with self.lock:
             self.searcher.refresh()
-            return extras.compose_answer(self.searcher, images, text, weights, k)
+            return extras.compose_answer(self.searcher, decoded, text, weights, k)
 
     def dupes(self, params: dict[str, list[str]]) -> dict[str, Any]:
         """``GET /dupes?threshold=T``: exact and near-duplicate groups of the index."""
@@ -203,152 +265,193 @@ class ViewApp:
         self.searcher.close()
 
 
-def _handler(app: ViewApp) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "relsearch"
+class _Handler(BaseHTTPRequestHandler):
+    """One connection of the page; the app is ``self.server.app``."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (base-class name)
-            pass  # a quiet terminal; errors reach the page as JSON
+    server_version = "relsearch"
+    server: _Server
+    #: body bytes announced by the request and not read yet (drained after a refusal)
+    _unread = 0
+    _answered = False
 
-        def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # every read and write on this socket
+        super().setup()
 
-        def _json(self, status: int, obj: Any) -> None:
-            self._send(status, json.dumps(obj, default=str).encode(), "application/json")
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (base-class name)
+        pass  # a quiet terminal; errors reach the page as JSON
 
-        def _discard_body(self) -> None:
-            # Answering before the upload is read would make the close reset the connection,
-            # and the client would see the reset instead of our answer.
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
+    def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
+        self._answered = True
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj, default=str).encode(), "application/json")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer an error, then read what is left of the body (bounded) and close.
+
+        Closing a socket with unread data resets the connection, and the client would see
+        the reset instead of the answer: so the body is drained first, and the close lingers.
+        """
+        self.close_connection = True
+        try:
+            if not self._answered:
+                self._json(status, {"error": message})
+                self.wfile.flush()
+            self._drain()
+        except OSError:
+            pass  # the client is gone or stalled: nothing more to tell it
+
+    def _drain(self) -> None:
+        if self.command != "POST":
+            return
+        left, deadline = min(self._unread, MAX_DRAIN), time.monotonic() + self.server.request_timeout
+        while left > 0 and time.monotonic() < deadline:
+            chunk = self.rfile.read1(min(left, 1 << 16))
+            if not chunk:
                 return
-            while 0 < length <= MAX_UPLOAD:
-                chunk = self.rfile.read(min(length, 1 << 16))
-                if not chunk:
-                    break
-                length -= len(chunk)
+            left -= len(chunk)
+        self._unread = 0
+        self.connection.shutdown(socket.SHUT_WR)  # our answer is complete: the client reads it to EOF
+        self.connection.settimeout(LINGER)
+        end = time.monotonic() + LINGER
+        while time.monotonic() < end and self.connection.recv(1 << 16):
+            pass
 
-        def _trusted(self) -> bool:
-            """Refuse (and answer) requests for another host name or from another site's page."""
-            bound, port = self.server.server_address[:2]
-            refusal: tuple[int, str] | None = None
-            origin = self.headers.get("Origin")
-            if not host_allowed(self.headers.get("Host"), port, bound):
-                refusal = (400, "unknown Host header: this page answers only to "
-                                f"127.0.0.1:{port}, localhost:{port} or [::1]:{port}")
-            elif origin is not None:
-                o = urlsplit(origin)
-                if o.scheme not in ("http", "https") or not host_allowed(o.netloc, port, bound):
-                    refusal = (403, f"requests from another origin ({origin}) are refused")
-            if refusal is None:
-                return True
-            if self.command == "POST":
-                self._discard_body()
-            self._json(refusal[0], {"error": refusal[1]})
-            return False
+    def _guarded(self, answer: Any) -> None:
+        """Run ``answer``; every failure becomes a JSON error, never a traceback on stderr."""
+        try:
+            answer()
+        except RelsearchError as exc:
+            self._refuse(getattr(exc, "status", 400), str(exc))
+        except TimeoutError:
+            self._unread = 0  # a stalled client: no waiting for the rest of its body
+            self._refuse(408, f"the request did not arrive within {self.server.request_timeout:g} s")
+        except ConnectionError:
+            self.close_connection = True  # the client left
+        except Exception as exc:
+            log.error("%s %s failed: %s: %s", self.command, self.path[:200], type(exc).__name__, first_line(exc))
+            log.debug("traceback of the failed request", exc_info=True)
+            self._refuse(500, f"internal error: {type(exc).__name__}")
 
-        def _record_file(self, kind: str, raw: str) -> None:
-            record_id = parse_record_id(raw)
-            if record_id is None:
-                self._json(400, {"error": f"bad image id {raw!r}: expected a number below 2**63"})
-                return
-            try:
-                if kind == "thumb":
-                    thumb = app.record_thumbnail(record_id)
-                    if thumb is not None:
-                        self._send(200, thumb, "image/jpeg", cache=True)
-                        return
-                else:
-                    found = app.record_file(record_id)
-                    if found is not None:
-                        path, data = found
-                        self._send(200, data, mimetypes.guess_type(path)[0] or "application/octet-stream")
-                        return
-            except FileRefused as exc:
-                self._json(404, {"error": exc.reason})
-                return
-            self._json(404, {"error": "no such image in this index"})
+    def _check_request(self) -> None:
+        """Refuse requests for another host name, from another site's page, or with doubled headers."""
+        bound, port = self.server.server_address[:2]
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:  # which one would a proxy in front have checked? (RFC 9112: 400)
+            raise Refused("more than one Host header")
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            raise Refused("more than one Content-Length header")
+        if not host_allowed(hosts[0] if hosts else None, port, bound):
+            raise Refused("unknown Host header: this page answers only to "
+                          f"127.0.0.1:{port}, localhost:{port} or [::1]:{port}")
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            o = urlsplit(origin)
+            if o.scheme not in ("http", "https") or not host_allowed(o.netloc, port, bound):
+                raise Refused(f"requests from another origin ({origin}) are refused", status=403)
 
-        def do_GET(self) -> None:  # noqa: N802  (http.server's name)
-            if not self._trusted():
-                return
-            url = urlsplit(self.path)
-            parts = url.path.strip("/").split("/")
-            if url.path in ("/", "/index.html"):
-                self._send(200, app.page().encode(), "text/html; charset=utf-8")
-            elif url.path.rstrip("/") == "/search":
-                self._search(parse_qs(url.query))
-            elif url.path.rstrip("/") == "/dupes":
-                try:
-                    self._json(200, app.dupes(parse_qs(url.query)))
-                except RelsearchError as exc:
-                    self._json(400, {"error": str(exc)})
-            elif len(parts) in (1, 2) and parts[0] in ("thumb", "file"):
-                self._record_file(parts[0], unquote(parts[1]) if len(parts) == 2 else "")
+    def _record_file(self, kind: str, raw: str) -> None:
+        app = self.server.app
+        record_id = parse_record_id(raw)
+        if record_id is None:
+            raise Refused(f"bad image id {raw!r}: expected a number below 2**63")
+        try:
+            if kind == "thumb":
+                thumb = app.record_thumbnail(record_id)
+                if thumb is not None:
+                    self._send(200, thumb, "image/jpeg", cache=True)
+                    return
             else:
-                self._json(404, {"error": f"no page {url.path}"})
+                found = app.record_file(record_id)
+                if found is not None:
+                    path, data = found
+                    self._send(200, data, mimetypes.guess_type(path)[0] or "application/octet-stream")
+                    return
+        except FileRefused as exc:
+            raise Refused(exc.reason, status=404) from None
+        raise Refused("no such image in this index", status=404)
 
-        def do_POST(self) -> None:  # noqa: N802
-            if not self._trusted():
-                return
-            url = urlsplit(self.path)
-            if url.path.rstrip("/") not in ("/query", "/compose"):
-                self._discard_body()
-                self._json(404, {"error": f"no endpoint {url.path}"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self._json(411, {"error": "Content-Length required"})
-                return
-            if length <= 0:
-                self._json(400, {"error": "empty upload"})
-                return
-            if length > MAX_UPLOAD:
-                self._json(413, {"error": f"upload larger than {MAX_UPLOAD // 2**20} MB"})
-                return
-            data = self.rfile.read(length)
-            if url.path.rstrip("/") == "/compose":
-                try:
-                    self._json(200, app.compose(data))
-                except RelsearchError as exc:
-                    self._json(400, {"error": str(exc)})
-                return
-            query = parse_qs(url.query)
-            try:
-                k = int(query.get("k", [app.k])[0])
-                if not 1 <= k <= MAX_K:
-                    raise ValueError
-            except ValueError:
-                self._json(400, {"error": f"k must be an integer between 1 and {MAX_K}"})
-                return
-            name = query.get("name", ["upload"])[0]
-            try:
-                self._json(200, app.query_bytes(data, k, name, browse.flag(query, "analogy"),
-                                                browse.flag(query, "explain")))
-            except RelsearchError as exc:
-                self._json(400, {"error": str(exc)})
+    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        self._guarded(self._get)
 
-        def _search(self, params: dict[str, list[str]]) -> None:
-            try:
-                k = int(params.get("k", [app.k])[0])
-                if not 1 <= k <= MAX_K:
-                    raise ValueError
-            except ValueError:
-                self._json(400, {"error": f"k must be an integer between 1 and {MAX_K}"})
-                return
-            try:
-                self._json(200, app.search(params, k))
-            except RelsearchError as exc:
-                self._json(400, {"error": str(exc)})
+    def do_POST(self) -> None:  # noqa: N802
+        self._guarded(self._post)
 
-    return Handler
+    def _get(self) -> None:
+        app = self.server.app
+        self._check_request()
+        url = urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if url.path in ("/", "/index.html"):
+            # "replace": an index folder whose name is not UTF-8 shows with a replacement character
+            self._send(200, app.page().encode("utf-8", "replace"), "text/html; charset=utf-8")
+        elif url.path.rstrip("/") == "/search":
+            params = parse_qs(url.query)
+            self._json(200, app.search(params, _k(params, app.k)))
+        elif url.path.rstrip("/") == "/dupes":
+            self._json(200, app.dupes(parse_qs(url.query)))
+        elif len(parts) in (1, 2) and parts[0] in ("thumb", "file"):
+            self._record_file(parts[0], unquote(parts[1]) if len(parts) == 2 else "")
+        else:
+            raise Refused(f"no page {url.path}", status=404)
+
+    def _post(self) -> None:
+        app = self.server.app
+        lengths = self.headers.get_all("Content-Length") or []
+        length = int(lengths[0]) if len(lengths) == 1 and _LENGTH.fullmatch(lengths[0].strip()) else None
+        self._unread = length or 0
+        self._check_request()
+        url = urlsplit(self.path)
+        endpoint = url.path.rstrip("/")
+        if endpoint not in ("/query", "/compose"):
+            raise Refused(f"no endpoint {url.path}", status=404)
+        if length is None:
+            raise Refused("Content-Length required", status=411)
+        if length == 0:
+            raise Refused("empty upload")
+        if length > MAX_UPLOAD:
+            raise TooLarge(f"upload larger than {MAX_UPLOAD // 2**20} MB")
+        query = parse_qs(url.query)
+        k = None if endpoint == "/compose" else _k(query, app.k)
+        data = self._body(length)
+        if endpoint == "/compose":
+            self._json(200, app.compose(data))
+            return
+        name = query.get("name", ["upload"])[0]
+        self._json(200, app.query_bytes(data, k, name, browse.flag(query, "analogy"), browse.flag(query, "explain")))
+
+    def _body(self, length: int) -> bytes:
+        """The request body, within REQUEST_TIMEOUT in all (a trickle does not reset the clock)."""
+        deadline = time.monotonic() + self.server.request_timeout
+        parts: list[bytes] = []
+        while self._unread > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            chunk = self.rfile.read1(min(self._unread, 1 << 20))
+            if not chunk:
+                raise Refused(f"the upload ended after {length - self._unread} of {length} bytes")
+            parts.append(chunk)
+            self._unread -= len(chunk)
+        return b"".join(parts)
+
+
+def _k(params: dict[str, list[str]], default: int) -> int:
+    try:
+        k = int(params.get("k", [default])[0])
+    except ValueError:
+        k = 0
+    if not 1 <= k <= MAX_K:
+        raise Refused(f"k must be an integer between 1 and {MAX_K}")
+    return k
 
 
 def make_server(
@@ -359,19 +462,21 @@ def make_server(
     device: str | None = None,
     k: int = 20,
     captions: str | None = None,
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> ThreadingHTTPServer:
     """A ready (not yet serving) HTTP server for ``index``; ``port=0`` picks a free one.
 
     Call ``serve_forever()``; ``shutdown()`` then ``server_close()`` stop it (the latter
-    also closes the index).
+    also closes the index). ``request_timeout`` bounds how long a request may take to arrive.
     """
     app = ViewApp(index, encoders=encoders, device=device, k=k, captions=captions)
     try:
-        server = _Server((host, port), _handler(app))
+        server = _Server((host, port), _Handler)
     except OSError as exc:
         app.close()
         raise RelsearchError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     server.app = app
+    server.request_timeout = request_timeout
     return server
 
 
@@ -379,6 +484,46 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
     app: ViewApp
+    request_timeout = REQUEST_TIMEOUT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handlers = threading.BoundedSemaphore(MAX_HANDLERS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._handlers.acquire(blocking=False):
+            # Full: answer at once rather than queue a thread per connection without end.
+            try:
+                request.settimeout(1.0)
+                body = json.dumps({"error": "the server is busy; try again"}).encode()
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._handlers.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._handlers.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The standard library prints a traceback on stderr; one line (and a dropped
+        # connection is not even news).
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("connection from %s ended: %s", client_address, exc)
+        else:
+            log.error("connection from %s failed: %s: %s", client_address, type(exc).__name__, first_line(exc))
+        log.debug("traceback", exc_info=True)
 
     def server_close(self) -> None:
         super().server_close()
