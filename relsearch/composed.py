@@ -3,7 +3,8 @@
 ``relsearch query A.jpg "text:{Object}s arranged in a ring" --weights 1,0.5 --not B.jpg``
 
 Per column, each term is embedded by that column's encoder and the query vector is
-``sum(weight * positive) - sum(negative)``, L2-normalised. A caption (``text:...``)
+``sum(weight * positive) - sum(negative)``, L2-normalised, with the weights divided by the
+largest one first: only their ratios count (``2,1`` is ``1,0.5``). A caption (``text:...``)
 needs a caption (text) tower: in a column whose encoder has none (attribute columns,
 e.g. ``imagenet``) the caption is left out of that column's sum and the result says
 so (``skipped``), instead of failing or silently searching with less than was asked.
@@ -29,7 +30,7 @@ from relsearch.errors import RelsearchError
 from relsearch.query import Hit, QueryResult, Searcher, load_query_image
 
 TEXT_PREFIX = "text:"
-#: Below this norm the weighted sum is treated as "the terms cancel out".
+#: Below this norm (per unit of summed |weight|) the weighted sum is "the terms cancel out".
 _MIN_NORM = 1e-6
 
 
@@ -71,9 +72,12 @@ def parse_terms(queries: list[str], weights: str | list[float] | None = None,
     if weights is None or weights == "":
         ws = [1.0] * len(queries)
     else:
+        raw = weights.split(",") if isinstance(weights, str) else list(weights)
         try:
-            ws = [float(w) for w in weights.split(",")] if isinstance(weights, str) else [float(w) for w in weights]
-        except ValueError:
+            if any(isinstance(w, bool) for w in raw):  # float(True) is 1.0: a flag is not a weight
+                raise ValueError
+            ws = [float(w) for w in raw]
+        except (ValueError, TypeError, OverflowError):
             raise RelsearchError(f"--weights must be comma-separated numbers, got {weights!r}") from None
         if len(ws) != len(queries):
             raise RelsearchError(f"--weights has {len(ws)} numbers for {len(queries)} queries; give one per query")
@@ -126,6 +130,16 @@ def _exclude_ids(searcher: Searcher, terms: list[QueryTerm]) -> set[int]:
     return out
 
 
+def _weight_scale(terms: list[QueryTerm]) -> float:
+    """What the positive weights are divided by: their largest, so only their ratios count.
+
+    Weights are scale-free (``2,1`` is ``1,0.5``); without this, huge weights overflow the
+    sum (every score 0) and tiny ones fall under the cancel-out threshold. Weights already
+    at most 1 with a largest of 1, the default, are left as they are.
+    """
+    return max((t.weight for t in terms if not t.negative), default=1.0)
+
+
 def search_composed(searcher: Searcher, terms: list[QueryTerm], k: int = 20,
                     images: dict[str, Any] | None = None) -> ComposedResult:
     """Search every column of ``searcher`` with the composed vector of ``terms``.
@@ -140,29 +154,34 @@ def search_composed(searcher: Searcher, terms: list[QueryTerm], k: int = 20,
             images[t.query] = load_query_image(t.query)
     drop = _exclude_ids(searcher, terms)
     result = ComposedResult(query=label(terms), results={}, terms=list(terms))
+    scale = _weight_scale(terms)
     for name, entry in searcher.encoders.items():
         t0 = time.perf_counter()
         enc = searcher.encoder(name)
         has_text = isinstance(enc, TextEncoder)
         notes: list[str] = []
         total = np.zeros(entry.dim, dtype=np.float64)
-        positives = 0
+        positives, mass = 0, 0.0
         for t in terms:
             if t.is_text and not has_text:
                 notes.append(f"{t.query!r} skipped: {name} has no caption (text) tower")
                 continue
             vec = enc.embed_text([t.caption])[0] if t.is_text else enc.embed([images[t.query]])[0]
-            total += (-1.0 if t.negative else t.weight) * np.asarray(vec, dtype=np.float64)
+            coef = -1.0 if t.negative else t.weight / scale
+            total += coef * np.asarray(vec, dtype=np.float64)
             positives += not t.negative
+            mass += abs(coef)
         t_embed = time.perf_counter()
         norm = float(np.linalg.norm(total))
+        # relative to what went in, so a column of small weights is not mistaken for a cancellation
+        cancelled = not norm > _MIN_NORM * mass
         if positives == 0:
             notes.append("not searched: no query applies to this column")
-        elif norm < _MIN_NORM:
+        elif cancelled:
             notes.append("not searched: the queries cancel out in this column")
         if notes:
             result.skipped[name] = notes
-        if positives == 0 or norm < _MIN_NORM:
+        if positives == 0 or cancelled:
             continue
         q = (total / norm).astype(np.float32)[None, :]
         result.vectors[name] = q[0]  # what --analogy / --explain compare against

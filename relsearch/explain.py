@@ -40,9 +40,9 @@ BANK_NAME = "captions.jsonl"
 
 def shipped_bank_path() -> Path:
     """relsim-mini's caption bank, beside its weights."""
-    from relsearch.encoders.relsim_mini import WEIGHTS_DIR
+    from relsearch.encoders.onnx_runtime import RELSIM_MINI_DIR  # the same folder, without importing torch
 
-    return WEIGHTS_DIR / BANK_NAME
+    return RELSIM_MINI_DIR / BANK_NAME
 
 
 @dataclass(frozen=True)
@@ -186,6 +186,62 @@ def bank_for(spec: str, captions: str | os.PathLike[str] | None = None, device: 
     return _BANKS[key]
 
 
+#: The bank's family for captions of pictures with no relation.
+NONE_FAMILY = "none"
+#: Best caption cosine below which a vector reads as no relation the encoder knows (see
+#: :func:`relation_verdict`). Calibrated on relsim-mini with held-out composed scenes, which it
+#: reads right: it keeps nearly all of them and drops the weakest real photographs whose nearest
+#: caption is not a ``none`` one (``benchmarks/relation_threshold.py``).
+KNOWN_MIN_SCORE = 0.62
+
+
+@dataclass(frozen=True)
+class RelationVerdict:
+    """What a relational column reads in a query: its nearest bank caption, and whether
+    that is a relation the encoder knows (``known``) or not (then ``why`` says so)."""
+
+    caption: str
+    score: float
+    family: str | None
+    known: bool
+    why: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"caption": self.caption, "score": self.score, "known": self.known, "family": self.family,
+                "why": self.why}
+
+
+def relation_verdict(bank: CaptionBank, vec: np.ndarray, min_score: float | None = None) -> RelationVerdict:
+    """The relation ``vec`` reads as: not known when its nearest caption is a ``none``
+    caption or scores below ``min_score`` (default :data:`KNOWN_MIN_SCORE`); then its
+    neighbours are near-ties, not matches."""
+    min_score = KNOWN_MIN_SCORE if min_score is None else min_score
+    cap = bank.captions_of(vec)[0]
+    why = ""
+    if cap.family == NONE_FAMILY:
+        why = "its nearest caption is a no-relation caption"
+    elif cap.score < min_score:
+        why = f"its best caption scores {cap.score:.3f} < {min_score:.2f}"
+    return RelationVerdict(cap.text, cap.score, cap.family, not why, why)
+
+
+def add_relations(searcher: Any, result: Any, captions: str | os.PathLike[str] | None = None) -> None:
+    """Fill ``result.relation`` for every relational column with a query vector and a caption bank.
+
+    A column whose encoder has no bank (or is not in the caption space) gets no verdict
+    rather than an error: the search itself does not need one.
+    """
+    manifest = searcher.opened.manifest
+    for name in result.ordered():
+        if result.kinds.get(name) != "relational" or name not in result.vectors:
+            continue
+        try:
+            bank = bank_for(manifest.encoders[name].spec, captions, device=searcher.device)
+            result.relation[name] = relation_verdict(bank, result.vectors[name])
+        except RelsearchError:
+            continue
+
+
 @dataclass
 class Explanation:
     """``--explain`` output: the query's caption and, per column, each hit's shared caption."""
@@ -253,11 +309,15 @@ class PairExplanation:
     relational: dict[str, float]
     attribute: dict[str, float]
     encoder: str  # the relational encoder whose space the captions come from
+    #: "a", "b", "shared": whether each reads as a relation the encoder knows
+    relation: dict[str, RelationVerdict] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         cap = {"a": self.a, "b": self.b, "shared": self.shared}
-        return {**{k: {"caption": c.text, "score": c.score} for k, c in cap.items()},
-                "relational": self.relational, "attribute": self.attribute}
+        out = {k: {"caption": c.text, "score": c.score} for k, c in cap.items()}
+        for k, v in self.relation.items():
+            out[k].update(known=v.known, family=v.family, why=v.why)
+        return {**out, "relational": self.relational, "attribute": self.attribute}
 
 
 def explain_pair(image_a: Any, image_b: Any, encoders: list[Any], specs: list[str],
@@ -277,7 +337,14 @@ def explain_pair(image_a: Any, image_b: Any, encoders: list[Any], specs: list[st
     name, spec, va, vb = first
     bank = bank_for(spec, captions, device=device)
     ca, cb = bank.captions_of(np.stack([va, vb]))
-    return PairExplanation(ca, cb, bank.shared(va, vb)[0], relational, attribute, name)
+    verdicts = {"a": relation_verdict(bank, va), "b": relation_verdict(bank, vb)}
+    shared = bank.shared(va, vb)[0]
+    # a shared caption is only a shared relation when both images read as one the encoder knows
+    unknown = [k for k in ("a", "b") if not verdicts[k].known]
+    why = (f"{' and '.join(unknown)} read{'s' if len(unknown) == 1 else ''} as no known relation" if unknown
+           else "the shared caption is a no-relation caption" if shared.family == NONE_FAMILY else "")
+    verdicts["shared"] = RelationVerdict(shared.text, shared.score, shared.family, not why, why)
+    return PairExplanation(ca, cb, shared, relational, attribute, name, verdicts)
 
 
 def write_template_bank(path: str | os.PathLike[str] | None = None) -> Path:

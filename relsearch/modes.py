@@ -22,13 +22,15 @@ class Modes:
     analogy_weight: float = DEFAULT_WEIGHT
     analogy_rule: str = DEFAULT_RULE
     captions: str | os.PathLike[str] | None = None
+    #: what each relational column reads the query as, and whether it knows that relation
+    relation: bool = True
 
     def __bool__(self) -> bool:
-        return self.analogy or self.explain
+        return self.analogy or self.explain or self.relation
 
 
 def apply_modes(searcher: Any, result: Any, k: int, modes: Modes) -> Any:
-    """Fill ``result.analogy`` / ``result.explain`` as ``modes`` asks; returns ``result``."""
+    """Fill ``result.analogy`` / ``result.relation`` / ``result.explain`` as ``modes`` asks; returns ``result``."""
     import time
 
     if modes.analogy:
@@ -37,6 +39,12 @@ def apply_modes(searcher: Any, result: Any, k: int, modes: Modes) -> Any:
         t = time.perf_counter()
         add_analogy(searcher, result, k, weight=modes.analogy_weight, rule=modes.analogy_rule)
         result.timings_ms["analogy"] = (time.perf_counter() - t) * 1e3
+    if modes.relation:
+        from relsearch.explain import add_relations
+
+        t = time.perf_counter()
+        add_relations(searcher, result, modes.captions)
+        result.timings_ms["relation"] = (time.perf_counter() - t) * 1e3
     if modes.explain:
         from relsearch.explain import explain_result
 

@@ -44,6 +44,8 @@ class QueryResult:
     analogy_of: dict[str, Any] = field(default_factory=dict)
     #: ``--explain`` (relsearch.explain.Explanation)
     explain: Any = None
+    #: per relational column, what the query reads as (relsearch.explain.RelationVerdict)
+    relation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -55,6 +57,8 @@ class QueryResult:
             out["analogy"] = [{"rank": h.rank, "score": h.score, "path": h.path, "id": h.id} for h in self.analogy]
         if self.explain is not None:
             out["explain"] = self.explain.to_dict(self)
+        if self.relation:
+            out["relation"] = {name: v.to_dict() for name, v in self.relation.items()}
         return out
 
     def ordered(self) -> list[str]:
@@ -133,6 +137,9 @@ class Searcher:
         entry = self.opened.manifest.encoders[name]
         store = self.opened.store
         index = self.indexes[name]
+        # FAISS allocates [Q, k] answers whatever the collection holds: a k beyond it
+        # only buys empty slots (gigabytes for a k in the billions).
+        k = max(1, min(int(k), index.ntotal))
         scores, ids = index.search(
             np.ascontiguousarray(vectors, dtype=np.float32), k,
             vector_lookup=lambda ids: store.get_vectors(name, np.asarray(ids), entry.dim),
@@ -183,8 +190,15 @@ class Searcher:
         return result
 
 
+#: Most pixels a query image may decode to, counted after JPEG's reduced-size decoding (so
+#: camera JPEGs of any size pass): a 48-megapixel phone PNG passes, a crafted file that
+#: claims hundreds of megapixels in a few hundred bytes does not.
+QUERY_MAX_PIXELS = 50_000_000
+
+
 def load_query_image(path: str | os.PathLike[str]) -> Any:
     from relsearch.collection import DecodeError, load_image
+    from relsearch.collection.decode import TooManyPixels
 
     p = Path(path)
     if not p.exists():
@@ -192,7 +206,9 @@ def load_query_image(path: str | os.PathLike[str]) -> Any:
     if p.is_dir():
         raise RelsearchError(f"query image {p} is a folder, not an image")
     try:
-        return load_image(p, max_side=512)
+        return load_image(p, max_side=512, max_pixels=QUERY_MAX_PIXELS)
+    except TooManyPixels as exc:
+        raise RelsearchError(f"query image {p} is too large to search with: {exc}") from exc
     except DecodeError as exc:
         raise RelsearchError(f"query image {p} is not a readable image: {exc}") from exc
 

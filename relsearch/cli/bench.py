@@ -1,4 +1,5 @@
-"""CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale, bench text-vectors.
+"""CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale, bench text-vectors,
+bench realphoto, bench health.
 
 The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
 path); these commands parse, call them and print. Results go to ``--results-dir``
@@ -135,9 +136,13 @@ def throughput_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     queries: Annotated[int, typer.Option("--queries", min=1, help="Queries timed one at a time.")] = 100,
     k: KOpt = 10,
-    workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode workers (default: CPU count).")]
+    = None,
     threads: Annotated[int | None, typer.Option(
-        "--threads", min=1, help="torch intra-op threads (default: torch's).")] = None,
+        "--threads", min=1, help="Intra-op threads of torch and ONNX Runtime (default: each one's).")] = None,
+    runtimes: Annotated[str | None, typer.Option(
+        "--runtimes", help="Time each encoder on these runtimes side by side, e.g. torch,onnx "
+                           "(default: the runtime each encoder loads with).")] = None,
     analogy: Annotated[bool, typer.Option(
         "--analogy", help="Also time whole queries with the analogy column (one index of all encoders).")] = False,
     explain: Annotated[bool, typer.Option(
@@ -151,7 +156,7 @@ def throughput_cmd(
 
     report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
                                workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR,
-                               threads=threads, analogy=analogy, explain=explain)
+                               threads=threads, analogy=analogy, explain=explain, runtimes=runtimes)
     if as_json:
         print_json(report)
         return
@@ -365,3 +370,53 @@ def relsim_cmd(
         typer.echo(f"  build-index, {x['images']} JPEGs: {x['img_per_s']:.2f} img/s in the embed step "
                    f"({100 * x['ratio_to_bench']:.0f}% of the benchmark's best)")
     typer.echo(f"  wrote {out / (name + '.json')}")
+
+
+@bench_app.command("realphoto")
+@user_errors
+def realphoto_cmd(
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="Labels .jsonl (default: benchmarks/realphoto/labels_test.jsonl under the working "
+        "directory).")] = None,
+    encoders: Annotated[str, typer.Option("--encoders", help="Comma-separated encoders.")]
+    = "relsim-mini,imagenet",
+    relations: Annotated[Path | None, typer.Option(
+        "--relations", help="Relation captions (default: relations.json beside the labels, else "
+        "benchmarks/realphoto/relations.json).")] = None,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Relation P@10, mAP, same-look leakage and caption -> image P@10 on labelled real photographs,
+    beside each encoder's label-free health (JSON + contact-sheet PNG)."""
+    from relsearch.bench import realphoto
+
+    report = realphoto.run_realphoto(labels, encoders, relations, device, results_dir)
+    if as_json:
+        print_json(report)
+        return
+    _show(realphoto.format_table(report), report["json"], report["png"])
+
+
+@bench_app.command("health")
+@user_errors
+def health_cmd(
+    photos: Annotated[Path, typer.Option(
+        "--photos", help="A folder of photographs (recursive) or a labels .jsonl (its paths).")],
+    encoders: Annotated[str, typer.Option("--encoders", help="Comma-separated encoders.")]
+    = "relsim-mini,imagenet",
+    limit: Annotated[int | None, typer.Option("--limit", min=3, help="Only the first N photographs (sorted).")]
+    = None,
+    device: DeviceOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label-free health of each encoder on photographs: effective rank, pair cosines, nearest captions."""
+    from relsearch.bench import health
+
+    report = health.run_health(photos, encoders, limit, device, results_dir)
+    if as_json:
+        print_json(report)
+        return
+    _show(f"{report['images']} photographs from {report['photos']}\n" + health.format_health(report["encoders"]),
+          report["json"])

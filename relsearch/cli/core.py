@@ -35,7 +35,8 @@ def build_index_cmd(
     index_spec: Annotated[str | None, typer.Option(
         "--index-spec", help="Force a FAISS factory string, e.g. 'IVF1024,PQ48'.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    workers: Annotated[int | None, typer.Option("--workers", help="Decode workers (default: CPU count).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode workers (default: CPU count).")]
+    = None,
     device: DeviceOpt = None,
     exclude_dir: ExcludeOpt = None,
     default_excludes: Annotated[bool | None, typer.Option(
@@ -58,7 +59,7 @@ def build_index_cmd(
     with the index, so later builds keep them without the flag; --forget-excludes drops them.
     """
     from relsearch.backends.ray_embed import embedding_step
-    from relsearch.build import BuildOptions, build_index
+    from relsearch.build import BuildOptions, NothingToIndexError, build_index
 
     with embedding_step(ray, ray_actors) as step:
         try:
@@ -68,7 +69,10 @@ def build_index_cmd(
                                 forget_excludes=forget_excludes, embedding=step)
         except ValueError as exc:
             raise RelsearchError(str(exc)) from exc
-        report = build_index(directory, index, opts)
+        try:
+            report = build_index(directory, index, opts)
+        except NothingToIndexError as exc:
+            raise _nothing_indexed(exc, as_json) from None
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
@@ -82,10 +86,25 @@ def build_index_cmd(
     )
     for line in report.repaired:
         typer.echo(f"  repaired: {line}", err=True)
-    for f in report.failed[:20]:
+    _echo_failed(report.failed)
+
+
+def _echo_failed(failed: list[dict[str, str]], shown: int = 20) -> None:
+    for f in failed[:shown]:
         typer.echo(f"  failed: {f['path']}: {f['error']}", err=True)
-    if len(report.failed) > 20:
-        typer.echo(f"  ... and {len(report.failed) - 20} more failures (see --json)", err=True)
+    if len(failed) > shown:
+        typer.echo(f"  ... and {len(failed) - shown} more failures (see --json)", err=True)
+
+
+def _nothing_indexed(exc: Exception, as_json: bool) -> RelsearchError:
+    """Every file failed: show which and why (stderr, or the JSON on stdout), then the error line."""
+    failed = getattr(exc, "failed", [])
+    if as_json:
+        print_json({"error": str(exc), "failed_count": len(failed), "failed": failed})
+    else:
+        _echo_failed(failed)
+    where = "in the JSON" if as_json else "above"
+    return RelsearchError(f"{exc}: {len(failed)} file(s) failed, listed {where}" if failed else str(exc))
 
 
 def bare_ray_flag(argv: list[str]) -> list[str]:
@@ -195,20 +214,24 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
     """Side-by-side text table: rank, then one (score, name) column per encoder."""
     names = result.ordered()
     width = 34
-    head = "rank  " + "".join(f"{n + (' (relational)' if result.kinds.get(n) == 'relational' else ''):<{width}}"
-                              for n in names)
-    from relsearch.view.html import hit_caption, query_caption
+    from relsearch.view.html import hit_caption, query_caption, relation_line, relation_of
+
+    def title(n: str) -> str:
+        v = relation_of(result, n)
+        if v is not None and not v.known:  # say it at the column's head, not only above the table
+            return f"{n} (no known relation)"
+        return n + (" (relational)" if result.kinds.get(n) == "relational" else "")
 
     if result.analogy is not None:  # the analogy column sits after the relational ones, as on the page
         rel = [n for n in names if result.kinds.get(n) == "relational"]
         names = rel + ["analogy"] + [n for n in names if n not in rel]
-        head = "rank  " + "".join(f"{n + (' (relational)' if result.kinds.get(n) == 'relational' else ''):<{width}}"
-                                  for n in names)
+    head = "rank  " + "".join(f"{title(n):<{width}}" for n in names)
     columns = {n: (result.analogy if n == "analogy" else result.results[n]) for n in names}
     lines = [f"query: {result.query}", *(f"note: {n}" for n in getattr(result, "notes", []))]
     qcap = query_caption(result)
     if qcap is not None:
         lines.append(f"reads as: {qcap.text}  ({qcap.score:.3f})")
+    lines += [line for n in names if (line := relation_line(result, n)) is not None]
     if result.analogy is not None:
         of = result.analogy_of
         lines.append(f"analogy = {of['relational']} - {of['weight']:g} x {of['attribute']} (cosines to the query)")
@@ -248,16 +271,32 @@ def info_cmd(
     if index is None and not targets:
         raise RelsearchError(f"no index in {index_home()}; build one with: relsearch build-index DIR "
                              "(or pass --index; $RELSEARCH_HOME moves the home)")
-    infos = [index_info(t) for t in targets]
+    infos = [index_info(index)] if index is not None else [_home_info(t) for t in targets]
     if as_json:
         print_json(infos[0] if index is not None else {"home": str(index_home()), "indexes": infos})
         return
     if index is None:
         typer.echo(f"index home {index_home()}: {len(infos)} index(es), most recently built first")
     for info in infos:
+        if "damaged" in info:
+            typer.echo(f"{info['index']}  DAMAGED: {info['damaged']}")
+            continue
         typer.echo(f"{info['index']}  ({info['images']} images, {info['paths']} paths, "
                    f"{info['bytes_on_disk'] / 1e6:.1f} MB)  collection: {info['collection']}")
         for name, e in info["encoders"].items():
             f = e["faiss"]
             typer.echo(f"  {name:<12} {e['kind']:<10} dim {e['dim']:<5} weights {e['fingerprint']}  "
                        f"faiss {f.get('spec')} nprobe {f.get('nprobe')} ntotal {f.get('ntotal')}")
+
+
+def _home_info(index: Path) -> dict[str, object]:
+    """``index_info`` of one index of the home, or ``{"index", "damaged": reason}``: one damaged
+    index is listed as such and does not hide the others."""
+    from relsearch.indexdir import index_info
+
+    try:
+        return index_info(index)
+    except RelsearchError as exc:
+        return {"index": str(index), "damaged": str(exc)}
+    except OSError as exc:
+        return {"index": str(index), "damaged": f"cannot read it: {exc.strerror or exc}"}

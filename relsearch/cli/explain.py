@@ -37,9 +37,15 @@ def explain_cmd(
     if as_json:
         print_json(result.to_dict())
         return
-    typer.echo(f"a: {a}\n   reads as: {result.a.text}  ({result.a.score:.3f})")
-    typer.echo(f"b: {b}\n   reads as: {result.b.text}  ({result.b.score:.3f})")
-    typer.echo(f"shared ({result.encoder}): {result.shared.text}  ({result.shared.score:.3f})")
+    rel = result.relation
+
+    def unknown(key: str) -> str:  # say it when a caption is no relation the encoder knows
+        v = rel.get(key)
+        return "" if v is None or v.known else f"\n   no relation {result.encoder} knows: {v.why}"
+
+    typer.echo(f"a: {a}\n   reads as: {result.a.text}  ({result.a.score:.3f}){unknown('a')}")
+    typer.echo(f"b: {b}\n   reads as: {result.b.text}  ({result.b.score:.3f}){unknown('b')}")
+    typer.echo(f"shared ({result.encoder}): {result.shared.text}  ({result.shared.score:.3f}){unknown('shared')}")
     for kind, sims in (("relational", result.relational), ("attribute", result.attribute)):
         for name, cos in sims.items():
             typer.echo(f"{kind:<10} {name:<12} cosine {cos:.3f}")

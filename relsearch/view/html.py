@@ -51,6 +51,10 @@ a.hit img{width:128px;height:128px;object-fit:contain;background:#fff;border:1px
 a.hit .cap{font-size:11px;font-variant-numeric:tabular-nums;margin-top:2px}
 a.hit .name{font-size:10px;color:#777;max-width:128px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .empty{color:#888;font-size:13px}
+.relation{font-size:12px;margin:0 0 6px}
+.relation.known{color:#0b4f8a}
+.relation.unknown{color:#8a1f0b;background:#fde8e4;border:1px solid #e8a99c;border-radius:4px;padding:4px 8px}
+.row[data-relation=unknown] a.hit img{opacity:.6}
 """
 
 
@@ -122,6 +126,22 @@ def hit_caption(result: Any, column: str, hit: Any) -> Any:
     return explain.caption(column, hit.id) if explain is not None else None
 
 
+def relation_of(result: Any, column: str) -> Any:
+    """What ``column`` reads the query as (a RelationVerdict), or None without a verdict."""
+    return getattr(result, "relation", {}).get(column)
+
+
+def relation_line(result: Any, column: str) -> str | None:
+    """One line for the head of a relational column: the relation it reads, or that it knows none."""
+    v = relation_of(result, column)
+    if v is None:
+        return None
+    if v.known:
+        return f"{column} reads a relation: {v.caption}  ({v.score:.3f})"
+    return (f"{column}: no relation it knows in this query ({v.why}; nearest caption: {v.caption}, "
+            f"{v.score:.3f}); its neighbours are near-ties, not relational matches")
+
+
 def render_rows(
     result: Any,
     src: Callable[[Any], str],
@@ -154,11 +174,30 @@ def render_rows(
         body = "".join(cells) if cells else '<span class="empty">no neighbours</span>'
         label = html.escape(kind + (f": {note}" if note else ""))
         parts.append(
-            f'<section class="row {html.escape(kind)}" data-encoder="{html.escape(name)}" data-kind="{html.escape(kind)}">'
-            f'<h2>{html.escape(name)}<span class="kind">{label}</span></h2>'
+            f'<section class="row {html.escape(kind)}" data-encoder="{html.escape(name)}" data-kind="{html.escape(kind)}"'
+            f'{_relation_attr(result, name)}>'
+            f'<h2>{html.escape(name)}<span class="kind">{label}</span></h2>{_relation_block(result, name)}'
             f'<div class="hits">{body}</div></section>'
         )
     return "\n".join(parts)
+
+
+def _relation_attr(result: Any, column: str) -> str:
+    v = relation_of(result, column)
+    return "" if v is None else f' data-relation="{"known" if v.known else "unknown"}"'
+
+
+def _relation_block(result: Any, column: str) -> str:
+    """The verdict above a relational row: the relation it reads, or a warning that it knows none."""
+    v = relation_of(result, column)
+    if v is None:
+        return ""
+    cap = f"<i>{html.escape(v.caption)}</i> ({v.score:.3f})"
+    if v.known:
+        return f'<div class="relation known">reads a relation: {cap}</div>'
+    return (f'<div class="relation unknown"><b>no relation {html.escape(column)} knows in this query</b> '
+            f'({html.escape(v.why)}; nearest caption: {cap}): the neighbours below are near-ties, '
+            "not relational matches</div>")
 
 
 def shown(text: str) -> str:

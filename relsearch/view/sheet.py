@@ -20,6 +20,9 @@ BACKGROUND = (250, 250, 250)
 RELATIONAL = (46, 120, 200)
 ATTRIBUTE = (150, 150, 150)
 ANALOGY = (224, 150, 60)
+#: The verdict line above a relational band, and its colour when the column knows no relation.
+RELATION_LINE = 30
+NO_RELATION = (190, 40, 30)
 #: ``--explain``: the shared caption under each thumbnail, wrapped to this many lines.
 WHY_LINES = 3
 WHY_LINE = 13
@@ -62,7 +65,7 @@ def _why_lines(text: str) -> list[str]:
 def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> Image.Image:
     """The contact sheet as a PIL image (with ``--explain``, a caption line under each relational hit)."""
     from relsearch.view.html import columns as display_columns
-    from relsearch.view.html import hit_caption, query_caption
+    from relsearch.view.html import hit_caption, query_caption, relation_of
 
     cols_info = display_columns(result)
     names = [c[0] for c in cols_info]
@@ -82,7 +85,8 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     bands = []
     for n in names:
         lines = max(1, -(-len(rows[n]) // cols))
-        bands.append((n, HEADER + lines * (CELL + caption_h + GAP)))
+        note_h = RELATION_LINE if relation_of(result, n) is not None else 0
+        bands.append((n, HEADER + note_h + lines * (CELL + caption_h + GAP)))
     height = top + sum(h for _, h in bands) + PAD
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -113,6 +117,10 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
         title = f"{name}  ({kind}{': ' + notes[name] if notes[name] else ''})"
         draw.text((PAD + 12, y + 2), title, fill=(0, 0, 0), font=big)
         y0 = y + HEADER
+        verdict = relation_of(result, name)
+        if verdict is not None:
+            _relation_note(draw, verdict, name, (PAD + 12, y0 - 2), width - 2 * PAD - 12, small)
+            y0 += RELATION_LINE
         for j, hit in enumerate(rows[name]):
             cx = PAD + (j % cols) * (CELL + GAP)
             cy = y0 + (j // cols) * (CELL + caption_h + GAP)
@@ -128,6 +136,23 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
             draw.text((PAD, y0 + 4), "no neighbours", fill=(120, 120, 120), font=small)
         y += band_h
     return sheet
+
+
+def relation_text(verdict: Any, column: str) -> str:
+    """The verdict line above a relational band."""
+    if verdict.known:
+        return f"reads a relation: {verdict.caption} ({verdict.score:.3f})"
+    return (f"NO RELATION {column} KNOWS in this query: the neighbours are near-ties, not relational matches "
+            f"({verdict.why}; nearest caption: {verdict.caption}, {verdict.score:.3f})")
+
+
+def _relation_note(draw: Any, verdict: Any, column: str, at: tuple[int, int], width: int, font: Any) -> None:
+    lines = textwrap.wrap(relation_text(verdict, column), max(20, width // 6))
+    if len(lines) > 2:
+        lines = lines[:2]
+        lines[-1] = lines[-1][:-1] + "\u2026"
+    for i, line in enumerate(lines):
+        draw.text((at[0], at[1] + i * 13), line, fill=RELATIONAL if verdict.known else NO_RELATION, font=font)
 
 
 def write_sheet(result: Any, path: str | os.PathLike[str], k: int | None = None) -> Path:

@@ -1,0 +1,22 @@
+"""Calibrate ``relsearch.explain.KNOWN_MIN_SCORE`` (see ``relsearch.bench.health.calibrate_relation``):
+
+    python benchmarks/relation_threshold.py SCENES_DIR PHOTOS_DIR_OR_LABELS [--results-dir benchmarks/results]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+from relsearch.bench.health import calibrate_relation  # noqa: E402
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenes", help="folder for the held-out composed sets (made when missing)")
+    ap.add_argument("photos", help="real photographs: a folder or a labels .jsonl")
+    ap.add_argument("--results-dir", default=None)
+    args = ap.parse_args()
+    print(json.dumps(calibrate_relation(args.scenes, args.photos, results_dir=args.results_dir), indent=2))

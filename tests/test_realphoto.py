@@ -1,0 +1,203 @@
+"""`bench realphoto` on a tiny labelled fixture of installed photographs, and the label-free health check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from relsearch.bench.health import caption_histogram, effective_rank, health
+from relsearch.bench.realphoto import (
+    Label,
+    agreement,
+    check_photos,
+    read_labels,
+    score_encoder,
+    sheet_queries,
+)
+from relsearch.cli import app
+from relsearch.collection.scan import sha256_file
+from relsearch.explain import CaptionBank
+
+runner = CliRunner()
+#: Photographs tools/setup.sh installs (lomiri-wallpapers-16.04), two per made-up relation group.
+PHOTOS = ["Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Fossa_by_Jasper_Roks.jpg",
+          "Kleiber_by_Lukas_Baubkus.jpg", "Picture_0B_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg"]
+BACKGROUNDS = Path("/usr/share/backgrounds")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# -- health ---------------------------------------------------------------------------------
+
+
+def test_health_flags_vectors_near_one_point_and_passes_a_spread_set():
+    rng = np.random.default_rng(0)
+    spread = _unit(rng.standard_normal((200, 64)))
+    ok = health(spread)
+    assert not ok["collapsed"] and ok["reasons"] == []
+    assert ok["effective_rank"] > 30 and abs(ok["cosine_mean"]) < 0.05 and ok["cosine_p90"] < 0.3
+
+    near = _unit(rng.standard_normal((1, 64)) + 0.02 * rng.standard_normal((200, 64)))
+    bad = health(near)
+    assert bad["collapsed"] and bad["cosine_p50"] > 0.99
+    assert any("near-ties" in r for r in bad["reasons"])
+
+
+def test_health_flags_a_set_that_spans_few_directions():
+    rng = np.random.default_rng(1)
+    basis = _unit(rng.standard_normal((3, 64)))
+    few = _unit(rng.standard_normal((200, 3)) @ basis + 1e-4 * rng.standard_normal((200, 64)))
+    h = health(few)
+    assert h["effective_rank"] < 4 and h["collapsed"]
+    assert any("effective rank" in r for r in h["reasons"]) and not any("near-ties" in r for r in h["reasons"])
+
+
+def test_effective_rank_of_known_spectra():
+    # centred rows along two orthogonal axes with equal spread: two directions exactly
+    x = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64)
+    assert effective_rank(x) == pytest.approx(2.0)
+    assert effective_rank(np.ones((5, 3))) == 0.0
+
+
+def test_caption_histogram_counts_none_captions():
+    bank = CaptionBank(["ring", "tower", "nothing"], ["orbit", "stack", "none"], np.eye(3, dtype=np.float32))
+    vecs = _unit(np.array([[1, 0.1, 0], [0, 0.1, 1], [0.1, 0, 1], [0.2, 0, 1]], dtype=np.float32))
+    hist = caption_histogram(vecs, bank)
+    assert hist["none_share"] == 0.75 and hist["per_family"] == {"none": 0.75, "orbit": 0.25}
+
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def test_score_encoder_precision_and_same_look_leakage():
+    # two relations of three photographs; each photograph shares its look with one of the other relation
+    labels = [Label(f"p{i}", "pkg", rel, f"look{i % 3}", "") for i, rel in enumerate(["a"] * 3 + ["b"] * 3)]
+    labels.append(Label("p6", "pkg", "none", "look0", ""))
+    rng = np.random.default_rng(2)
+    vecs = _unit(rng.standard_normal((7, 16)))
+    res = score_encoder(object(), vecs, labels, {"a": "{Object}s in a ring"})
+    # k = 6 (every other photograph): 2 of 6 share the relation; 1 of 6 (+ the none one for look0) the look
+    assert res["queries"] == 6 and res["precision_at_10"] == pytest.approx(2 / 6, abs=1e-4)
+    leak = {r: v["leakage_at_10"] for r, v in res["per_relation"].items()}
+    assert leak["a"] == pytest.approx((2 / 6 + 1 / 6 + 1 / 6) / 3, abs=1e-4)
+    assert "none" not in res["per_relation"] and "text_to_image_precision_at_10" not in res
+
+
+def test_a_relation_of_one_photograph_is_a_distractor_not_a_query():
+    labels = [Label(f"p{i}", "pkg", rel, "", "") for i, rel in enumerate(["a", "a", "b", "b", "c"])]
+    vecs = _unit(np.random.default_rng(4).standard_normal((5, 8)))
+    res = score_encoder(object(), vecs, labels, {})
+    assert res["queries"] == 4 and set(res["per_relation"]) == {"a", "b"}
+    assert sheet_queries(labels) == [0, 2]
+
+
+def test_check_photos_counts_missing_by_package_and_changed_bytes(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(good)
+    changed = tmp_path / "changed.png"
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(changed)
+    labels = [Label(str(good), "pkg-a", "r", "", sha256_file(good)),
+              Label(str(changed), "pkg-a", "r", "", "0" * 64),
+              Label(str(tmp_path / "gone.jpg"), "some-wallpapers", "r", "", "")]
+    present, check = check_photos(labels)
+    assert [p.path for p in present] == [str(good)]
+    assert check["missing"] == 1 and check["missing_packages"] == ["some-wallpapers"]
+    assert check["changed"] == 1 and check["install"] == "apt-get install some-wallpapers"
+
+
+def test_read_labels_resolves_relative_paths_and_rejects_bad_lines(tmp_path):
+    f = tmp_path / "labels.jsonl"
+    f.write_text(json.dumps({"path": "x.jpg", "relation": "radial"}) + "\n\n")
+    assert read_labels(f)[0].path == str(tmp_path / "x.jpg")
+    f.write_text('{"path": "x.jpg"}\n')
+    res = runner.invoke(app, ["bench", "realphoto", "--labels", str(f), "--results-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "labels.jsonl:1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+# -- the command, on installed photographs ----------------------------------------------------
+
+
+@pytest.fixture
+def fixture_labels(tmp_path):
+    paths = [BACKGROUNDS / p for p in PHOTOS]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("needs lomiri-wallpapers-16.04 (tools/setup.sh installs it)")
+    rels = ["vanishing_point", "vanishing_point", "small_in_vast", "small_in_vast", "repetition", "none"]
+    rows = [{"path": str(p), "package": "lomiri-wallpapers-16.04", "split": "test", "relation": r,
+             "look": "warm" if i % 2 else "cool", "sha256": sha256_file(p), "note": ""}
+            for i, (p, r) in enumerate(zip(paths, rels))]
+    rows.append({"path": "/usr/share/backgrounds/not-installed.jpg", "package": "some-wallpapers",
+                 "relation": "radial", "look": "cool", "sha256": "0" * 64})
+    f = tmp_path / "labels_test.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    relations = Path(__file__).resolve().parents[1] / "benchmarks" / "realphoto" / "relations.json"
+    return f, relations
+
+
+def test_bench_realphoto_reports_metrics_health_and_sheet(fixture_labels, tmp_path):
+    labels, relations = fixture_labels
+    out = tmp_path / "res"
+    res = runner.invoke(app, ["bench", "realphoto", "--labels", str(labels), "--relations", str(relations),
+                              "--encoders", "relsim-mini,tinycolor", "--results-dir", str(out), "--json"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["photos"]["present"] == 6 and rep["photos"]["missing"] == 1
+    assert rep["photos"]["missing_packages"] == ["some-wallpapers"]
+    mini, tiny = rep["encoders"]["relsim-mini"], rep["encoders"]["tinycolor"]
+    # repetition has one photograph: a distractor, never a query
+    assert mini["queries"] == 4 and set(mini["per_relation"]) == {"vanishing_point", "small_in_vast"}
+    assert rep["singletons"] == ["repetition"]
+    assert 0.0 <= mini["precision_at_10"] <= 1.0 and 0.0 <= mini["leakage_at_10"] <= 1.0
+    assert "text_to_image_precision_at_10" in mini and "text_to_image_precision_at_10" not in tiny
+    kn = mini["relation_known"]
+    assert 0.0 <= kn["relation_photos"] <= 1.0 and "relation_known" not in tiny
+    assert kn["known_queries"] + kn["unknown_queries"] == mini["queries"]
+    assert "none_share" in rep["health"]["relsim-mini"]["captions"] and "captions" not in rep["health"]["tinycolor"]
+    assert json.loads(Path(rep["json"]).read_text())["encoders"].keys() == rep["encoders"].keys()
+    sheet = Image.open(rep["png"])
+    # one row per relation with queries, each encoder's top 5 beside the query
+    assert 2 * 96 < sheet.height < 3 * 96 + 100 and sheet.width > 2 * 5 * 96
+
+    table = runner.invoke(app, ["bench", "realphoto", "--labels", str(labels), "--relations", str(relations),
+                                "--encoders", "tinycolor", "--results-dir", str(out)], catch_exceptions=False)
+    assert table.exit_code == 0 and "apt-get install some-wallpapers" in table.stdout
+    assert "| tinycolor |" in table.stdout and "health (no labels used)" in table.stdout
+
+
+def test_bench_health_command_on_a_folder(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    res = runner.invoke(app, ["bench", "health", "--photos", str(photos), "--encoders", "tinycolor",
+                              "--results-dir", str(tmp_path / "res"), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    h = json.loads(res.stdout)["encoders"]["tinycolor"]
+    assert h["n"] == 8 and not h["collapsed"]
+    bad = runner.invoke(app, ["bench", "health", "--photos", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr
+    name = runner.invoke(app, ["bench", "health", "--photos", str(photos), "--encoders", "tinycolor,nosuch",
+                               "--results-dir", str(tmp_path / "res2")])
+    assert name.exit_code == 2 and "unknown encoder 'nosuch'" in name.stderr and not (tmp_path / "res2").exists()
+
+
+def test_agreement_counts_pairs_both_labellers_kept(tmp_path):
+    labs = [Label(path=f"/p{i}", package="x", split="test", relation=r, look="water", sha256="0" * 64)
+            for i, r in enumerate(["none", "none", "reflection", "reflection", "radial"])]
+    second = tmp_path / "second.jsonl"
+    rows = [("/p0", "none"), ("/p1", "reflection"), ("/p2", "reflection"), ("/p3", "reflection"),
+            ("/p4", "drop"), ("/elsewhere", "none")]
+    second.write_text("".join(json.dumps({"path": p, "relation": r, "labeller": "blind"}) + "\n" for p, r in rows))
+    got = agreement(labs, second)["blind"]
+    # 4 pairs kept, 3 agree; expected agreement (2*1 + 2*3) / 16 = 0.5 -> kappa 0.5
+    assert (got["photos"], got["agreement"], got["kappa"], got["left_out"]) == (4, 0.75, 0.5, 2)
