@@ -33,3 +33,19 @@ def _reset_cli_logging():
 def _relsearch_home(tmp_path_factory, monkeypatch):
     """Every test gets its own index home and cache: nothing lands in the user's folders."""
     monkeypatch.setenv("RELSEARCH_HOME", str(tmp_path_factory.mktemp("relsearch-home")))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_thread_choice():
+    """A query test picks one intra-op thread for the process; the next test starts from the defaults."""
+    import sys
+
+    from relsearch.threads import use_threads
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    use_threads(None)
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)

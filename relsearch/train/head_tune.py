@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from relsearch.errors import RelsearchError
+from relsearch.threads import use_threads
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
 from relsearch.train.loss import LossConfig, contrastive_loss
 
@@ -99,7 +100,7 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
     from relsearch.train.trainer import lr_lambda, text_embeddings, validate
 
     if threads:
-        torch.set_num_threads(threads)
+        use_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     out_dir = Path(out)

@@ -35,6 +35,7 @@ import torch
 from relsearch.atomic import atomic_write
 from relsearch.encoders.base import FeatureCachingEncoder, TrainableEncoder
 from relsearch.errors import RelsearchError
+from relsearch.threads import use_threads
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
 from relsearch.train.loss import LossConfig, contrastive_loss, image_label_loss, positive_mask
 from relsearch.train.safe_state import load_tensors, rng_state, set_rng_state
@@ -465,8 +466,8 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     stop a run mid-way, as a kill would).
     """
     started = time.time()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if config.threads:  # through the one place that sets threads: encoders loaded later keep it
+        use_threads(config.threads)
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
     if ckpt_path.exists() and not config.resume:
