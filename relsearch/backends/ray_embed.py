@@ -179,12 +179,14 @@ class _EncoderActor:
 
     def __init__(self, specs: list[str], device: str | None, threads: int | None,
                  sys_path: list[str], registry: dict[str, str]) -> None:
+        if threads:  # actors share the cores: no oversubscription (torch and ONNX Runtime alike)
+            from relsearch.threads import use_threads
+
+            use_threads(threads)
         self.encoders = {}
         for spec in specs:
             enc = _load_on_worker(spec, device, sys_path, registry)
             self.encoders[enc.name] = enc
-        if threads and "torch" in sys.modules:  # actors share the cores: no oversubscription
-            sys.modules["torch"].set_num_threads(threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
