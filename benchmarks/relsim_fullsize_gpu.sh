@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's measurement on a lent GPU (one NVIDIA H200), prepared to run once in one call.
+# The full-size relsim measurement on a lent GPU (one NVIDIA H200), prepared to run once in one call.
 #
 # The device machine has torch, peft, typer, safetensors, tokenizers but not lmdb or faiss-cpu,
 # and an older transformers; carry them as wheels (Python 3.12 there), from the repository root here:

@@ -20,8 +20,8 @@ look-alikes (same objects, "attribute twins") drop out.
 Rule and weight were chosen on grouped benchmarks (every object set rendered in every
 relation family, so each query has look-alikes of other relations and analogies of other
 objects): ``relsearch bench relational`` sweeps both rules; at weight 1 ``above_median``
-removed as many twins as ``linear`` on the three sets measured, at 0.002-0.007 higher
-precision (benchmarks/README.md, "analogy").
+removed as many twins as ``linear`` on every set, at slightly higher precision
+(benchmarks/README.md, "Analogy row and explanation accuracy").
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from relsearch.errors import RelsearchError
+from relsearch.results import Hit
 
 #: Default for ``--analogy-weight`` (see the module docstring for how it was chosen).
 DEFAULT_WEIGHT = 1.0
@@ -88,8 +89,6 @@ def check_rule(rule: str) -> None:
 
 def add_analogy(searcher: Any, result: Any, k: int, weight: float = DEFAULT_WEIGHT, rule: str = DEFAULT_RULE) -> None:
     """Fill ``result.analogy`` (hits ranked by the analogy score) and ``result.analogy_of``."""
-    from relsearch.query import Hit
-
     if not np.isfinite(weight) or weight < 0:
         raise RelsearchError(f"--analogy-weight must be a number >= 0, got {weight}")
     check_rule(rule)

@@ -269,7 +269,8 @@ def build_index(
     ensure_writable(index_path)
 
     # Before the lock, for early failure on bad input: the scan, and the encoders asked
-    # for, loaded into the per-process cache. What the index says is re-read under it.
+    # for, loaded once and handed to the locked part (this build owns them; nothing caches
+    # models process-wide). What the index says is re-read under the lock.
     exclusions, scanned = _scan(root, index_path, opts)
     if opts.encoders or not (index_path / STORE_DIR / "data.mdb").exists():
         asked = _resolve_encoders(opts.encoders, None, None)
@@ -784,7 +785,7 @@ def write_generation(store: Store, index_path: Path, name: str, dim: int, gen: i
     write_generation_store(index, new_file, faiss_path(index_path, name, gen), rebuilt=rebuilt,
                            removed=np.asarray(removed, dtype=np.int64), added=np.asarray(added, dtype=np.int64),
                            vectors_of=lookup, all_vectors=lambda: _raw_vectors(store, name, dim, ids))
-    return {**index.info(), "requested": requested, "file_sha256": _file_sha256(new_file)}
+    return {**index.info(), "requested": requested, "file_sha256": file_sha256(new_file)}
 
 
 def _raw_vectors(store: Store, name: str, dim: int, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -805,7 +806,7 @@ def _save(index: Any, path: Path) -> None:
         raise
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return sha256_file(path)  # a regular file only, read up to the size it had when opened
 
 

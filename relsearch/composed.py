@@ -27,7 +27,8 @@ import numpy as np
 
 from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
-from relsearch.query import Hit, QueryResult, Searcher, load_query_image
+from relsearch.query import Searcher, load_query_image
+from relsearch.results import Hit, QueryResult
 
 TEXT_PREFIX = "text:"
 #: Below this norm (per unit of summed |weight|) the weighted sum is "the terms cancel out".

@@ -14,12 +14,9 @@ one line ("cannot read X: <strerror>") need no new handler.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from typing import BinaryIO
 
 #: Small text files (ignore files, manifests, stored exclusions) never need more.
 SMALL_FILE_LIMIT = 16 << 20
@@ -77,14 +74,6 @@ def regular_opener(path: str, flags: int) -> int:
     return open_regular(path)[0]
 
 
-@contextlib.contextmanager
-def opened_regular(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """``with opened_regular(p) as f:`` a binary file object of a checked regular file."""
-    fd, _ = open_regular(path)
-    with os.fdopen(fd, "rb") as fh:
-        yield fh
-
-
 def read_fd(fd: int, size: int, path: str, limit: int | None = None) -> bytes:
     """At most ``size`` bytes of ``fd`` from its current offset (fewer if it shrank)."""
     if limit is not None and size > limit:
@@ -111,11 +100,3 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = SMALL_FILE_LI
         return read_fd(fd, st.st_size, os.fspath(path), limit)
     finally:
         os.close(fd)
-
-
-def check_regular(path: str | os.PathLike[str]) -> os.stat_result:
-    """Raise unless ``path`` opens as a regular file: for names handed to libraries that
-    open them themselves (LMDB, FAISS memory maps)."""
-    fd, st = open_regular(path)
-    os.close(fd)
-    return st

@@ -2,9 +2,9 @@
 
 A single 224x224 image gives torch's intra-op pool little to split, and on a machine
 whose cores are busy (a 2-core box running a build, a browser, other queries) every
-operator of a two-thread pool waits until *both* threads are scheduled: measured here,
-a warm single-image query took 3.6 s with torch's default two threads against 0.09 s
-with one (benchmarks/README.md, "cold query"). One thread is therefore the default for
+operator of a two-thread pool waits until *both* threads are scheduled, and a warm
+single-image query with torch's default two threads can take many times as long as with
+one (benchmarks/README.md, "Cold query"). One thread is therefore the default for
 single-image work; ``RELSEARCH_QUERY_THREADS`` overrides it (batch work such as
 ``build-index`` keeps torch's own default).
 

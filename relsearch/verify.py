@@ -91,7 +91,7 @@ class VerifyReport:
 
 
 @dataclass
-class _Findings:
+class Findings:
     """What a check found, in the terms a repair needs."""
 
     manifest_file: bool = False  # manifest.json differs from the committed manifest
@@ -108,13 +108,13 @@ class _Findings:
 def faiss_ids(index: Any) -> np.ndarray:
     """Every id stored in a :class:`~relsearch.index.VectorIndex` (sorted)."""
     from relsearch.index import _faiss
-    from relsearch.index.faiss_index import _ivf_ids
+    from relsearch.index.faiss_index import ivf_ids
 
     faiss = _faiss.import_faiss()
     inner = index._index  # the FAISS object: ids live in its IVF lists or its IDMap
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None:
-        return np.sort(_ivf_ids(faiss, ivf))
+        return np.sort(ivf_ids(faiss, ivf))
     if isinstance(inner, faiss.IndexIDMap):
         return np.sort(faiss.vector_to_array(inner.id_map).astype(np.int64))
     return np.arange(inner.ntotal, dtype=np.int64)
@@ -140,7 +140,7 @@ def verify_index(index: str | os.PathLike[str], repair: bool = False) -> VerifyR
             if report.consistent and not (found.manifest_file or found.exclusions or repaired):
                 return report
             try:
-                repaired += _repair(path, found)
+                repaired += repair_findings(path, found)
                 after, left = _check(path)
                 if len(after.problems) != left.waiting:  # more than the next build's embedding
                     raise damaged(path / STORE_DIR, f"it disagrees with itself after a repair: {after.problems[0]}")
@@ -277,11 +277,11 @@ def _fix_layout(path: Path) -> list[str]:
     return done
 
 
-def _check(path: Path) -> tuple[VerifyReport, _Findings]:
+def _check(path: Path) -> tuple[VerifyReport, Findings]:
     from relsearch.index import VectorIndex
 
     report = VerifyReport(index=str(path))
-    found = _Findings()
+    found = Findings()
     problems = report.problems
     layout = layout_problems(path)
     problems.extend(f"{name} {why} (verify --repair moves it aside)" for name, why in layout.items())
@@ -345,7 +345,7 @@ def _check(path: Path) -> tuple[VerifyReport, _Findings]:
 
 
 def _check_links(store: Store, records: dict[int, Any], paths: dict[str, Any], pending: set[int], live: list[int],
-                 found: _Findings, problems: list[str]) -> None:
+                 found: Findings, problems: list[str]) -> None:
     """paths <-> records <-> hashes point at each other."""
     by_id: dict[int, list[str]] = {}
     bad: list[str] = []
@@ -380,7 +380,7 @@ def _note_building(building: Any, manifest: Manifest, pending: set[int], report:
 
 
 def _check_exports(path: Path, manifest: Manifest, generation: int, stored_exclusions: Any,
-                   found: _Findings, report: VerifyReport) -> None:
+                   found: Findings, report: VerifyReport) -> None:
     """``manifest.json`` (a copy of the committed manifest) and ``exclusions.json`` (the
     folder patterns the next build applies)."""
     import json
@@ -421,8 +421,8 @@ def _check_exports(path: Path, manifest: Manifest, generation: int, stored_exclu
 
 
 def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, live: np.ndarray,
-                 found: _Findings, problems: list[str], VectorIndex: Any, store: Store) -> None:
-    from relsearch.build import _file_sha256
+                 found: Findings, problems: list[str], VectorIndex: Any, store: Store) -> None:
+    from relsearch.build import file_sha256
 
     file = faiss_path(path, name, generation)
     try:
@@ -432,7 +432,7 @@ def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, li
         problems.append(f"{name}: {exc}")
         return
     want = entry.faiss.get("file_sha256")
-    if want and _file_sha256(file) != want:
+    if want and file_sha256(file) != want:
         found.faiss.add(name)
         problems.append(f"{name}: {file.name} is not the file the manifest recorded (checksum differs)")
     if index.dim != entry.dim:
@@ -450,7 +450,7 @@ def _check_faiss(path: Path, name: str, entry: EncoderEntry, generation: int, li
 
 
 def _check_refine(faiss_file: Path, name: str, live: np.ndarray, store: Store, entry: EncoderEntry,
-                  found: _Findings, problems: list[str]) -> None:
+                  found: Findings, problems: list[str]) -> None:
     """The generation's refine store (raw vectors for re-ranking), when the index has one:
     the live ids, and the same vectors as the store."""
     from relsearch.index.refine import RefineStore, refine_path
@@ -475,7 +475,7 @@ def _check_refine(faiss_file: Path, name: str, live: np.ndarray, store: Store, e
         problems.append(f"{name}: refine store {file.name} differs from the stored raw vectors")
 
 
-def _repair(path: Path, found: _Findings) -> list[str]:
+def repair_findings(path: Path, found: Findings) -> list[str]:
     """Fix what ``_check`` found, from the store alone. Caller holds the build lock."""
     from relsearch.build import BuildOptions, write_generation
     from relsearch.index import VectorIndex

@@ -160,8 +160,8 @@ def _repair(path: Path, fresh: dict[str, dict[int, np.ndarray]]) -> list[str]:
     """Store the fresh vectors, then rebuild those encoders' FAISS files. Caller holds the lock."""
     from relsearch.indexdir import STORE_DIR
     from relsearch.store import Store
-    from relsearch.verify import _Findings
-    from relsearch.verify import _repair as rebuild_faiss
+    from relsearch.verify import Findings
+    from relsearch.verify import repair_findings as rebuild_faiss
 
     with Store.open(path / STORE_DIR) as store:
         def put(txn: Any) -> None:
@@ -172,4 +172,4 @@ def _repair(path: Path, fresh: dict[str, dict[int, np.ndarray]]) -> list[str]:
         store.write(put)
     done = [f"{name}: {len(vecs)} stored vector(s) replaced by their file's embedding"
             for name, vecs in fresh.items()]
-    return done + rebuild_faiss(path, _Findings(faiss=set(fresh)))
+    return done + rebuild_faiss(path, Findings(faiss=set(fresh)))

@@ -100,6 +100,42 @@ def test_ann_bad_spec_is_one_line(vectors, tmp_path):
     _one_line_error(r, "NoSuchIndex7")
 
 
+
+def test_synthetic_writes_unit_vectors_ann_reads(tmp_path):
+    out = tmp_path / "ann"
+    r = _invoke("synthetic", "--n", "500", "--queries", "7", "--d", "16", "--intrinsic-dim", "4", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    base, queries = np.load(out / "base.npy"), np.load(out / "queries.npy")
+    assert base.shape == (500, 16) and queries.shape == (7, 16) and base.dtype == np.float32
+    assert np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
+    r = _invoke("ann", "--base", str(out / "base.npy"), "--queries", str(out / "queries.npy"), "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["recall_at_10"] == pytest.approx(1.0)
+
+
+def test_synthetic_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    r = _invoke("synthetic", "--n", "50", "--d", "8", "--intrinsic-dim", "9", "--out", str(tmp_path / "o"))
+    _one_line_error(r, "--intrinsic-dim")
+    assert not (tmp_path / "o").exists()
+
+
+def test_scale_plan_from_the_shipped_report():
+    report = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "scale_index.json"
+    r = _invoke("scale-plan", "--scale", str(report), "--embed-rate", "relsim-mini=46.6", "--gpu-rate", "10,30")
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(r.output)["targets"]) == {"100000000", "1000000000"}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--embed-rate", "relsim-mini"], "scale-plan"),
+    (["--gpu-rate", "ten"], "scale-plan"),
+])
+def test_scale_plan_bad_input_is_one_line(tmp_path, args, needle):
+    report = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "scale_index.json"
+    _one_line_error(_invoke("scale-plan", "--scale", str(report), *args), needle)
+    _one_line_error(_invoke("scale-plan", "--scale", str(tmp_path / "missing.json")), "missing.json")
+    (tmp_path / "other.json").write_text("{}")
+    _one_line_error(_invoke("scale-plan", "--scale", str(tmp_path / "other.json")), "bench scale")
+
 # --------------------------------------------------------------------------- relational
 HUES = {"warm": (220, 60, 40), "cool": (40, 80, 220), "none": (128, 128, 128)}
 

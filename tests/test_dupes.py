@@ -31,12 +31,6 @@ def _vectors(n: int, d: int, copies: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _brute(x: np.ndarray, t: float) -> set[tuple[int, int]]:
-    s = x @ x.T
-    i, j = np.nonzero(np.triu(s >= t, 1))
-    return set(zip(i.tolist(), j.tolist()))
-
-
 @pytest.mark.parametrize("flat_max", [10_000, 100])  # flat range search, then the IVF path
 def test_near_pairs_match_brute_force(flat_max: int) -> None:
     x = _vectors(3000, 256, 150)

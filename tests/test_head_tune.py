@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import run_cli
 from safetensors.torch import load_file
 from test_train import TINY_MODEL, make_scene_set
 
 from relsearch.encoders.relsim_mini import WEIGHTS_NAME, RelsimMiniConfig, RelsimMiniEncoder, load
 from relsearch.errors import RelsearchError
-from relsearch.train.head_tune import main, tune
+from relsearch.train.head_tune import tune
 
 
 @pytest.fixture()
@@ -71,7 +72,8 @@ def test_cli_reports_bad_input_in_one_line(init_release: Path, tmp_path: Path, c
     bad = tmp_path / "bad.jsonl"
     img = make_scene_set(tmp_path / "data", n=2) / "img" / "000.png"
     bad.write_text(json.dumps({"image": str(img), "caption": "a caption"}) + "\n")  # no family
-    code = main(["--init", str(init_release), "--data", str(bad), "--out", str(tmp_path / "o"), "--steps", "2"])
+    code = run_cli("train-head", "--init", str(init_release), "--data", str(bad), "--out", str(tmp_path / "o"),
+                   "--steps", "2")
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "family" in err[0]
     with pytest.raises(RelsearchError):
@@ -98,8 +100,8 @@ def test_a_planted_cache_runs_no_code(init_release: Path, tmp_path: Path, name: 
     out.mkdir()
     marker = tmp_path / "pwned"
     (out / name).write_bytes(pickle.dumps({"key": "x", "features": _Planted(str(marker))}))
-    code = main(["--init", str(init_release), "--data", str(data / "labels.jsonl"), "--out", str(out),
-                 "--steps", "2", "--batch-size", "4"])
+    code = run_cli("train-head", "--init", str(init_release), "--data", str(data / "labels.jsonl"), "--out", str(out),
+                   "--steps", "2", "--batch-size", "4")
     assert not marker.exists()
     if name.endswith(".safetensors"):  # the cache's own name: refused in one line, nothing trained
         err = capsys.readouterr().err.strip().splitlines()

@@ -56,6 +56,8 @@ def test_only_relsearch_lands_in_site_packages(installed: dict) -> None:
     pkg = installed["purelib"] / "relsearch"
     assert (pkg / "py.typed").is_file() and (pkg / "view" / "static" / "browse.js").is_file()
     assert (pkg / "weights" / "relsim-mini" / "model.safetensors").is_file()
+    assert (pkg / "weights" / "relsim-mini" / "MODEL_CARD.md").is_file()
+    assert not list(installed["purelib"].rglob("relsim_mini_history.md"))  # repository docs only
     assert (pkg / "bench" / "ann.py").is_file() and (pkg / "encoders" / "relsim" / "model.py").is_file()
     assert not list(pkg.rglob("tests")) and not (installed["purelib"] / "benchmarks").exists()
 

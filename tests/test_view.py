@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -181,6 +183,30 @@ def test_server_answers_posted_image(indexed, tmp_path):
     assert not thread.is_alive()
 
 
+def test_server_logs_request_lines_at_debug(indexed, caplog):
+    _, index, _ = indexed
+    server = make_server(index, host="127.0.0.1", port=0, k=K)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="relsearch.view.server"):
+            assert _request(server.url + "thumb/987654")[0] == 404
+        assert not [r for r in caplog.records if "GET /thumb/987654" in r.getMessage()]
+        with caplog.at_level(logging.DEBUG, logger="relsearch.view.server"):
+            assert _request(server.url + "thumb/987654")[0] == 404
+            with socket.create_connection(server.server_address[:2], timeout=20) as sock:
+                sock.sendall(b"GET /thumb/\x1b[2J HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert sock.recv(64).startswith(b"HTTP/1.")  # answered, so the line was logged
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "relsearch.view.server" and r.levelno == logging.DEBUG]
+    assert any("GET /thumb/987654" in line and "HTTP/1.1" in line for line in lines), lines
+    assert not any("\x1b" in line for line in lines), lines
+
+
 def test_view_cli_bad_index_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["view", str(tmp_path / "nope"), "--no-browser", "--port", "0"])
     assert r.exit_code == 2
@@ -244,7 +270,7 @@ def test_view_cli_no_browser_binds_loopback_and_serves(indexed, monkeypatch):
 
 def test_page_and_sheet_show_a_name_that_is_not_utf8(tmp_path):
     """Paths are stored surrogate-escaped (issue 8): the page must still write, showing the bytes."""
-    from relsearch.query import Hit, QueryResult
+    from relsearch.results import Hit, QueryResult
 
     raw = os.fsencode(str(tmp_path)) + b"/bad_\xff\xfe.png"
     Image.new("RGB", (40, 30), "red").save(raw.decode("utf-8", "surrogateescape"))

@@ -41,8 +41,6 @@ from relsearch.errors import RelsearchError, first_line
 
 #: rows per upsert / delete call: bounded request size on a server.
 BATCH = 1000
-#: index types milvus-lite builds (Milvus Lite docs); anything else gets the nearest of these.
-LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 _MARK = "relsearch"  # the collection property that marks it as ours and describes it
 _MAX_PATH = 4096
 
@@ -390,7 +388,7 @@ class MilvusSearcher:
 
     def query_image(self, image: Any, k: int = 20, label: str = "") -> Any:
         """Neighbours of a decoded image in every collection (a ``QueryResult``)."""
-        from relsearch.query import Hit, QueryResult
+        from relsearch.results import Hit, QueryResult
 
         if k < 1:
             raise RelsearchError(f"-k must be at least 1, got {k}")

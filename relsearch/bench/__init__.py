@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from relsearch.errors import RelsearchError
 
 RESULTS_DIR = os.path.join("benchmarks", "results")
@@ -26,3 +28,10 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    """p50, p95 and mean of per-query times given in seconds, in milliseconds."""
+    a = np.asarray(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "mean_ms": float(a.mean())}

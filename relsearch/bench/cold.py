@@ -21,7 +21,7 @@ from typing import Any
 
 from relsearch.errors import RelsearchError
 
-#: The issue's target for median(query) - median(import torch), seconds.
+#: The bar for median(query) - median(import torch), seconds (benchmarks/README.md, 'Cold query').
 TARGET_S = 1.5
 HEAVY = ("peft", "transformers", "open_clip")
 

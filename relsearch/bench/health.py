@@ -121,7 +121,7 @@ def photo_paths(photos: str | Path, limit: int | None = None) -> list[str]:
     if p.is_dir():
         paths = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_name(f.name))
     elif p.is_file() and p.suffix == ".jsonl":
-        from relsearch.bench.realphoto import read_labels
+        from relsearch.bench.photos import read_labels
 
         paths = [r.path for r in read_labels(p) if Path(r.path).is_file()]
     elif p.is_file():
@@ -139,7 +139,7 @@ def run_health(photos: str | Path, encoders: str = "relsim-mini,imagenet", limit
     import json
 
     from relsearch.bench import RESULTS_DIR
-    from relsearch.bench.realphoto import embed_paths, encoder_specs
+    from relsearch.bench.photos import embed_paths, encoder_specs
 
     loaded = encoder_specs(encoders, device)
     paths = photo_paths(photos, limit)
@@ -185,7 +185,7 @@ def calibrate_relation(root: str | Path, photos: str | Path, thresholds: Sequenc
     import json
 
     from relsearch.bench import RESULTS_DIR
-    from relsearch.bench.realphoto import embed_paths
+    from relsearch.bench.photos import embed_paths
     from relsearch.corpus.compose import compose
     from relsearch.corpus.families import CLASSIC_FAMILIES, FAMILIES
     from relsearch.encoders.relsim_mini import load

@@ -26,7 +26,8 @@ from relsearch.retrieval_metrics import NONE_FAMILY
 
 #: Weights the analogy sweep reports beside the default, per penalty rule (relsearch.analogy.RULES).
 SWEEP = {"linear": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0), "above_median": (1.0, 2.0, 3.0, 5.0, 8.0)}
-#: The issue's bar for analogy mode against the relational column.
+#: The bar for analogy mode against the relational column: precision drop and share of twins
+#: (benchmarks/README.md, 'Analogy row and explanation accuracy').
 MAX_PRECISION_DROP = 0.03
 MAX_TWIN_SHARE = 0.5
 
@@ -65,7 +66,7 @@ def analogy_rows(searcher: Any, ids: np.ndarray, row_of_id: dict[int, int], k: i
                  queries: list[int], rule: str | None = None) -> list[list[int]]:
     """Each query's analogy top k (engine code path; itself and unlabelled images skipped)."""
     from relsearch.analogy import DEFAULT_RULE, add_analogy
-    from relsearch.query import QueryResult
+    from relsearch.results import QueryResult
 
     store = searcher.opened.store
     columns = {n: e for n, e in searcher.encoders.items()}
@@ -174,7 +175,7 @@ def modes_latency(root: Path, paths: list[str], encoders: str, k: int, analogy: 
     """
     import time
 
-    from relsearch.bench.throughput import _pct
+    from relsearch.bench import latency_ms
     from relsearch.build import BuildOptions, build_index
     from relsearch.modes import Modes, apply_modes
     from relsearch.query import Searcher, load_query_image
@@ -201,4 +202,4 @@ def modes_latency(root: Path, paths: list[str], encoders: str, k: int, analogy: 
                 parts[key].append(v)
     return {"encoders": encoders, "modes": [m for m, on in (("analogy", analogy), ("explain", explain)) if on],
             "queries": len(paths), "k": k,
-            **{key: _pct(v) for key, v in parts.items()}}
+            **{key: latency_ms(v) for key, v in parts.items()}}

@@ -27,13 +27,12 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from relsearch.bench.photos import Label, embed_paths, encoder_specs, read_labels
 from relsearch.errors import RelsearchError
 from relsearch.retrieval_metrics import NONE_FAMILY, neighbours, retrieval_report, text_to_image_precision
 
@@ -43,47 +42,6 @@ RELATIONS_NAME = "relations.json"
 #: Queries shown on the contact sheet, and neighbours per encoder in each row.
 SHEET_QUERIES = 6
 SHEET_TOP = 5
-
-
-@dataclass(frozen=True)
-class Label:
-    """One labelled photograph (``path`` resolved against the labels file's folder)."""
-
-    path: str
-    package: str
-    relation: str
-    look: str
-    sha256: str
-    split: str = ""
-    note: str = ""
-
-
-def read_labels(labels: str | os.PathLike[str]) -> list[Label]:
-    """Parse a labels ``.jsonl``; one-line errors for a missing file or a bad line."""
-    p = Path(labels)
-    if not p.is_file():
-        raise RelsearchError(f"labels file {p} does not exist")
-    out: list[Label] = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RelsearchError(f"cannot read labels file {p}: {exc}") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            path, relation = str(row["path"]), str(row["relation"])
-            if not path or not relation:
-                raise ValueError("empty path or relation")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RelsearchError(f"{p}:{n}: not a label line with 'path' and 'relation' ({exc})") from exc
-        full = path if os.path.isabs(path) else str(p.parent / path)
-        out.append(Label(full, str(row.get("package") or ""), relation, str(row.get("look") or ""),
-                         str(row.get("sha256") or ""), str(row.get("split") or ""), str(row.get("note") or "")))
-    if not out:
-        raise RelsearchError(f"labels file {p} has no labels")
-    return out
 
 
 def read_relations(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -121,35 +79,6 @@ def check_photos(labels: list[Label]) -> tuple[list[Label], dict[str, Any]]:
     if packages:
         check["install"] = "apt-get install " + " ".join(packages)
     return present, check
-
-
-def encoder_specs(encoders: str, device: str | None = None) -> Iterator[tuple[str, Any]]:
-    """``(spec, loaded encoder)`` one at a time, every name checked before any weights load."""
-    from relsearch.encoders import get_encoder, parse_encoder_list, resolve_factory
-
-    try:
-        specs = parse_encoder_list(encoders)
-    except ValueError as exc:
-        raise RelsearchError(str(exc)) from exc
-    for spec in specs:
-        resolve_factory(spec.name)
-    return ((str(spec), get_encoder(spec, device=device)) for spec in specs)
-
-
-def embed_paths(encoder: Any, paths: list[str], batch: int = 16) -> np.ndarray:
-    """Unit vectors of ``paths``, decoded as the index decodes them."""
-    from relsearch.collection import DecodeError, load_image
-
-    out = []
-    for i in range(0, len(paths), batch):
-        images = []
-        for p in paths[i : i + batch]:
-            try:
-                images.append(load_image(p, max_side=512))
-            except DecodeError as exc:
-                raise RelsearchError(f"photograph {p} does not decode: {exc}") from exc
-        out.append(np.asarray(encoder.embed(images), dtype=np.float32))
-    return np.concatenate(out)
 
 
 def score_encoder(encoder: Any, vecs: np.ndarray, labels: list[Label], relations: dict[str, str]) -> dict[str, Any]:
@@ -315,8 +244,8 @@ def write_contact_sheet(labels: list[Label], queries: list[int], top: dict[str, 
     """One row per query: the query, then each encoder's top neighbours, each labelled with its relation."""
     from PIL import Image, ImageDraw
 
-    from relsearch.view.sheet import _font as font
-    from relsearch.view.sheet import _thumb as thumbnail
+    from relsearch.view.sheet import load_font as font
+    from relsearch.view.sheet import thumbnail
 
     pad, gap, text_h, head = 10, 6, 30, 22
     names = list(top)

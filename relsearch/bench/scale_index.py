@@ -19,7 +19,7 @@ Peak RSS counts every resident page, file-backed ones too (a memory-mapped
 list that a query touched is resident while the cache keeps it); the anonymous
 (private) peak is reported beside it, sampled every 50 ms.
 
-    python -m relsearch.bench.scale_index --n 4000000 --queries 1000 --work /data/scale4m
+    relsearch bench scale --n 4000000 --n-queries 1000 --work /data/scale4m
 """
 
 from __future__ import annotations
@@ -370,36 +370,16 @@ def _plot(r: dict[str, Any], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m relsearch.bench.scale_index", description=__doc__.splitlines()[0])
-    p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    """Entry of one measured phase in its own process (``_child``); ``relsearch bench scale`` runs the whole."""
+    p = argparse.ArgumentParser(prog="python -m relsearch.bench.scale_index")
+    p.add_argument("--phase", required=True, choices=("build_memory", "build_ondisk", "query"))
     for name in ("base", "queries", "trained", "out", "ivfdata", "workdir", "truth", "store"):
         p.add_argument(f"--{name}", default=None)
-    p.add_argument("--work", default=None)
-    p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--n-queries", type=int, default=1000)
-    p.add_argument("--d", type=int, default=384)
-    p.add_argument("--spec", default=None)
-    p.add_argument("--nprobe", type=int, default=32)
-    p.add_argument("--rerank", type=int, default=100)
-    p.add_argument("--shard-rows", type=int, default=1_000_000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--results-dir", default=RESULTS_DIR)
+    for name in ("nprobe", "rerank", "shard-rows", "workers"):
+        p.add_argument(f"--{name}", type=int, default=None)
     a = p.parse_args(argv)
-    if a.phase:
-        out = {"build_memory": _phase_build_memory, "build_ondisk": _phase_build_ondisk, "query": _phase_query}[
-            a.phase
-        ](a)
-        print(json.dumps(out))
-        return 0
-    if not a.work:
-        p.error("--work is required")
-    try:
-        report = run_scale(a.work, a.n, a.n_queries, a.d, a.base, a.queries, a.spec, a.nprobe, a.rerank,
-                           a.shard_rows, a.workers, a.results_dir)
-    except RelsearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2))
+    out = {"build_memory": _phase_build_memory, "build_ondisk": _phase_build_ondisk, "query": _phase_query}[a.phase](a)
+    print(json.dumps(out))
     return 0
 
 

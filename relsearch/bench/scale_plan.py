@@ -5,7 +5,7 @@ report (on-disk index: bytes per vector, shard add rate, merge rate, query
 latency, RSS) and from the embedding rates given on the command line, so the
 plan can be recomputed when a measurement changes:
 
-    python -m relsearch.bench.scale_plan --scale benchmarks/results/scale_index.json \\
+    relsearch bench scale-plan --scale benchmarks/results/scale_index.json \\
         --embed-rate relsim-mini=46.6 --gpu-rate 10,30,100
 
 Scaling rules (stated so they can be argued with):
@@ -24,10 +24,7 @@ Scaling rules (stated so they can be argued with):
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from typing import Any
 
 from relsearch.index import auto_nlist, train_size
@@ -88,22 +85,3 @@ def plan(scale: dict[str, Any], gpu_rates: list[float], embed_rates: dict[str, f
                                   "machines_24h": math.ceil(big / rate / 3600 / HOURS)}
         out["targets"][str(big)] = row
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m relsearch.bench.scale_plan", description=__doc__.splitlines()[0])
-    p.add_argument("--scale", required=True, help="scale_index.json from `relsearch bench scale`")
-    p.add_argument("--gpu-rate", default="10,30,100", help="assumed relsim images/s per GPU (comma-separated)")
-    p.add_argument("--embed-rate", action="append", default=[],
-                   help="NAME=IMAGES_PER_S of a measured CPU encoder rate per machine (repeatable)")
-    a = p.parse_args(argv)
-    with open(a.scale) as f:
-        scale = json.load(f)
-    rates = dict((k, float(v)) for k, v in (e.split("=", 1) for e in a.embed_rate))
-    json.dump(plan(scale, [float(r) for r in a.gpu_rate.split(",")], rates), sys.stdout, indent=2)
-    print()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,13 +16,11 @@ that with a mixture of low-rank Gaussians:
 Queries are drawn from the same mixture (fresh samples), never copied from the
 base, so a query's nearest neighbour is not itself.
 
-    python -m relsearch.bench.synthetic --n 1000000 --queries 1000 --d 384 --out data/ann
+    relsearch bench synthetic --n 1000000 --queries 1000 --d 384 --out data/ann
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,27 +104,3 @@ def clustered(
 ) -> np.ndarray:
     """``n`` clustered, L2-normalised float32 vectors of dimension ``d``."""
     return clustered_with_queries(n, 0, d, n_clusters, seed, intrinsic_dim)[0]
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m relsearch.bench.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--queries", type=int, default=1000)
-    p.add_argument("--d", type=int, default=384)
-    p.add_argument("--clusters", type=int, default=None, help="default: n // 1000, at least 10")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--intrinsic-dim", type=int, default=24, help="rank of each cluster's subspace")
-    p.add_argument("--out", default="data/ann", help="directory for base.npy and queries.npy")
-    a = p.parse_args(argv)
-    n_clusters = a.clusters or max(10, a.n // 1000)
-    base, queries = clustered_with_queries(a.n, a.queries, a.d, n_clusters, a.seed, a.intrinsic_dim)
-    os.makedirs(a.out, exist_ok=True)
-    paths = {"base": os.path.join(a.out, "base.npy"), "queries": os.path.join(a.out, "queries.npy")}
-    np.save(paths["base"], base)
-    np.save(paths["queries"], queries)
-    print(f"wrote {paths['base']} {base.shape} and {paths['queries']} {queries.shape}")
-    return paths
-
-
-if __name__ == "__main__":
-    main()

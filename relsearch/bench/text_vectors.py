@@ -11,12 +11,11 @@ package's sentences) is a base vector. Both sets are embedded with the
 project's own MiniLM text tower and cached as .npy, with the sentences beside
 them as text for inspection.
 
-    python -m relsearch.bench.text_vectors --n 100000 --queries 2000 --out /work/coord/data/i10a/prose100k
+    relsearch bench text-vectors --n 100000 --queries 2000 --out /work/coord/data/i10a/prose100k
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -183,23 +182,3 @@ def make_text_vectors(out_dir: str, n: int = 100_000, n_queries: int = 2000, see
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--queries", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    try:
-        print(json.dumps(make_text_vectors(a.out, a.n, a.queries, a.seed, a.workers), indent=2))
-    except RelsearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from relsearch.bench import RESULTS_DIR, pyplot
+from relsearch.bench import RESULTS_DIR, latency_ms, pyplot
 from relsearch.encoders.base import PipelinedEncoder
 from relsearch.errors import RelsearchError
 
@@ -145,12 +145,6 @@ def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
                 delattr(encoder, name)
 
 
-def _pct(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "mean_ms": float(a.mean())}
-
-
 def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, Any]:
     """images/s of the model alone on pre-decoded batches (first batch is a warm-up).
 
@@ -206,7 +200,7 @@ def query_latency(index: Path, name: str, paths: list[str], k: int, device: str 
                 continue
             for key, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                 parts[key].append(v)
-    return {"queries": len(paths), "k": k, **{key: _pct(v) for key, v in parts.items()}}
+    return {"queries": len(paths), "k": k, **{key: latency_ms(v) for key, v in parts.items()}}
 
 
 def _measure(enc: Any, root: Path, paths: list[str], decoded: list[Any], index: Path, batch_size: int,

@@ -1,5 +1,5 @@
 """CLI commands: bench ann, bench relational, bench throughput, bench relsim, bench scale, bench text-vectors,
-bench realphoto, bench health.
+bench realphoto, bench health, bench synthetic, bench scale-plan.
 
 The benchmark runners live in :mod:`relsearch.bench` (never imported by the build/query
 path); these commands parse, call them and print. Results go to ``--results-dir``
@@ -272,16 +272,74 @@ def text_vectors_cmd(
     n: Annotated[int, typer.Option("--n", min=1)] = 100_000,
     n_queries: Annotated[int, typer.Option("--queries", min=1)] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Embedding processes.")] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Real 384-d ANN test vectors: MiniLM embeddings of Debian package descriptions (offline)."""
     from relsearch.bench import text_vectors
 
-    summary = text_vectors.make_text_vectors(str(out), n, n_queries, seed)
+    summary = text_vectors.make_text_vectors(str(out), n, n_queries, seed, workers)
     if as_json:
         print_json(summary)
         return
     typer.echo(f"wrote {out}/base.npy ({summary['n']} x {summary['d']}) and {out}/queries.npy ({summary['queries']})")
+
+
+@bench_app.command("synthetic")
+@user_errors
+def synthetic_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for base.npy and queries.npy.")] = Path("data/ann"),
+    n: Annotated[int, typer.Option("--n", min=1)] = 100_000,
+    n_queries: Annotated[int, typer.Option("--queries", min=0)] = 1000,
+    d: Annotated[int, typer.Option("--d", min=2)] = 384,
+    clusters: Annotated[int | None, typer.Option("--clusters", min=1, help="Default: n // 1000, at least 10.")]
+    = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    intrinsic_dim: Annotated[int, typer.Option("--intrinsic-dim", min=1, help="Rank of each cluster's subspace.")]
+    = 24,
+) -> None:
+    """Clustered unit vectors for `bench ann`: base.npy [N, d] and queries.npy [Q, d]."""
+    import numpy as np
+
+    from relsearch.bench import synthetic
+
+    if intrinsic_dim > d:
+        raise RelsearchError(f"--intrinsic-dim {intrinsic_dim} is more than --d {d}")
+    base, queries = synthetic.clustered_with_queries(n, n_queries, d, clusters or max(10, n // 1000), seed,
+                                                     intrinsic_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "base.npy", base)
+    np.save(out / "queries.npy", queries)
+    typer.echo(f"wrote {out / 'base.npy'} {base.shape} and {out / 'queries.npy'} {queries.shape}")
+
+
+@bench_app.command("scale-plan")
+@user_errors
+def scale_plan_cmd(
+    scale: Annotated[Path, typer.Option("--scale", help="scale_index.json from `relsearch bench scale`.")],
+    gpu_rate: Annotated[str, typer.Option(
+        "--gpu-rate", help="Assumed relsim images/s per GPU (comma-separated).")] = "10,30,100",
+    embed_rate: Annotated[list[str] | None, typer.Option(
+        "--embed-rate", metavar="NAME=IMAGES_PER_S", help="A measured CPU encoder rate per machine (repeatable).")]
+    = None,
+) -> None:
+    """The 100M / 1B plan of benchmarks/SCALE.md, computed from a `bench scale` report; prints JSON."""
+    import json
+
+    from relsearch.bench import scale_plan
+
+    try:
+        report = json.loads(scale.read_text())
+        gpu = [float(r) for r in gpu_rate.split(",")]
+        rates = {k: float(v) for k, v in (e.split("=", 1) for e in embed_rate or [])}
+    except OSError as exc:
+        raise RelsearchError(f"cannot read --scale {scale}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # bad JSON, a rate that is not a number, or NAME without =
+        raise RelsearchError(f"bench scale-plan: {exc}") from exc
+    try:
+        print_json(scale_plan.plan(report, gpu, rates))
+    except (KeyError, TypeError) as exc:
+        raise RelsearchError(f"--scale {scale} is not a `bench scale` report (missing {exc})") from exc
 
 
 @bench_app.command("cold")

@@ -180,7 +180,7 @@ def query_cmd(
         raise RelsearchError(f"--backend must be faiss or milvus, got {backend!r}" if backend != "faiss"
                              else "--uri and --collection go with --backend milvus")
     else:
-        index = index or _chosen_index()
+        index = index or chosen_index()
         modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight, analogy_rule=analogy_rule,
                       captions=str(captions) if captions is not None else None)
         terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
@@ -201,7 +201,7 @@ def query_cmd(
     typer.echo(format_table(result, k))
 
 
-def _chosen_index() -> Path:
+def chosen_index() -> Path:
     """With no --index: the only (or most recently built) index of the home; says which on stderr."""
     from relsearch.home import choose_index
 

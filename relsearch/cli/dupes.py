@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from relsearch.cli.app import JsonOpt, app, print_json, user_errors
-from relsearch.cli.core import IndexOpt, _chosen_index
+from relsearch.cli.core import IndexOpt, chosen_index
 from relsearch.dupes import DEFAULT_THRESHOLD
 
 
@@ -25,7 +25,7 @@ def dupes_cmd(
     """Groups of identical (same bytes) and near-identical images (resized, recompressed, cropped...)."""
     from relsearch.dupes import find_dupes
 
-    result = find_dupes(index or _chosen_index(), threshold=threshold, encoder=encoder)
+    result = find_dupes(index or chosen_index(), threshold=threshold, encoder=encoder)
     if as_json:
         print_json(result.to_dict())
         return

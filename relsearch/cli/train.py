@@ -1,4 +1,4 @@
-"""CLI command: train (a relational encoder on anonymous captions)."""
+"""CLI commands: train (a relational encoder on anonymous captions), train-head (tune relsim-mini's head)."""
 
 from __future__ import annotations
 
@@ -95,3 +95,27 @@ def train_cmd(
     result = train(config)
     print_json({"out": result.out, "steps": result.steps, "final_loss": result.final_loss, "val": result.val,
                 "seconds": round(result.seconds, 1)})
+
+
+@app.command("train-head")
+@user_errors
+def train_head_cmd(
+    init: Annotated[str, typer.Option("--init", help="Trained relsim-mini weights folder to start from.")],
+    data: Annotated[str, typer.Option("--data", help="labels.jsonl of the training corpus.")],
+    out: Annotated[str, typer.Option("--out", help="Output folder (config.json + model.safetensors).")],
+    val: Annotated[str | None, typer.Option("--val", help="labels.jsonl of a validation corpus.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1)] = 3000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    lr: Annotated[float, typer.Option("--lr")] = 5e-4,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    threads: Annotated[int | None, typer.Option("--threads", min=1)] = None,
+    save_every: Annotated[int, typer.Option("--save-every", min=0, help="Also save a release every N steps.")] = 0,
+) -> None:
+    """Tune relsim-mini's query head on cached upper-block features; prints the summary as JSON."""
+    from relsearch.train.head_tune import tune
+
+    if not math.isfinite(lr) or lr <= 0:
+        raise RelsearchError(f"--lr must be a positive finite number, got {lr}")
+    summary = tune(init, data, out, val, steps, batch_size, lr, seed=seed, threads=threads,
+                   log=lambda m: typer.echo(m), save_every=save_every)
+    print_json(summary)

@@ -32,10 +32,10 @@ def verify_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Check manifest, LMDB store and FAISS files against each other; exit 1 if they disagree."""
-    from relsearch.cli.core import _chosen_index
+    from relsearch.cli.core import chosen_index
     from relsearch.verify import verify_index
 
-    report = verify_index(index or _chosen_index(), repair=repair)
+    report = verify_index(index or chosen_index(), repair=repair)
     deep_report = _deep(report, repair, sample, min_cosine) if deep else None
     if as_json:
         print_json({**report.to_dict(), **({"deep": deep_report.to_dict()} if deep_report else {})})

@@ -243,31 +243,6 @@ def load_image(path: str | Path, max_side: int | None = None, max_pixels: int | 
     return _decode(path, max_side, max_pixels)[0]
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` as displayed (after EXIF orientation), from the header only."""
-    try:
-        fd, st = open_regular(path)
-        with os.fdopen(fd, "rb") as fh:
-            if st.st_size == 0:
-                raise DecodeError("empty file")
-            with Image.open(fh) as img:
-                return _upright_size(img.size, _orientation(img))
-    except DecodeError:
-        raise
-    except NotRegularFile as err:
-        raise DecodeError(err.strerror) from None
-    except Image.DecompressionBombError as err:
-        raise DecodeError(f"decompression bomb: {err}") from None
-    except UnidentifiedImageError:
-        raise DecodeError("not an image") from None
-    except FileNotFoundError:
-        raise DecodeError("file not found") from None
-    except PermissionError:
-        raise DecodeError("permission denied") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise DecodeError(f"corrupt image: {err or type(err).__name__}") from None
-
-
 @dataclass
 class Decoded:
     """One decoded file; ``image`` is None exactly when ``error`` says why.
@@ -335,10 +310,10 @@ def iter_decoded(
     generator). Bad files come back as ``Decoded(error=...)``; nothing raises.
 
     Threads are the default: PIL releases the GIL while decoding, converting and
-    resizing (83% of decode time on small PNGs, 94% on 6 MP JPEGs), so threads
-    get most of the parallelism without pickling each image back to the parent
-    or paying a process start-up; measured on 2 cores they spent 25-30% less CPU
-    per image than a process pool, and that CPU is what the encoder needs.
+    resizing (most of the decode time), so threads get most of the parallelism
+    without pickling each image back to the parent or paying a process
+    start-up; they spend less CPU per image than a process pool, and that CPU
+    is what the encoder needs.
     ``backend="process"`` is there for decoders that hold the GIL; like any
     spawned pool it needs the ``if __name__ == "__main__":`` guard in scripts.
 
@@ -401,8 +376,3 @@ def iter_batches(decoded: Iterable[Decoded], batch_size: int) -> Iterator[list[D
                 batch, good = [], 0
     if batch:
         yield batch
-
-
-def batch_images(batch: list[Decoded]) -> list[Image.Image]:
-    """The images of the successful members of a batch, in order."""
-    return [d.image for d in batch if d.image is not None]

@@ -49,8 +49,8 @@ IMAGE_FORMATS = ("jpg", "png")
 #: photographs for about half the scenes, the default mix for the rest).
 BACKGROUND_MODES = ("default", "plain", "photo", "mixed")
 PHOTO_SHARE_MIXED = 0.55
-# PNG encoding costs 5-15 ms a scene (more than drawing it); JPEG at quality 95 costs 0.3 ms
-# and a third of the bytes, with artefacts far below what the relations depend on.
+# PNG encoding costs more than drawing a scene; JPEG at quality 95 is far cheaper and smaller,
+# with artefacts far below what the relations depend on.
 JPEG_QUALITY = 95
 PNG_COMPRESS_LEVEL = 1
 

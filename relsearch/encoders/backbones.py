@@ -92,7 +92,7 @@ def to_tensor_batch(images: list[Image.Image], size: int, mean: float | tuple[fl
 def fold_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
     """Fold every BatchNorm of an eval-mode EfficientNet-Lite into the conv before it (in place).
 
-    Inference only: the outputs are the same up to float rounding (cosine 1.0 measured), and a
+    Inference only: the outputs are the same up to float rounding, and a
     single 224x224 image runs about a third faster on CPU with channels-last memory (see
     ``relsearch.threads``); the weight fingerprint must be taken before folding.
     """

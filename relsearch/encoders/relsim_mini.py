@@ -60,10 +60,11 @@ class RelsimMiniConfig:
 
     image_size: int = 224
     #: blocks [0, trunk_blocks) are frozen and cacheable; the rest carry LoRA.
-    #: 12 adapts the last four (7x7) blocks: measured +0.09 precision@10 over
-    #: adapting the last block alone, for about twice the training step time.
-    #: (The defaults are a fresh run's; the shipped weights (v3-v6) were grown to
-    #: trunk_blocks 5 and image_size 288, see the model card.)
+    #: 12 adapts the last four (7x7) blocks: clearly better precision@10 than
+    #: adapting the last block alone, for about twice the training step time
+    #: (benchmarks/relsim_mini_history.md).
+    #: (The defaults are a fresh run's; the shipped weights (v3 on) were grown to
+    #: trunk_blocks 5 and image_size 288, see the model card's config.)
     trunk_blocks: int = 12
     lora_rank: int = 8
     #: which pointwise convs of each adapted block get LoRA (``_project_conv``
@@ -314,7 +315,7 @@ def _fold_batchnorms(stack: nn.Module) -> None:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX tiles (bf16 matmul/conv in hardware, ~3x faster here)."""
+    """True on CPUs with AMX tiles (bf16 matmul/conv in hardware)."""
     check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
     try:
         return bool(check()) if check is not None else False

@@ -35,9 +35,9 @@ def _tune_runtime_env() -> None:
     _pin_openblas_kernel()
     # faiss parallelises many tiny loops (each 8-d PQ slice of k-means, each
     # probe of a single query). With OpenMP's default busy-waiting, a core that
-    # is shared with any other process turns every barrier into a stall: PQ
-    # training measured 0.44 s vs 0.05 s per slice with 2 threads on a busy
-    # 2-core machine. Sleeping waits cost microseconds when the machine is idle.
+    # is shared with any other process turns every barrier into a stall (PQ
+    # training on a busy 2-core machine slows several-fold per slice).
+    # Sleeping waits cost microseconds when the machine is idle.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -46,8 +46,8 @@ def _pin_openblas_kernel() -> None:
 
     The faiss-cpu wheel bundles an older OpenBLAS whose run-time CPU detection
     does not know recent Xeons and falls back to a generic kernel: matrix
-    products (k-means, flat search, coarse assignment) then run about 4x slower
-    (measured on this project's reference machine: 7 vs 30 GFLOPS). The
+    products (k-means, flat search, coarse assignment) then run several times
+    slower. The
     environment variable is read once, when the library loads, so it has to be
     set before faiss is first imported. A value the user set is respected.
     """

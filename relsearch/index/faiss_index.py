@@ -17,7 +17,6 @@ import os
 import struct
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,12 +24,11 @@ import numpy as np
 from relsearch.errors import RelsearchError, first_line
 from relsearch.index import _faiss, refine, sharded
 from relsearch.index.fileformat import read_index_file, write_index_file
+from relsearch.index.refine import VectorLookup
 from relsearch.index.spec import AUTO_RERANK, IndexConfig, auto_spec, train_size
 from relsearch.index.tuning import tune_nprobe
 
 log = logging.getLogger(__name__)
-
-VectorLookup = Callable[[np.ndarray], np.ndarray]
 
 #: An IVF index trained when the collection had N vectors is rebuilt once it
 #: holds this many times more: its nlist is then about half of what N calls for
@@ -419,7 +417,7 @@ class VectorIndex:
         if self.ntotal == 0:
             return np.zeros(len(ids), dtype=bool)
         if self._ivf is not None:
-            stored = _ivf_ids(faiss, self._ivf)
+            stored = ivf_ids(faiss, self._ivf)
         elif isinstance(self._index, faiss.IndexIDMap):
             stored = faiss.vector_to_array(self._index.id_map)
         else:
@@ -669,7 +667,7 @@ def _is_uncompressed(ivf: Any) -> bool:
     return int(ivf.code_size) == 4 * int(ivf.d)
 
 
-def _ivf_ids(faiss: Any, ivf: Any) -> np.ndarray:
+def ivf_ids(faiss: Any, ivf: Any) -> np.ndarray:
     invlists = ivf.invlists
     out = []
     for lst in range(ivf.nlist):

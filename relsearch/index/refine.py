@@ -3,12 +3,12 @@
 IVF-PQ finds candidates from compressed codes; the exact re-ranking then needs
 the raw float32 vector of each of the top ``rerank`` candidates. Fetching them
 from LMDB costs one B-tree look-up and one copy per candidate: ~100 look-ups
-per query dominated search time (1.3-2.1x exact search on a batch, on 100k
-MiniLM vectors). This file holds the same vectors sorted by record id, so a
-look-up is one ``searchsorted`` over the ids and one fancy-indexed gather from a
-memory map: no per-row Python, no copies beyond the gathered rows, and the
-operating system's page cache (shared by every process that serves the index)
-keeps the hot rows.
+per query dominated search time, slower than exact search on a batch
+(benchmarks/README.md, "ANN on real text vectors"). This file holds the same
+vectors sorted by record id, so a look-up is one ``searchsorted`` over the ids
+and one fancy-indexed gather from a memory map: no per-row Python, no copies
+beyond the gathered rows, and the operating system's page cache (shared by
+every process that serves the index) keeps the hot rows.
 
 It is written beside the FAISS file of the same generation
 (``<encoder>.<G>.vecs`` next to ``<encoder>.<G>.faiss``), atomically, so a
@@ -37,6 +37,9 @@ import numpy as np
 
 from relsearch.errors import RelsearchError
 from relsearch.safe_io import open_regular, read_fd
+
+#: ids -> their raw float32 vectors ``[len(ids), d]``, what exact re-ranking reads.
+VectorLookup = Callable[[np.ndarray], np.ndarray]
 
 MAGIC = b"RSVECS1\n"
 SUFFIX = ".vecs"

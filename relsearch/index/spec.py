@@ -122,8 +122,9 @@ def auto_pq(d: int, n: int, nlist: int, max_bytes: int) -> tuple[int, int]:
 
     One sub-quantizer per 8 dimensions (m = d/8: each 8-d slice gets 256
     centroids, the usual accuracy/size balance). Finer slices buy little once
-    the top candidates are re-ranked exactly: at d=384, N=100k, PQ64 (6-d
-    slices) trained 5x slower than PQ48 for +0.007 recall@10 at equal speed.
+    the top candidates are re-ranked exactly: at d=384, PQ64 (6-d slices)
+    trains several times slower than PQ48 for a negligible recall gain at
+    equal speed (benchmarks/README.md, "ANN recall vs speed").
     m is then reduced to the largest divisor
     of d whose file stays within ``max_bytes`` per vector: m code bytes + 8 id
     bytes + the coarse centroids spread over the collection (nlist*d*4/N) +
@@ -150,9 +151,8 @@ def fast_scan_nlist(n: int) -> int:
     vectors of prose, high intrinsic dimension) the coarse partition, not the
     codes, limits recall: true neighbours spread over many lists, and at
     recall@10 0.95 fewer, larger lists needed a smaller share of the
-    collection scanned and ran faster (41k prose vectors: IVF128 reached 0.943
-    at 32 probes and 56x exact single-query speed, IVF512 0.940 only at 64
-    probes and 41x). Scanning 4-bit codes is cheap, so long lists cost little.
+    collection scanned and ran faster (benchmarks/README.md, "ANN on real
+    text vectors"). Scanning 4-bit codes is cheap, so long lists cost little.
     """
     if n <= 0:
         raise ValueError(f"n must be > 0, got {n}")
@@ -189,9 +189,9 @@ def auto_spec(n: int, d: int, config: IndexConfig) -> str:
     blocks.
     """
     if n < config.exact_threshold or n < MIN_POINTS_PER_CENTROID:
-        # Below the threshold a flat scan is fast enough and exact: 20k x 384
-        # floats is 30 MB, about a millisecond per query on one core, and there
-        # is nothing to train or tune.
+        # Below the threshold a flat scan is fast enough and exact (20k x 384
+        # floats is 30 MB, one pass over memory per query), and there is
+        # nothing to train or tune.
         return "Flat"
     if not config.on_disk(n):
         nlist = fast_scan_nlist(n)

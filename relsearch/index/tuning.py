@@ -6,17 +6,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from relsearch.index.metrics import exact_search, recall_at
+from relsearch.index.refine import VectorLookup
 from relsearch.index.spec import IndexConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from relsearch.index.faiss_index import VectorIndex, VectorLookup
-
 log = logging.getLogger(__name__)
+
+
+class TunableIndex(Protocol):
+    """What tuning needs of an IVF index (:class:`relsearch.index.faiss_index.VectorIndex` has it)."""
+
+    nprobe: int
+    rerank: int
+
+    @property
+    def nlist(self) -> int: ...
+
+    @property
+    def spec(self) -> str: ...
+
+    def search(
+        self, queries: np.ndarray, k: int, vector_lookup: VectorLookup | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 #: nprobe values tried when tuning, roughly x1.5 apart so the chosen one is
 #: never far above what the recall target needs.
@@ -27,7 +42,7 @@ MAX_AUTO_RERANK = 400
 
 
 def tune_nprobe(
-    index: VectorIndex, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, train_rows: np.ndarray,
+    index: TunableIndex, vectors: np.ndarray, ids: np.ndarray, config: IndexConfig, train_rows: np.ndarray,
     k: int = 10,
 ) -> tuple[list[list[float]], float]:
     """Set ``index.nprobe`` (and ``rerank``) to the smallest whose leave-one-out recall@k reaches the target.

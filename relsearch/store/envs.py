@@ -132,12 +132,6 @@ def open_db(env: lmdb.Environment, name: str, create: bool) -> Any:
     return handle
 
 
-def open_count() -> int:
-    """How many environments this process holds (for tests and diagnostics)."""
-    with _LOCK:
-        return len(_OPEN)
-
-
 def refs(path: str | os.PathLike[str]) -> int:
     """How many stores share the environment of ``path`` now (0 when it is not open)."""
     with _LOCK:

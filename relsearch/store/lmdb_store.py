@@ -204,11 +204,6 @@ class Record:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> Record:
-        return cls(**json.loads(bytes(raw)))
-
-
 @dataclass
 class PathEntry:
     id: int

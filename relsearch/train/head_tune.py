@@ -7,7 +7,7 @@ speed) and caches the 7 x 7 x 320 map, then trains only the head, whose steps co
 That buys tens of epochs over a new corpus (new families, photographs, JPEG) in the time the
 first stage needs for one.
 
-    python -m relsearch.train.head_tune --init relsearch/weights/relsim-mini \\
+    relsearch train-head --init relsearch/weights/relsim-mini \\
         --data corpus/train/labels.jsonl --val corpus/val/labels.jsonl --out runs/head --steps 3000
 
 Augmentation on the cached maps: a left-right flip (no relation family depends on handedness).
@@ -16,12 +16,9 @@ Loss: the multi-positive image -> caption loss with same-family positives, as th
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,31 +170,3 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
     if not math.isfinite(loss.item()):
         raise RelsearchError("training diverged (loss is not finite)")
     return summary
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m relsearch.train.head_tune", description=__doc__.split("\n")[0])
-    p.add_argument("--init", required=True, help="trained relsim-mini weights folder to start from")
-    p.add_argument("--data", required=True, help="labels.jsonl of the training corpus")
-    p.add_argument("--val", default=None, help="labels.jsonl of a validation corpus")
-    p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--save-every", type=int, default=0, help="also save a release every N steps")
-    args = p.parse_args(argv)
-    try:
-        summary = tune(args.init, args.data, args.out, args.val, args.steps, args.batch_size, args.lr,
-                       seed=args.seed, threads=args.threads, log=lambda m: print(m, flush=True),
-                       save_every=args.save_every)
-    except RelsearchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

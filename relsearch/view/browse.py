@@ -72,7 +72,7 @@ def flag(params: dict[str, list[str]], name: str) -> bool:
 
 def record_result(searcher: Any, record_id: int, k: int) -> Any:
     """Neighbours of an indexed image, from its stored vectors (no decoding, no model)."""
-    from relsearch.query import QueryResult
+    from relsearch.results import QueryResult
 
     store = searcher.opened.store
     rec = store.get_records([record_id]).get(record_id)

@@ -55,6 +55,8 @@ from relsearch.view.html import (
 )
 
 log = logging.getLogger(__name__)
+# \x00-\x1f and \x7f-\x9f written as \xNN, as http.server does from Python 3.12 on
+_CONTROL_CHARS = {c: rf"\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 #: Largest upload accepted, in bytes: bigger than any photo, small enough to hold in memory.
 MAX_UPLOAD = 32 * 1024 * 1024
@@ -279,7 +281,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (base-class name)
-        pass  # a quiet terminal; errors reach the page as JSON
+        # Request lines at DEBUG (``relsearch -vv view``), so the terminal stays quiet by default;
+        # errors reach the page as JSON. Control characters in a hostile request line are escaped.
+        if log.isEnabledFor(logging.DEBUG):
+            message = (format % args).translate(_CONTROL_CHARS)
+            log.debug("%s %s", self.address_string(), message)
 
     def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
         self._answered = True

@@ -29,7 +29,7 @@ WHY_LINE = 13
 WHY_CHARS = 22
 
 
-def _font(size: int) -> Any:
+def load_font(size: int) -> Any:
     # Pillow's bundled font at a size (FreeType build); the bitmap default otherwise.
     try:
         return ImageFont.load_default(size=size)
@@ -37,7 +37,7 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def _thumb(path: str, size: int) -> Image.Image:
+def thumbnail(path: str, size: int) -> Image.Image:
     from relsearch.collection import DecodeError, load_image
 
     try:
@@ -79,7 +79,7 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     width = max(width, 560)
     query_px = 2 * CELL
     is_image = bool(result.query) and os.path.isfile(result.query)
-    q = _thumb(result.query, query_px) if is_image else None
+    q = thumbnail(result.query, query_px) if is_image else None
     text_h = HEADER + 16 * (min(6, len(textwrap.wrap(result.query, 80))) + (5 if query_caption(result) else 0))
     top = PAD + max(q.height if q is not None else 3 * HEADER, text_h) + PAD
     bands = []
@@ -90,7 +90,7 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     height = top + sum(h for _, h in bands) + PAD
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    big, small = _font(15), _font(11)
+    big, small = load_font(15), load_font(11)
 
     x_text = PAD
     if q is not None:
@@ -124,7 +124,7 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
         for j, hit in enumerate(rows[name]):
             cx = PAD + (j % cols) * (CELL + GAP)
             cy = y0 + (j // cols) * (CELL + caption_h + GAP)
-            t = _thumb(hit.path, CELL)
+            t = thumbnail(hit.path, CELL)
             sheet.paste(t, (cx + (CELL - t.width) // 2, cy + (CELL - t.height) // 2))
             draw.rectangle((cx - 1, cy - 1, cx + CELL, cy + CELL), outline=colour)
             draw.text((cx + 2, cy + CELL + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(30, 30, 30), font=small)
