@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from relsearch.errors import MissingWeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
     from PIL import Image
 
@@ -66,11 +67,12 @@ def efficientnet_lite0(pretrained: bool = True) -> torch.nn.Module:
     return model.eval()
 
 
-def to_tensor_batch(images: list[Image.Image], size: int, mean: float | tuple[float, float, float],
-                    std: float | tuple[float, float, float]) -> torch.Tensor:
-    """Resize (shorter side to ``size``), centre-crop to ``size`` and normalise to NCHW float32."""
+def crop_array(images: list[Image.Image], size: int) -> np.ndarray:
+    """Resize (shorter side to ``size``, bicubic) and centre-crop: NHWC float32 of 0..255 values.
+
+    Pillow and numpy only: the torch and the ONNX Runtime encoders both start from it.
+    """
     import numpy as np
-    import torch
     from PIL import Image
 
     out = np.empty((len(images), size, size, 3), dtype=np.float32)
@@ -81,9 +83,16 @@ def to_tensor_batch(images: list[Image.Image], size: int, mean: float | tuple[fl
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
         img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=2.0)
         left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        out[i] = np.asarray(img, dtype=np.float32)
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).div_(255.0)
+        out[i] = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32)
+    return out
+
+
+def to_tensor_batch(images: list[Image.Image], size: int, mean: float | tuple[float, float, float],
+                    std: float | tuple[float, float, float]) -> torch.Tensor:
+    """Resize (shorter side to ``size``), centre-crop to ``size`` and normalise to NCHW float32."""
+    import torch
+
+    x = torch.from_numpy(crop_array(images, size)).permute(0, 3, 1, 2).div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1) if isinstance(mean, tuple) else mean
     std_t = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1) if isinstance(std, tuple) else std
     return ((x - mean_t) / std_t).contiguous()

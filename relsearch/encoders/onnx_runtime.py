@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from relsearch.encoders.backbones import LITE_MEAN, LITE_STD
+from relsearch.encoders.backbones import LITE_MEAN, LITE_STD, crop_array
 from relsearch.encoders.base import l2_normalize
 from relsearch.errors import MissingWeightsError, RelsearchError
 
@@ -94,18 +94,7 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
 
 def crop_pixels(images: list[Image.Image], size: int) -> np.ndarray:
     """Shorter side to ``size`` (bicubic), centre crop: ``backbones.to_tensor_batch`` in numpy."""
-    from PIL import Image as PILImage
-
-    out = np.empty((len(images), size, size, 3), dtype=np.float32)
-    for i, img in enumerate(images):
-        img = img.convert("RGB")
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), PILImage.BICUBIC, reducing_gap=2.0)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        out[i] = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.float32)
-    return _normalise(out)
+    return _normalise(crop_array(images, size))
 
 
 def squash_pixels(images: list[Image.Image], size: int) -> np.ndarray:
