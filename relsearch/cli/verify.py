@@ -43,14 +43,7 @@ def verify_cmd(
         state = "consistent" if report.consistent else f"{len(report.problems)} problem(s)"
         typer.echo(f"{report.index}: generation {report.generation}, {report.records} images, {report.paths} paths, "
                    f"{report.vectors_checked} raw vectors checked [{', '.join(report.encoders)}]: {state}")
-        for line in report.repaired:
-            typer.echo(f"  repaired: {line}")
-        for line in report.notes:
-            typer.echo(f"  note: {line}")
-        for line in report.problems:
-            typer.echo(f"  problem: {line}", err=True)
-        if report.problems and not repair:
-            typer.echo("  (relsearch verify --repair fixes what needs no re-embedding)", err=True)
+        _echo_findings(report, None if repair else "relsearch verify --repair fixes what needs no re-embedding")
         if deep_report is not None:
             _echo_deep(deep_report, repair)
     if not report.consistent or (deep_report is not None and not deep_report.consistent):
@@ -71,11 +64,16 @@ def _echo_deep(deep: Any, repair: bool) -> None:
     state = "consistent" if deep.consistent else f"{sum(map(len, deep.mismatched.values()))} vector(s) differ"
     typer.echo(f"  deep: {deep.checked} of {deep.of} images re-embedded and compared "
                f"(cosine >= {deep.min_cosine}): {state}")
-    for line in deep.repaired:
+    _echo_findings(deep, None if repair else "relsearch verify --deep --repair re-embeds those")
+
+
+def _echo_findings(report: Any, hint: str | None) -> None:
+    """Repaired / note lines on stdout, problem lines (and ``hint`` after them) on stderr."""
+    for line in report.repaired:
         typer.echo(f"  repaired: {line}")
-    for line in deep.notes:
+    for line in report.notes:
         typer.echo(f"  note: {line}")
-    for line in deep.problems:
+    for line in report.problems:
         typer.echo(f"  problem: {line}", err=True)
-    if deep.problems and not repair:
-        typer.echo("  (relsearch verify --deep --repair re-embeds those)", err=True)
+    if report.problems and hint:
+        typer.echo(f"  ({hint})", err=True)
