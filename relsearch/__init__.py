@@ -20,7 +20,8 @@ _LAZY = {
     "relsim": "relsearch.encoders.relsim:relsim",
     "get_encoder": "relsearch.encoders:get_encoder",
     "build_index": "relsearch.build:build_index",
-    "query": "relsearch.query:query",
+    "composed_query": "relsearch.composed:composed_query",
+    "search_composed": "relsearch.composed:search_composed",
     "open_index": "relsearch.indexdir:open_index",
 }
 

@@ -70,10 +70,19 @@ class Manifest:
     updated: float = field(default_factory=time.time)
     packages: dict[str, str] = field(default_factory=package_versions)
     count: int = 0
+    # every collection folder when there are several (``collection`` is the first); empty
+    # for one folder, so a single-folder manifest reads as those written before it existed
+    roots: list[str] = field(default_factory=list)
+
+    def collection_roots(self) -> list[str]:
+        """The collection folders of the index: one, or several (``build-index DIR1 DIR2``)."""
+        return list(self.roots) or [self.collection]
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["encoders"] = {k: dict(v.__dict__) for k, v in self.encoders.items()}
+        if not d["roots"]:
+            del d["roots"]
         return d
 
     @classmethod
@@ -266,6 +275,7 @@ def index_info(index: str | os.PathLike[str]) -> dict[str, Any]:
         return {
             "index": str(index),
             "collection": m.collection,
+            "roots": m.collection_roots(),
             "schema_version": m.schema_version,
             "generation": opened.generation,
             "images": m.count,  # live records (the store may also hold an unfinished build's)

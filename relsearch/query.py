@@ -1,14 +1,14 @@
-"""``query``: relational and attribute neighbours of one image (or caption), side by side.
+"""The searcher of one index directory: its encoders and FAISS indexes, kept loaded.
 
-A :class:`Searcher` keeps the encoders and FAISS indexes of one index directory
-loaded, so a server or a benchmark pays the model load once and each query is
-embed + search + LMDB lookup.
+A :class:`Searcher` pays the model load once, so a server or a benchmark queries it many
+times; every query goes through :func:`relsearch.composed.search_composed` (a plain image
+query is the composed query of one image), which embeds with :meth:`Searcher.encoder` and
+searches with :meth:`Searcher.search_vectors`.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,9 @@ import numpy as np
 
 from relsearch import snapshot
 from relsearch.encoders import get_encoder
-from relsearch.encoders.base import TextEncoder
 from relsearch.errors import RelsearchError
-from relsearch.indexdir import OpenIndex, check_fingerprint, find_indexes, index_info, open_index  # noqa: F401  (their former home; kept importable)
-from relsearch.results import Hit, QueryResult
+from relsearch.indexdir import OpenIndex, check_fingerprint, open_index
+from relsearch.results import Hit
 
 
 class Searcher:
@@ -41,6 +40,8 @@ class Searcher:
         self._sync_opened()
         self._loaded: dict[str, Any] = {}
         self.device = device
+        #: folders hits must lie under (``query --here``, :mod:`relsearch.scope`); None: the whole index
+        self.scope: list[str] | None = None
 
     @property
     def encoders(self) -> dict[str, Any]:
@@ -90,6 +91,14 @@ class Searcher:
 
     # ---------------------------------------------------------------------------------------
     def search_vectors(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """The ``k`` nearest records per row of ``vectors`` in column ``name`` (within :attr:`scope`)."""
+        if self.scope:
+            from relsearch.scope import scoped_search
+
+            return scoped_search(self._search_all, name, vectors, k, self.scope, self.indexes[name].ntotal)
+        return self._search_all(name, vectors, k)
+
+    def _search_all(self, name: str, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         entry = self.opened.manifest.encoders[name]
         store = self.opened.store
         index = self.indexes[name]
@@ -111,39 +120,6 @@ class Searcher:
                 hits.append(Hit(len(hits) + 1, float(s), rec.path, int(i), list(rec.paths)))
             out.append(hits)
         return out
-
-    def query_image(self, image: Any, k: int = 20, label: str = "") -> QueryResult:
-        self.refresh()
-        result = QueryResult(query=label, results={})
-        for name, entry in self.encoders.items():
-            t = time.perf_counter()
-            vec = self.encoder(name).embed([image])
-            t_embed = time.perf_counter()
-            result.vectors[name] = vec[0]
-            result.results[name] = self.search_vectors(name, vec, k)[0]
-            result.kinds[name] = entry.kind
-            result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
-            result.timings_ms[f"{name}.search+lookup"] = (time.perf_counter() - t_embed) * 1e3
-        return result
-
-    def query_text(self, text: str, k: int = 20) -> QueryResult:
-        """Search every relational column through its caption (text) tower."""
-        self.refresh()
-        result = QueryResult(query=text, results={})
-        for name, entry in self.encoders.items():
-            enc = self.encoder(name)
-            if not isinstance(enc, TextEncoder):
-                continue
-            vec = enc.embed_text([text])
-            result.vectors[name] = vec[0]
-            result.results[name] = self.search_vectors(name, vec, k)[0]
-            result.kinds[name] = entry.kind
-        if not result.results:
-            raise RelsearchError(
-                "text queries need a relational encoder with a caption tower (e.g. relsim-mini); "
-                f"this index has: {', '.join(self.encoders)}"
-            )
-        return result
 
 
 #: Most pixels a query image may decode to, counted after JPEG's reduced-size decoding (so
@@ -167,30 +143,3 @@ def load_query_image(path: str | os.PathLike[str]) -> Any:
         raise RelsearchError(f"query image {p} is too large to search with: {exc}") from exc
     except DecodeError as exc:
         raise RelsearchError(f"query image {p} is not a readable image: {exc}") from exc
-
-
-def query(
-    image: str | os.PathLike[str] | None,
-    index: str | os.PathLike[str],
-    k: int = 20,
-    encoders: str | None = None,
-    text: str | None = None,
-    device: str | None = None,
-    modes: Any = None,
-) -> QueryResult:
-    """Neighbours of ``image`` (or of the caption ``text``) in every encoder column of ``index``.
-
-    ``modes`` (:class:`relsearch.modes.Modes`) adds the analogy column and explanations.
-    """
-    from relsearch.modes import apply_modes
-    from relsearch.threads import use_query_threads
-
-    use_query_threads()
-    if k < 1:
-        raise RelsearchError(f"-k must be at least 1, got {k}")
-    if (image is None) == (text is None):
-        raise RelsearchError("give exactly one of an image path or --text")
-    img = load_query_image(image) if image is not None else None
-    with Searcher(index, encoders=encoders, device=device) as searcher:
-        result = searcher.query_text(text, k) if text is not None else searcher.query_image(img, k, label=str(image))
-        return apply_modes(searcher, result, k, modes) if modes else result

@@ -103,6 +103,7 @@ class Findings:
     stray_paths: list[str] = field(default_factory=list)  # path entries whose record is gone
     missing: dict[str, set[int]] = field(default_factory=dict)  # encoder -> live ids without a raw vector
     waiting: int = 0  # problems the next build fixes by embedding the missing vectors
+    failed_meta: bool = False  # the files a build remembers as failed are not in their shape
 
 
 def faiss_ids(index: Any) -> np.ndarray:
@@ -158,7 +159,7 @@ class _Rebuild:
     """How to rebuild a damaged store from its collection (what ``manifest.json`` says)."""
 
     reason: str
-    collection: Path
+    collection: list[Path]  # its folders (one, or several: build-index DIR1 DIR2)
     specs: list[str]
     index_spec: str | None
     exclusions: Any  # relsearch.collection.exclude.Exclusions
@@ -183,9 +184,10 @@ def _plan_rebuild(path: Path, exc: StoreDamagedError) -> _Rebuild:
     except RelsearchError as bad:
         raise RelsearchError(f"{exc.reason}, and {MANIFEST} cannot say which collection and encoders it held "
                              f"({bad}); {by_hand}") from None
-    collection = Path(manifest.collection)
-    if not collection.is_dir():
-        raise RelsearchError(f"{exc.reason}, and its collection {collection} is gone, so there is nothing to "
+    collection = [Path(r) for r in manifest.collection_roots()]
+    gone = [str(r) for r in collection if not r.is_dir()]
+    if gone:
+        raise RelsearchError(f"{exc.reason}, and its collection {', '.join(gone)} is gone, so there is nothing to "
                              f"re-embed; {by_hand}")
     notes = []
     try:
@@ -193,7 +195,8 @@ def _plan_rebuild(path: Path, exc: StoreDamagedError) -> _Rebuild:
     except RelsearchError:
         exclusions = Exclusions()
         notes.append(f"{STORED_NAME} could not be read either: the rebuild left out the default folders only; "
-                     f"give your folder patterns again with: relsearch build-index {collection} --index {path} "
+                     "give your folder patterns again with: relsearch build-index "
+                     f"{' '.join(map(str, collection))} --index {path} "
                      "--exclude-dir NAME")
     specs = [e.spec for e in manifest.encoders.values()]
     encoders = {spec: get_encoder(EncoderSpec.parse(spec)) for spec in specs}
@@ -225,7 +228,8 @@ def _rebuild_store(path: Path, plan: _Rebuild) -> list[str]:
     rep = build_index(plan.collection, path, opts)
     shutil.rmtree(path / f"{STORE_DIR}.damaged", ignore_errors=True)
     failed = f"; {len(rep.failed)} file(s) could not be read (relsearch build-index lists them)" if rep.failed else ""
-    return [f"{plan.reason}: rebuilt it from the collection {plan.collection} into generation {rep.generation}: "
+    folders = ", ".join(map(str, plan.collection))
+    return [f"{plan.reason}: rebuilt it from the collection {folders} into generation {rep.generation}: "
             f"{salvaged} record(s) salvaged with their raw vectors, {rep.embedded} image(s) embedded "
             f"again{failed}", *plan.notes]
 
@@ -305,6 +309,7 @@ def _check(path: Path) -> tuple[VerifyReport, Findings]:
         if pending:
             report.notes.append(f"{len(pending)} embedded image(s) of an unfinished build wait for the next build")
         _note_building(store.get_meta("building"), manifest, pending, report)
+        _check_failed(store.get_meta("failed"), found, report)
         if manifest.count != len(live):
             problems.append(f"manifest counts {manifest.count} images, the store holds {len(live)}")
         _check_exports(path, manifest, generation, store.get_meta("exclusions"), found, report)
@@ -364,6 +369,27 @@ def _check_links(store: Store, records: dict[int, Any], paths: dict[str, Any], p
             if store.txn_id_for_hash(txn, rec.sha256) != rid:
                 bad.append(f"content hash of record {rid} does not point back at it")
     problems.extend(bad[:_LIST])
+
+
+def _check_failed(raw: Any, found: Findings, report: VerifyReport) -> None:
+    """The files builds remember as failed to decode (skipped until they change)."""
+    from relsearch.build import remembered_failures
+
+    failed = remembered_failures(raw)
+    if failed is None:
+        found.failed_meta = True
+        report.problems.append("the list of files that failed before is malformed (verify --repair drops it; "
+                               "the next build tries those files again)")
+    elif failed:
+        report.notes.append(f"{len(failed)} file(s) failed to decode before; builds skip them until they change "
+                            "(build-index --retry-failed tries them again)")
+
+
+def _drop_failed_list(store: Store, found: Findings) -> list[str]:
+    if not found.failed_meta:
+        return []
+    store.write(lambda txn: store.delete_meta(txn, "failed"))
+    return ["dropped the malformed list of files that failed before"]
 
 
 def _note_building(building: Any, manifest: Manifest, pending: set[int], report: VerifyReport) -> None:
@@ -501,6 +527,7 @@ def repair_findings(path: Path, found: Findings) -> list[str]:
                     rec.paths = ps
                     store.put_record(txn, rec)
 
+        done += _drop_failed_list(store, found)
         if found.bad_vectors or found.stray_paths or found.record_paths:
             store.write(fix_records)
             n = sum(len(v) for v in found.bad_vectors.values())

@@ -82,3 +82,20 @@ def run_cli(*argv: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def image_query(path: str | Path, index: str | Path, k: int = 20, modes=None, encoders: str | None = None):
+    """Neighbours of the image file ``path`` through the engine's one query path, by its pixels.
+
+    :func:`relsearch.composed.search_image` on the decoded file, as the page searches an
+    upload: an indexed copy of the query stays among its hits (``composed_query`` on a path
+    sets it apart as ``query_in_collection``), so a test can check that an image finds itself.
+    """
+    from relsearch.composed import search_image
+    from relsearch.modes import apply_modes
+    from relsearch.query import Searcher, load_query_image
+
+    image = load_query_image(path)
+    with Searcher(index, encoders=encoders) as searcher:
+        result = search_image(searcher, image, k, label=str(path))
+        return apply_modes(searcher, result, k, modes) if modes else result

@@ -197,9 +197,21 @@ class Trial:
         report = verify_index(idx)
         assert report.consistent, f"{self.kind} killed at {fault or kill_after}: verify: {report.problems}"
         assert not list((idx / "faiss").glob(".*")), "a temp file of the killed build was left behind"
+        _assert_tidy(idx, f"{self.kind} killed at {fault or kill_after}")
         shutil.rmtree(base)
         return {"scenario": self.kind, "fault": fault, "kill_after": kill_after, "killed": rc != 0,
                 "answered": state}
+
+
+def _assert_tidy(idx: Path, what: str) -> None:
+    """After the resumed build: ``manifest.json`` is the committed manifest again, and no FAISS file
+    of an earlier generation is left (the steps ``exported`` and ``cleaned`` redone)."""
+    from relsearch.indexdir import read_manifest, read_manifest_file
+
+    committed = read_manifest(idx)
+    assert read_manifest_file(idx).to_dict() == committed.to_dict(), f"{what}: manifest.json is stale"
+    stale = [p.name for p in (idx / "faiss").iterdir() if f".{committed.generation}." not in p.name]
+    assert not stale, f"{what}: files of an earlier generation left behind: {stale}"
 
 
 def _diff(seen: Any, before: Any, after: Any) -> str:

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from mode_helpers import register
 from PIL import Image
 from typer.testing import CliRunner
@@ -17,7 +17,6 @@ from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
 from relsearch.explain import CaptionBank, relation_verdict
 from relsearch.modes import Modes
-from relsearch.query import query
 from relsearch.view import render_page
 from relsearch.view.sheet import NO_RELATION, render_sheet
 
@@ -99,7 +98,7 @@ def test_table_says_it_above_and_at_the_head_of_the_column(indexed, tmp_path, kn
 
 def test_page_puts_the_warning_above_the_relational_row(indexed, tmp_path, known):
     index, paths = indexed
-    res = query(str(paths[2]), index, k=4, modes=Modes(captions=str(_bank(tmp_path, "none"))))
+    res = image_query(str(paths[2]), index, k=4, modes=Modes(captions=str(_bank(tmp_path, "none"))))
     page = render_page(res)
     row = re.search(r'<section class="row relational" data-encoder="tinyrel"([^>]*)>(.*?)</section>', page, re.S)
     assert row is not None and 'data-relation="unknown"' in row.group(1)
@@ -107,11 +106,12 @@ def test_page_puts_the_warning_above_the_relational_row(indexed, tmp_path, known
     warn = body.index('class="relation unknown"')
     assert warn < body.index('class="hits"') and "no relation tinyrel knows" in body
     assert 'data-encoder="tinycolor"' in page and page.count('class="relation ') == 1
-    fine = render_page(query(str(paths[2]), index, k=4, modes=Modes(captions=str(_bank(tmp_path, "orbit")))))
+    fine = render_page(image_query(str(paths[2]), index, k=4, modes=Modes(captions=str(_bank(tmp_path, "orbit")))))
     assert 'data-relation="known"' in fine and 'class="relation known"' in fine and "relation unknown" not in fine
 
 
 def test_view_answer_carries_the_verdict(indexed, tmp_path, known):
+    from relsearch.composed import search_image
     from relsearch.query import Searcher
     from relsearch.view import browse
 
@@ -119,7 +119,7 @@ def test_view_answer_carries_the_verdict(indexed, tmp_path, known):
     with Searcher(index) as s:
         from relsearch.collection import load_image
 
-        result = s.query_image(load_image(paths[1], max_side=512), k=3, label="upload")
+        result = search_image(s, load_image(paths[1], max_side=512), k=3, label="upload")
         result, show = browse.finish(s, result, 3, analogy=False, explain=False, captions=str(_bank(tmp_path, "none")))
         ans = browse.answer(result, None, "upload", show)
     assert ans["result"]["relation"]["tinyrel"]["known"] is False
@@ -128,7 +128,7 @@ def test_view_answer_carries_the_verdict(indexed, tmp_path, known):
 
 def test_sheet_draws_the_verdict_line_in_warning_colour(indexed, tmp_path, known):
     index, paths = indexed
-    res = query(str(paths[2]), index, k=3, modes=Modes(captions=str(_bank(tmp_path, "none"))))
+    res = image_query(str(paths[2]), index, k=3, modes=Modes(captions=str(_bank(tmp_path, "none"))))
     with_note = np.asarray(render_sheet(res).convert("RGB"))
     res.relation.clear()
     without = np.asarray(render_sheet(res).convert("RGB"))

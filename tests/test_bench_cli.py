@@ -253,31 +253,42 @@ def test_throughput_reports_split_and_ratio(tmp_path):
     t = report["encoders"]["tinycolor"]
     assert report["images"] == 10 and t["build"]["embedded"] == 10
     split = t["build"]["split_s"]
-    assert set(split) == {"scan", "decode", "embed", "metadata", "index", "other"}
-    assert all(v >= 0 for v in split.values()) and split["embed"] > 0 and split["metadata"] > 0
+    assert set(split) == {"scan", "embed", "waits+writes", "index"}
+    assert all(v >= 0 for v in split.values()) and split["embed"] > 0 and split["waits+writes"] > 0
     assert sum(split.values()) <= t["build"]["seconds"] * 1.05
     assert t["raw_forward"]["images_per_s"] > 0 and t["build_over_raw"] > 0
     assert 0 < t["forward_share"] <= 1
     q = t["query"]
     assert q["queries"] == 6
-    for step in ("decode", "embed", "search", "metadata", "total"):
+    for step in ("decode", "embed", "search+lookup", "other", "total"):
         assert 0 <= q[step]["p50_ms"] <= q[step]["p95_ms"]
     assert q["total"]["p50_ms"] >= q["embed"]["p50_ms"]
     assert (res / "throughput.json").exists() and (res / "throughput.png").stat().st_size > 1000
 
 
-def test_throughput_instrumentation_is_undone(tmp_path):
+def test_throughput_times_the_query_path_and_patches_nothing(tmp_path, monkeypatch):
     import relsearch.build as build_mod
+    import relsearch.composed as composed_mod
+    from relsearch.query import Searcher
     from relsearch.store import Store
 
-    before = (build_mod._prepared, build_mod._embed, Store.write)
+    calls = []
+    search = composed_mod.search_composed
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(composed_mod, "search_composed", counted)
+    before = [dict(vars(m)) for m in (build_mod, composed_mod, Store, Searcher)]
     r = _invoke("throughput", "--encoders", "tinycolor", "--n", "4", "--batch-size", "2", "--queries", "2",
                 "--workers", "1", "--results-dir", str(tmp_path / "res"))
     assert r.exit_code == 0, r.output
-    assert (build_mod._prepared, build_mod._embed, Store.write) == before
-    from relsearch.encoders import get_encoder
-
-    assert not {"embed", "preprocess_batch", "embed_batch"} & set(vars(get_encoder("tinycolor")))
+    assert len(calls) == 2 + 2  # warm-ups (up to 3 of the queries), then the timed ones: all through it
+    assert all(len(terms) == 1 and not terms[0].is_text for terms in calls)
+    after = [dict(vars(m)) for m in (build_mod, composed_mod, Store, Searcher)]
+    for b, a in zip(before, after):
+        assert {k: v for k, v in b.items() if k != "__dict__"} == {k: v for k, v in a.items() if k != "__dict__"}
 
 
 def test_throughput_bad_input_is_one_line(tmp_path):

@@ -114,3 +114,97 @@ def test_click_toggle_and_caption_in_chromium(served, tmp_path):
         assert b.console == []
     finally:
         b.close()
+
+
+# ---- the collection grid ---------------------------------------------------------------------
+@pytest.fixture
+def gridded(tmp_path, monkeypatch):
+    """An index of 12 images with known modification times (image i is i hours old)."""
+    import os
+    import time
+
+    from relsearch.view import grid
+
+    monkeypatch.setattr(grid, "PAGE_SIZE", 5)
+    coll = tmp_path / "coll"
+    paths = make_collection(coll, n=12, size=48)
+    now = time.time()
+    for i, p in enumerate(paths):
+        os.utime(p, (now - 3600 * i, now - 3600 * i))
+    index = tmp_path / "index"
+    build_index(coll, index, BuildOptions(encoders="tinyrel,tinycolor", progress=False, workers=1))
+    server = make_server(index, port=0, k=K, captions=str(shipped_bank_path()))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server, [str(p) for p in paths]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _tile_paths(html_text: str) -> list[str]:
+    import html
+    import re
+
+    return [html.unescape(t).split("\n")[0] for t in re.findall(r'<a class="hit tile"[^>]* title="([^"]*)"', html_text)]
+
+
+def test_browse_pages_the_collection_newest_first(gridded):
+    server, paths = gridded
+    status, first = _get(server.url + "browse")
+    assert status == 200 and (first["total"], first["pages"], first["page"]) == (12, 3, 0)
+    assert _tile_paths(first["html"]) == paths[:5]  # image 0 is the newest
+    status, last = _get(server.url + "browse?page=2")
+    assert status == 200 and _tile_paths(last["html"]) == paths[10:]
+    assert 'class="name">sub/img_000.png<' in first["html"]  # folders shown, relative to the collection
+    for bad in ("page=3", "page=-1", "page=x"):
+        status, err = _get(server.url + "browse?" + bad)
+        assert status == 400 and "page" in err["error"]
+
+
+def test_page_css_never_breaks_a_word():
+    from relsearch.view.browse import STATIC
+    from relsearch.view.html import STYLE
+
+    css = STYLE + (STATIC / "browse.css").read_text(encoding="utf-8")
+    assert "break-all" not in css and "anywhere" not in css and "break-word" not in css
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"headless Chromium not installed at {CHROMIUM}")
+def test_grid_opens_the_page_and_a_click_searches_in_chromium(gridded, tmp_path):
+    server, paths = gridded
+    tiles = "[...document.querySelectorAll('#grid a.tile')]"
+    b = Browser(tmp_path / "profile")
+    try:
+        b.open(server.url)
+        b.wait_for(f"{tiles}.length === 5")
+        assert b.eval("document.querySelectorAll('#rows a.hit').length") == 0  # nothing searched yet
+        assert b.eval(f"{tiles}.map(a => a.title.split('\\n')[0])") == paths[:5]
+        assert "12 images" in b.eval("document.getElementById('gridinfo').textContent")
+        assert b.eval("document.getElementById('newer').disabled") is True
+
+        b.eval("document.getElementById('older').click()")
+        b.wait_for(f"{tiles}.length && {tiles}[0].title.startsWith({json.dumps(paths[5])})")
+        assert b.eval("document.getElementById('pageno').textContent") == "page 2 of 3"
+
+        # a click on a thumbnail searches with that image
+        target = b.eval(f"+{tiles}[1].dataset.id")
+        b.eval(f"{tiles}[1].querySelector('img').click()")
+        b.wait_for(f"document.getElementById('rows').dataset.query === 'id:{target}'")
+        assert _hit_ids(b, "tinyrel")[0] == target
+        assert b.eval("location.hash") == f"#id={target}"
+
+        # the status line names what ran: with explain off, no "explain"
+        line = b.eval("document.getElementById('status').textContent")
+        assert " ms (" in line and "explain" not in line and "caption" in line
+        b.eval("document.getElementById('explain').click()")
+        b.wait_for("document.getElementById('status').textContent.includes('explain')")
+
+        # captions and names wrap between words or are cut with an ellipsis, never inside a word
+        styles = b.eval("[...document.querySelectorAll('#rows *, #grid *')].map(e => getComputedStyle(e))"
+                        ".map(s => s.wordBreak + ' ' + s.overflowWrap)")
+        assert styles and not [s for s in styles if "break-all" in s or "anywhere" in s or "break-word" in s]
+        assert b.eval("getComputedStyle(document.querySelector('#grid .name')).textOverflow") == "ellipsis"
+        assert b.console == []
+    finally:
+        b.close()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from PIL import Image
 
 from relsearch import build as build_mod
 from relsearch.build import BuildOptions, build_index
 from relsearch.errors import IndexMismatchError, RelsearchError
 from relsearch.indexdir import open_index, read_manifest
-from relsearch.query import Searcher, query
+from relsearch.query import Searcher
 
 OPTS = dict(encoders="tinycolor", progress=False, workers=2)
 
@@ -36,7 +36,7 @@ def test_build_then_query_finds_itself(tmp_path):
     paths = make_collection(root, 12)
     rep = _build(root, idx)
     assert (rep.scanned, rep.added, rep.unchanged, rep.failed) == (12, 12, 0, [])
-    res = query(str(paths[5]), idx, k=3)
+    res = image_query(str(paths[5]), idx, k=3)
     hits = res.results["tinycolor"]
     assert hits[0].path == str(paths[5]) and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert [h.rank for h in hits] == [1, 2, 3] and hits[0].score >= hits[1].score >= hits[2].score
@@ -123,7 +123,7 @@ def test_interrupted_build_keeps_old_index_and_resumes(tmp_path, monkeypatch):
     root, idx = tmp_path / "col", tmp_path / "idx"
     make_collection(root, 6)
     _build(root, idx)
-    before = query(str(root / "img_001.png"), idx, k=6).to_dict()
+    before = image_query(str(root / "img_001.png"), idx, k=6).to_dict()
     extra = make_collection(tmp_path / "more", 40, seed=7)
     for i, p in enumerate(extra):
         shutil.move(p, root / f"extra_{i:02d}.png")
@@ -138,7 +138,7 @@ def test_interrupted_build_keeps_old_index_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _build(root, idx, batch_size=4)
     # previous generation still answers, with the same results
-    assert query(str(root / "img_001.png"), idx, k=6).to_dict() == before
+    assert image_query(str(root / "img_001.png"), idx, k=6).to_dict() == before
     monkeypatch.setattr(build_mod, "_commit", real_commit)
     calls = _encoder_calls()
     rep = _build(root, idx)
@@ -163,7 +163,7 @@ def test_fingerprint_mismatch_refused_without_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(engine_helpers, "load_tinycolor", lambda source=None, device=None:
                         engine_helpers.TinyColorEncoder("v2"))
     with pytest.raises(IndexMismatchError, match="rebuild"):
-        query(str(root / "img_001.png"), idx, k=2)
+        image_query(str(root / "img_001.png"), idx, k=2)
     with pytest.raises(IndexMismatchError):
         _build(root, idx)
     assert _snapshot(idx) == snap
@@ -175,7 +175,7 @@ def test_forced_spec_and_ivf_rebuild(tmp_path):
     rep = _build(root, idx, index_spec="IVF4,Flat")
     m = read_manifest(idx)
     assert m.encoders["tinycolor"].faiss["spec"].startswith("IVF4") and rep.added == 300
-    res = query(str(root / "img_010.png"), idx, k=1).results["tinycolor"][0]
+    res = image_query(str(root / "img_010.png"), idx, k=1).results["tinycolor"][0]
     assert res.path.endswith("img_010.png")
 
 
@@ -189,7 +189,7 @@ def test_schema_mismatch_is_clear(tmp_path):
     with Store.open(idx / "meta.lmdb") as store:
         store.write(lambda txn: store.put_meta(txn, "schema_version", 99))
     with pytest.raises(IndexMismatchError, match="schema version 99"):
-        query(str(root / "img_001.png"), idx)
+        image_query(str(root / "img_001.png"), idx)
     with pytest.raises(RelsearchError):
         _build(root, idx)
 
@@ -231,7 +231,7 @@ def test_adding_an_encoder_to_an_existing_index(tmp_path):
     assert rep.encoders == ["tinycolor", "tinyflip"] and (rep.added, rep.unchanged) == (0, 6)
     m = read_manifest(idx)
     assert set(m.encoders) == {"tinycolor", "tinyflip"}
-    res = query(str(paths[3]), idx, k=2).results
+    res = image_query(str(paths[3]), idx, k=2).results
     assert set(res) == {"tinycolor", "tinyflip"}
     assert all(hits[0].path == str(paths[3]) for hits in res.values())
     with Searcher(idx) as s:

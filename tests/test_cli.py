@@ -48,7 +48,7 @@ def test_query_json_and_table(built, tmp_path):
     out = json.loads(res.stdout)
     assert out["query"] == str(paths[2])
     hits = out["results"]["tinycolor"]
-    assert [h["rank"] for h in hits] == [1, 2, 3] and set(hits[0]) == {"rank", "score", "path", "id"}
+    assert [h["rank"] for h in hits] == [1, 2, 3] and set(hits[0]) == {"rank", "score", "path", "id", "copies", "is_query"}
     assert hits[0]["path"] == str(paths[2])
     # a query image from outside the collection works
     outside = make_collection(tmp_path / "elsewhere", 1, seed=99)[0]

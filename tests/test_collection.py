@@ -60,7 +60,7 @@ def test_scan_recursive_case_insensitive_and_sorted(tmp_path: Path) -> None:
     _solid(tmp_path / "f.webp")
     (tmp_path / "notes.txt").write_text("not a picture")
     (tmp_path / "photo.jpg.bak").write_bytes(b"x")
-    (tmp_path / "raw.cr2").write_bytes(b"x")
+    (tmp_path / "layers.xcf").write_bytes(b"x")
 
     result = scan(tmp_path)
 

@@ -1,4 +1,4 @@
-"""Near-duplicate groups: range search against brute force, components, the dupes command."""
+"""Near-duplicate groups: k-NN candidates against brute force, components, the dupes command."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
-from relsearch.dupes import components, find_dupes, near_pairs, whiten
+from relsearch.dupes import candidate_pairs, components, find_dupes, whiten
 from relsearch.errors import RelsearchError
 
 
@@ -31,19 +31,41 @@ def _vectors(n: int, d: int, copies: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("flat_max", [10_000, 100])  # flat range search, then the IVF path
-def test_near_pairs_match_brute_force(flat_max: int) -> None:
-    x = _vectors(3000, 256, 150)
-    y = whiten(x)
+def _brute_force_pairs(y: np.ndarray, k: int, floor: float) -> dict[tuple[int, int], float]:
     s = y @ y.T
-    want = set(zip(*(a.tolist() for a in np.nonzero(np.triu(s >= 0.9, 1)))))
-    assert 90 <= len(want) < 400  # most planted copies, a few chance pairs
-    i, j, sim = near_pairs(x, 0.9, flat_max=flat_max)
+    np.fill_diagonal(s, -np.inf)
+    out = {}
+    for a in range(len(y)):
+        for b in np.argsort(-s[a])[:k]:
+            if s[a, b] >= floor:
+                out[(min(a, int(b)), max(a, int(b)))] = float(s[a, b])
+    return out
+
+
+@pytest.mark.parametrize(("flat_max", "whiten_min"), [(10_000, 10_000), (10_000, 100), (100, 10_000)])
+def test_candidate_pairs_match_brute_force_knn(flat_max: int, whiten_min: int) -> None:
+    x = _vectors(3000, 256, 150)
+    whitened = whiten_min <= len(x)
+    y = whiten(x) if whitened else x / np.linalg.norm(x, axis=1, keepdims=True)
+    floor = 0.8 if whitened else 0.94
+    want = _brute_force_pairs(y, 4, floor)
+    assert 100 <= len(want)  # the planted copies at least
+    i, j, sim = candidate_pairs(x, neighbours=4, raw_min=0.94, whitened_min=0.8, whiten_min=whiten_min,
+                                flat_max=flat_max)
     got = set(zip(i.tolist(), j.tolist()))
-    assert got <= want and all(a < b for a, b in got)
-    np.testing.assert_allclose(sim, np.minimum(s[i, j], 1.0), atol=1e-4)
+    assert len(got) == len(i) and all(a < b for a, b in got)  # each pair once
+    assert got <= set(want)
+    np.testing.assert_allclose(sim, [want[p] for p in zip(i.tolist(), j.tolist())], atol=1e-4)
     recall = len(got) / len(want)
     assert recall == 1.0 if flat_max > len(x) else recall >= 0.95
+    planted = {(a, 3000 + a) for a in range(150)}
+    assert len(planted & got) >= 145
+
+
+def test_small_collections_take_plain_cosine_not_whitening() -> None:
+    x = _vectors(40, 256, 6, seed=3)  # 46 rows: far too few to fit 128 whitened axes
+    i, j, _ = candidate_pairs(x, whitened_min=0.99)
+    assert {(a, 40 + a) for a in range(6)} <= set(zip(i.tolist(), j.tolist()))
 
 
 def test_whitening_is_unit_norm_and_ignores_a_shared_offset() -> None:
@@ -117,30 +139,32 @@ def test_relational_only_index_is_refused(planted, monkeypatch) -> None:
 
 
 # --------------------------------------------------------------------------- bench helpers
-def test_score_counts_pairs_and_copy_recall() -> None:
+def test_score_counts_pairs_and_false_groups() -> None:
     from relsearch.bench.dupes import score
 
     truth = [["o1", "r1", "c1"], ["o2", "r2"], ["o3"]]
-    kind = {"r1": "resized", "c1": "cropped", "r2": "resized"}
-    s = score([["o1", "r1"], ["o2", "r2", "o3"]], truth, kind)
+    s = score([["o1", "r1"], ["o2", "r2", "o3"]], truth)
     # found pairs: (o1,r1) (o2,r2) (o2,o3) (o3,r2); true: (o1,r1) (o1,c1) (c1,r1) (o2,r2)
     assert (s["pairs_found"], s["pairs_true"], s["pairs_correct"]) == (4, 4, 2)
     assert s["precision"] == 0.5 and s["recall"] == 0.5
-    assert s["copy_recall"] == {"cropped": 0.0, "resized": 1.0}
+    assert (s["groups"], s["false_groups"]) == (2, 1)
 
 
-def test_plant_writes_every_kind_of_copy(tmp_path: Path) -> None:
-    from relsearch.bench.dupes import TRANSFORMS, plant
+def test_plant_writes_originals_copies_and_exact_copies(tmp_path: Path) -> None:
+    from relsearch.bench.dupes import plant
 
-    srcs = make_collection(tmp_path / "src", 5, size=96)
-    truth = plant(srcs, tmp_path / "out", n_copied=2, n_exact=1)
-    assert [len(g) for g in truth["groups"]] == [6, 1, 1, 5, 1]  # every third, two at most
-    assert sorted(truth["kind"][p] for p in truth["groups"][0][1:]) == sorted([*TRANSFORMS, "exact"])
-    assert all(Path(p).is_file() for g in truth["groups"] for p in g)
-    a, b = truth["groups"][0][0], truth["groups"][0][-1]
-    assert Path(a).read_bytes() == Path(b).read_bytes()
-    resized = next(p for p in truth["groups"][0] if p.endswith("_resized.jpg"))
-    assert Image.open(resized).size[0] < Image.open(a).size[0]
+    srcs = make_collection(tmp_path / "src", 60, size=96)
+    truth = plant(srcs, tmp_path / "out", 40, seed=2)
+    files = [p for g in truth["groups"] for p in g]
+    assert len(files) == 40 and all(Path(p).is_file() for p in files)
+    copied = [g for g in truth["groups"] if len(g) > 1]
+    assert len(copied) == 8 and sum(len(g) == 3 for g in copied) == 1  # a fifth are copies, one exact
+    exact = next(g for g in copied if len(g) == 3)
+    assert Path(exact[0]).read_bytes() == Path(exact[2]).read_bytes()
+    for g in copied:
+        p = truth["params"][g[1]]
+        assert 0.6 <= p["scale"] <= 0.9 and 50 <= p["q"] <= 90 and 0.9 <= p["brightness"] <= 1.1
+        assert Image.open(g[1]).size[0] < Image.open(g[0]).size[0]
 
 
 def test_synthetic_vectors_plant_copies_at_the_asked_similarity() -> None:
@@ -153,3 +177,21 @@ def test_synthetic_vectors_plant_copies_at_the_asked_similarity() -> None:
     sims = np.einsum("ij,ij->i", x[pairs[:, 0]], x[pairs[:, 1]])
     assert np.all(np.isclose(sims, 0.95, atol=1e-3) | np.isclose(sims, 0.99, atol=1e-3))
     assert (x[:1800] >= 0).all()  # base rows are ReLU-floored like the pooled features they imitate
+
+
+def test_a_vanished_file_is_never_grouped_and_is_counted(planted) -> None:
+    root, idx, p = planted
+    (root / "resized.png").unlink()  # indexed, gone since: its vector is still a candidate
+    result = find_dupes(idx, threshold=0.97)
+    near = [g for g in result.groups if g.kind == "near"]
+    assert [sorted(g.paths) for g in near] == [sorted([str(p["orig"]), str(root / "recompressed.jpg")])]
+    assert result.unchecked >= 1
+    res = CliRunner().invoke(app, ["dupes", "--index", str(idx), "--threshold", "0.97"])
+    assert res.exit_code == 0 and "could not be read" in res.stderr
+
+
+def test_bench_dupes_refuses_bad_sizes_before_writing(tmp_path: Path) -> None:
+    for sizes, needle in [("30,x", "numbers separated by commas"), ("5", "at least 10")]:
+        res = CliRunner().invoke(app, ["bench", "dupes", "--work", str(tmp_path / "w"), "--sizes", sizes])
+        assert res.exit_code == 2 and needle in res.stderr
+    assert not (tmp_path / "w").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import TinyColorEncoder
+from engine_helpers import TinyColorEncoder, image_query
 from PIL import Image
 
 from relsearch.build import BuildOptions, build_index
@@ -16,7 +16,6 @@ from relsearch.collection import scan
 from relsearch.collection.exclude import DEFAULT_EXCLUDES, STORED_NAME, Exclusions
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import open_index
-from relsearch.query import query
 
 OPTS = dict(encoders="tinycolor", progress=False, workers=2)
 
@@ -119,7 +118,7 @@ def test_exclusion_added_later_removes_files_and_embeds_nothing(planted: Path, t
                                                           "trips/keep.tmp.png"}
         assert opened.store.count("records") == 4
     monkeypatch.undo()
-    hits = query(str(planted / "trips" / "b.png"), idx, k=10).results["tinycolor"]
+    hits = image_query(str(planted / "trips" / "b.png"), idx, k=10).results["tinycolor"]
     assert len(hits) == 4 and hits[0].path == str(planted / "trips" / "b.png")
 
 

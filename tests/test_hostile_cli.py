@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import TinyColorEncoder, make_collection, run_cli
+from engine_helpers import TinyColorEncoder, image_query, make_collection, run_cli
 from PIL import Image
 
 from relsearch import encoders as enc_registry
@@ -21,7 +21,6 @@ from relsearch.encoders.base import check_device, l2_normalize
 from relsearch.errors import MissingWeightsError, RelsearchError
 from relsearch.home import index_home
 from relsearch.indexdir import faiss_path, read_manifest
-from relsearch.query import query
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -77,7 +76,7 @@ def one_line_error(code: int, err: list[str], *words: str) -> None:
 
 
 def answers(idx: Path, probe: Path) -> dict[str, list[tuple[str, float]]]:
-    result = query(probe, idx, k=3)
+    result = image_query(probe, idx, k=3)
     return {name: [(os.path.basename(h.path), round(h.score, 5)) for h in hits]
             for name, hits in result.results.items()}
 

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from engine_helpers import TinyColorEncoder, make_collection, run_cli
+from engine_helpers import TinyColorEncoder, image_query, make_collection, run_cli
 from PIL import Image
 
 from relsearch import build as build_mod
@@ -32,7 +32,6 @@ from relsearch.collection.exclude import read_ignore_file
 from relsearch.collection.wildmatch import BadPattern, compile_line
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import STORE_DIR
-from relsearch.query import query
 from relsearch.safe_io import NotRegularFile, read_regular
 from relsearch.store import Store
 from relsearch.verify import verify_index
@@ -100,7 +99,7 @@ def one_line_error(res, *words: str) -> str:
 
 def answers(idx: Path, image: Path) -> None:
     """The index answers a query with the image itself first, at a sane score."""
-    hits = query(image, idx, k=3).results[ENC]
+    hits = image_query(image, idx, k=3).results[ENC]
     assert hits and hits[0].path == str(image)
     assert all(-1.001 <= h.score <= 1.001 for h in hits), [h.score for h in hits]
 
@@ -252,7 +251,7 @@ def test_garbage_refine_store_fails_the_query_in_one_line(refined, tmp_path, kee
     line = one_line_error(cli("query", image, "--index", idx, "-k", "5"), "refine store", "verify --repair")
     assert "e+3" not in line
     with pytest.raises(RelsearchError, match="verify --repair"):
-        query(image, idx, k=5)
+        image_query(image, idx, k=5)
     assert not verify_index(idx).consistent
     fixed = cli("verify", "--repair", "--index", idx)
     assert fixed.exit_code == 0, fixed.stderr
@@ -346,7 +345,7 @@ def test_file_swapped_for_a_fifo_after_the_scan_is_reported_and_the_lock_release
     victim = root / "img_002.png"
     keep = victim.read_bytes()
     victim.write_bytes(_picture(tmp_path / "new.png", (1, 2, 3)).read_bytes())  # changed: to be hashed
-    real_scan = build_mod.scan
+    real_scan = build_mod.scan_roots
     fifos: list[Path] = []
 
     def scan_then_swap(*args, **kw):
@@ -355,10 +354,10 @@ def test_file_swapped_for_a_fifo_after_the_scan_is_reported_and_the_lock_release
             fifos.append(_fifo_in_place_of(victim))
         return found
 
-    monkeypatch.setattr(build_mod, "scan", scan_then_swap)
+    monkeypatch.setattr(build_mod, "scan_roots", scan_then_swap)
     rep = _in_time(lambda: _build(root, idx), 60, fifos)
     assert any(f["path"] == str(victim) and "not a regular file" in f["error"] for f in rep.failed), rep.failed
-    monkeypatch.setattr(build_mod, "scan", real_scan)
+    monkeypatch.setattr(build_mod, "scan_roots", real_scan)
     victim.unlink()
     victim.write_bytes(keep)
     assert _build(root, idx).failed == []  # the lock was released, the file is indexed again

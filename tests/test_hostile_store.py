@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from fault_harness import REPO, TESTS, run_child
 from typer.testing import CliRunner
 
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
 from relsearch.indexdir import MANIFEST, manifest_bytes, read_manifest, read_manifest_file
-from relsearch.query import query
 from relsearch.store import Store
 from relsearch.verify import verify_index
 
@@ -68,7 +67,7 @@ def _build(root: Path, idx: Path, **kw):
 
 def _answers(root: Path, idx: Path, name: str = "img_001.png") -> None:
     """The index answers a query by an image of the collection with that image first."""
-    hit = query(str(next(root.rglob(name))), idx, k=1).results["tinycolor"][0]
+    hit = image_query(str(next(root.rglob(name))), idx, k=1).results["tinycolor"][0]
     assert Path(hit.path).name == name and hit.score > 0.99
 
 
@@ -162,13 +161,14 @@ _SHRINK = textwrap.dedent("""
     from relsearch import encoders as e
     e.REGISTRY.setdefault('tinycolor', 'engine_helpers:load_tinycolor')
     from relsearch.errors import RelsearchError
-    from relsearch.query import Searcher, load_query_image
+    from relsearch.composed import QueryTerm, search_composed
+    from relsearch.query import Searcher
     root, idx = sys.argv[1], sys.argv[2]
     with Searcher(idx) as s:
-        s.query_image(load_query_image(root + '/img_001.png'), k=1)
+        search_composed(s, [QueryTerm(root + '/img_001.png')], k=1)
         os.truncate(idx + '/meta.lmdb/data.mdb', 2 * 4096)
         try:
-            s.query_image(load_query_image(root + '/img_002.png'), k=1)
+            search_composed(s, [QueryTerm(root + '/img_002.png')], k=1)
             s.opened.store.get_records(range(10))
         except RelsearchError as exc:
             print('error:', exc)

@@ -25,23 +25,9 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 
 
-#: Lazy edges still allowed, each closing one known circle: the ONNX relsim-mini owns a caption
-#: tower (text.py), and text.py's tower runs on ONNX where it can (onnx_runtime.py). Breaking it
-#: needs the caption tower handed to OnnxRelsimMini from above.
-ALLOWED_LAZY_EDGES = {("relsearch.encoders.onnx_runtime", "relsearch.encoders.text")}
-
-
-def _import_nodes(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement, with whether it sits inside a function."""
-    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
-    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
-    while stack:
-        node, lazy = stack.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append((node, lazy))
-        inner = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-        stack.extend((child, inner) for child in ast.iter_child_nodes(node))
-    return found
+def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, at module level or inside a function."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def _base_of(node: ast.ImportFrom, module: str, is_package: bool) -> str:
@@ -52,32 +38,32 @@ def _base_of(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join(package + ([node.module] if node.module else []))
 
 
-def _imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, str | None, bool]]:
-    """(imported module, imported name or None, lazy) for every relsearch import in one file."""
-    out: list[tuple[str, str | None, bool]] = []
+def _imports_of(module: str, path: Path, known: set[str]) -> list[tuple[str, str | None]]:
+    """(imported module, imported name or None) for every relsearch import in one file."""
+    out: list[tuple[str, str | None]] = []
     is_package = path.name == "__init__.py"
-    for node, lazy in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            out += [(a.name, None, lazy) for a in node.names if a.name in known]
+            out += [(a.name, None) for a in node.names if a.name in known]
             continue
         base = _base_of(node, module, is_package)
         if base not in known:
             continue
         for alias in node.names:
             sub = f"{base}.{alias.name}"
-            out.append((sub, None, lazy) if sub in known else (base, alias.name, lazy))
+            out.append((sub, None) if sub in known else (base, alias.name))
     return out
 
 
-def _graph(allowed: set[tuple[str, str]] = ALLOWED_LAZY_EDGES) -> tuple[dict[str, set[str]], list[str]]:
-    """module -> the relsearch modules it imports (allowed lazy edges left out), and private imports."""
+def _graph() -> tuple[dict[str, set[str]], list[str]]:
+    """module -> the relsearch modules it imports, and private imports."""
     modules = _modules()
     known = set(modules)
     graph: dict[str, set[str]] = {m: set() for m in modules}
     private: list[str] = []
     for module, path in modules.items():
-        for target, name, lazy in _imports_of(module, path, known):
-            if target != module and not (lazy and (module, target) in allowed):
+        for target, name in _imports_of(module, path, known):
+            if target != module:
                 graph[module].add(target)
             if name and name.startswith("_") and not name.startswith("__") and target != module:
                 private.append(f"{module} imports {name} from {target}")
@@ -111,16 +97,8 @@ def test_graph_resolves_every_import_form():
     graph, _ = _graph()
     assert "relsearch.errors" in graph["relsearch.query"]  # from relsearch.errors import ...
     assert "relsearch.snapshot" in graph["relsearch.query"]  # from relsearch import snapshot
-    assert "relsearch.modes" in graph["relsearch.query"]  # inside a function
+    assert "relsearch.encoders.onnx_runtime" in graph["relsearch.encoders"]  # inside a function
     assert "relsearch.index.faiss_index" in graph["relsearch.index"]  # a package's __init__
-
-
-def test_allowed_lazy_edges_are_still_lazy_and_still_needed():
-    full, _ = _graph(allowed=set())
-    for module, target in ALLOWED_LAZY_EDGES:
-        assert target in full[module], f"{module} no longer imports {target}: drop it from ALLOWED_LAZY_EDGES"
-        graph, _ = _graph(allowed=ALLOWED_LAZY_EDGES - {(module, target)})
-        assert _find_cycle(graph) is not None, f"{module} -> {target} closes no circle any more"
 
 
 def test_find_cycle_reports_a_cycle():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from mode_helpers import register
 from PIL import Image
 from typer.testing import CliRunner
@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 from relsearch.analogy import add_analogy, analogy_scores
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
+from relsearch.composed import QueryTerm, search_composed, search_image
 from relsearch.errors import RelsearchError
 from relsearch.explain import bank_for, load_bank, mean_direction, read_bank, shipped_bank_path
 from relsearch.modes import Modes, apply_modes
-from relsearch.query import Searcher, query
+from relsearch.query import Searcher
 
 register()
 runner = CliRunner()
@@ -72,7 +73,7 @@ def test_above_median_rule_keeps_the_relational_order_of_the_unalike():
 
 def test_analogy_column_is_the_relational_pool_reranked(two_columns):
     index, paths = two_columns
-    res = query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=1.0, analogy_rule="linear"))
+    res = image_query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=1.0, analogy_rule="linear"))
     hits = res.analogy
     assert len(hits) == 5 and [h.rank for h in hits] == [1, 2, 3, 4, 5]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -84,7 +85,7 @@ def test_analogy_column_is_the_relational_pool_reranked(two_columns):
         assert n <= 100  # the pool is the whole index: its median attribute cosine is computable here
         every = s.opened.store.all_vectors("tinycolor", 48)[1] @ res.vectors["tinycolor"]
     np.testing.assert_allclose([h.score for h in hits], rel - att, atol=1e-5)
-    default = query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=2.0))  # above_median
+    default = image_query(str(paths[3]), index, k=5, modes=Modes(analogy=True, analogy_weight=2.0))  # above_median
     assert res.analogy_of["rule"] == "linear" and default.analogy_of["rule"] == "above_median"
     with Searcher(index) as s:
         ids = np.array([h.id for h in default.analogy])
@@ -94,7 +95,7 @@ def test_analogy_column_is_the_relational_pool_reranked(two_columns):
     np.testing.assert_allclose([h.score for h in default.analogy], want, atol=1e-5)
     # the query's own file is its closest look-alike: analogy mode must not rank it first
     assert hits[0].path != str(paths[3]) and res.results["tinyrel"][0].path == str(paths[3])
-    assert set(res.to_dict()["analogy"][0]) == {"rank", "score", "path", "id"}
+    assert set(res.to_dict()["analogy"][0]) == {"rank", "score", "path", "id", "copies", "is_query"}
 
 
 def test_analogy_needs_both_kinds_of_column(tmp_path, two_columns):
@@ -107,7 +108,7 @@ def test_analogy_needs_both_kinds_of_column(tmp_path, two_columns):
     assert "needs a relational and an attribute column" in res.stderr and "no relational" in res.stderr
     assert _snapshot(one) == before
     with Searcher(index) as s, pytest.raises(RelsearchError, match="image query"):
-        add_analogy(s, s.query_text("{Object}s in a ring", 3), 3)
+        add_analogy(s, search_composed(s, [QueryTerm("text:{Object}s in a ring")], 3), 3)
 
 
 # -- explanations --------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def test_analogy_needs_both_kinds_of_column(tmp_path, two_columns):
 
 def test_explain_hits_use_the_caption_nearest_the_mean_direction(two_columns):
     index, paths = two_columns
-    res = query(str(paths[5]), index, k=4, modes=Modes(explain=True, analogy=True, captions=BANK))
+    res = image_query(str(paths[5]), index, k=4, modes=Modes(explain=True, analogy=True, captions=BANK))
     out = res.to_dict()["explain"]
     bank = bank_for("tinyrel", BANK)
     q = res.vectors["tinyrel"]
@@ -142,7 +143,8 @@ def test_encoders_without_a_shipped_bank_need_captions(two_columns):
     assert set(data["explain"]["query_caption"]) == {"text", "score"}
     assert set(data["explain"]["hits"]["tinyrel"][0]) == {"id", "caption", "score"}
     table = run("query", paths[2], "--index", index, "--explain", "--analogy", "--captions", BANK, "-k", "3")
-    assert "reads as: " in table.stdout and "analogy" in table.stdout.splitlines()[3]
+    head = next(line for line in table.stdout.splitlines() if line.startswith("rank"))
+    assert "reads as: " in table.stdout and "analogy" in head
 
 
 def test_bank_is_embedded_once_and_cached_outside_the_working_dir(tmp_path, monkeypatch):
@@ -205,8 +207,8 @@ def test_views_show_analogy_and_captions(two_columns, tmp_path):
     from relsearch.view import render_page, render_sheet
 
     index, paths = two_columns
-    plain = query(str(paths[1]), index, k=4)
-    both = query(str(paths[1]), index, k=4, modes=Modes(analogy=True, explain=True, captions=BANK))
+    plain = image_query(str(paths[1]), index, k=4)
+    both = image_query(str(paths[1]), index, k=4, modes=Modes(analogy=True, explain=True, captions=BANK))
     page = render_page(both)
     order = [m for m in ("data-encoder=\"tinyrel\"", "data-encoder=\"analogy\"", "data-encoder=\"tinycolor\"")]
     assert [page.index(m) for m in order] == sorted(page.index(m) for m in order)
@@ -255,7 +257,7 @@ def test_home_follows_xdg_without_relsearch_home(tmp_path, monkeypatch):
 def test_apply_modes_records_timings(two_columns):
     index, paths = two_columns
     with Searcher(index) as s:
-        res = apply_modes(s, s.query_image(Image.open(paths[0]), 3), 3,
+        res = apply_modes(s, search_image(s, Image.open(paths[0]), 3), 3,
                           Modes(analogy=True, explain=True, captions=BANK))
     assert {"analogy", "explain"} <= set(res.timings_ms)
 
@@ -335,7 +337,7 @@ def test_cold_cli_import_stays_light():
 
 def test_analogy_leaves_out_the_query_itself(two_columns):
     index, paths = two_columns
-    res = query(str(paths[4]), index, k=30, modes=Modes(analogy=True))
+    res = image_query(str(paths[4]), index, k=30, modes=Modes(analogy=True))
     assert str(paths[4]) not in {h.path for h in res.analogy}
     assert res.results["tinyrel"][0].path == str(paths[4])
     assert len(res.analogy) == 23  # every other image of the 24

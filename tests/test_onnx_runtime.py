@@ -195,12 +195,12 @@ def test_build_and_query_on_onnx_runtime_never_import_torch(tmp_path) -> None:
         "import sys\n"
         "from relsearch.build import BuildOptions, build_index\n"
         "from relsearch.encoders import get_encoder\n"
-        "from relsearch.query import query\n"
+        "from relsearch.composed import composed_query\n"
         "col, idx = sys.argv[1], sys.argv[2]\n"
         "build_index(col, idx, BuildOptions(progress=False, workers=1))\n"
-        "res = query(None, idx, k=2, text='a row of circles')\n"
+        "res = composed_query(['text:a row of circles'], idx, k=2)\n"
         "assert list(res.results) == ['relsim-mini'], res.results\n"
-        "res = query(sorted(__import__('glob').glob(col + '/*.png'))[0], idx, k=2)\n"
+        "res = composed_query([sorted(__import__('glob').glob(col + '/*.png'))[0]], idx, k=2)\n"
         "assert sorted(res.results) == ['imagenet', 'relsim-mini'], res.results\n"
         "assert all(get_encoder(n).runtime == 'onnx' for n in ('relsim-mini', 'imagenet'))\n"
         "from relsearch.threads import intra_op_threads\n"
@@ -216,6 +216,7 @@ def test_build_and_query_on_onnx_runtime_never_import_torch(tmp_path) -> None:
 # -- indexes built on either runtime ------------------------------------------------------------
 def test_indexes_built_on_either_runtime_answer_alike_and_open_on_the_other(tmp_path, monkeypatch) -> None:
     from relsearch.build import BuildOptions, build_index
+    from relsearch.composed import search_image
     from relsearch.query import Searcher
 
     col = tmp_path / "col"
@@ -237,7 +238,7 @@ def test_indexes_built_on_either_runtime_answer_alike_and_open_on_the_other(tmp_
         monkeypatch.setenv(rt.RUNTIME_ENV, runtime)
         for index in ("onnx", "torch"):  # each runtime opens both indexes
             with Searcher(built[index]) as s:
-                answers[runtime, index] = [s.query_image(q, k=5).results for q in queries]
+                answers[runtime, index] = [search_image(s, q, k=5).results for q in queries]
     base = answers["torch", "torch"]
     for key, got in answers.items():
         for mine, theirs in zip(got, base):

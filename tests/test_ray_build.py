@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import TinyColorEncoder, make_collection, run_cli
+from engine_helpers import TinyColorEncoder, image_query, make_collection, run_cli
 from PIL import Image
 from ray_helpers import register, square
 
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli.core import bare_ray_flag
 from relsearch.indexdir import read_manifest
-from relsearch.query import query
 from relsearch.store import Store
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed (pip install 'relsearch[ray]')")
@@ -146,7 +145,7 @@ def test_kill_9_of_the_driver_mid_ray_build(tmp_path, ray_cluster):
     with Store.open(idx / "meta.lmdb", readonly=True) as store:
         assert 8 <= len(store.marked("pending")) < 60 and store.generation == 1
     assert read_manifest(idx).count == 6
-    hits = query(str(first[2]), idx, k=10).results["tinyslow"]
+    hits = image_query(str(first[2]), idx, k=10).results["tinyslow"]
     assert hits[0].path == str(first[2]) and len(hits) == 6
 
     rep = _on_ray(root, idx, "tinyslow", actors=1)
@@ -180,8 +179,8 @@ def test_ray_build_of_an_on_disk_index_adds_its_shards_as_ray_tasks(tmp_path, ra
     assert rep.added == 120 and list((tmp_path / "ray" / "faiss").glob("*.ivfdata"))
     build_index(root, tmp_path / "local", BuildOptions(encoders="tinycolor", index_spec=spec, progress=False))
     for p in paths[::20]:
-        a = query(str(p), tmp_path / "local", k=5).results["tinycolor"]
-        b = query(str(p), tmp_path / "ray", k=5).results["tinycolor"]
+        a = image_query(str(p), tmp_path / "local", k=5).results["tinycolor"]
+        b = image_query(str(p), tmp_path / "ray", k=5).results["tinycolor"]
         assert [h.id for h in a] == [h.id for h in b] and a[0].path == str(p)
 
 

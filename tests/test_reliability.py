@@ -13,7 +13,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from engine_helpers import TinyColorEncoder, make_collection
+from engine_helpers import TinyColorEncoder, image_query, make_collection
 from fault_harness import REPO, TESTS, answers, run_child
 from PIL import Image
 from typer.testing import CliRunner
@@ -23,7 +23,7 @@ from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
 from relsearch.errors import RelsearchError
 from relsearch.indexdir import read_manifest, read_manifest_file
-from relsearch.query import Searcher, query
+from relsearch.query import Searcher
 from relsearch.store import Store
 from relsearch.store.lmdb_store import id_key
 from relsearch.verify import verify_index
@@ -58,7 +58,7 @@ def test_non_utf8_file_name_round_trips(tmp_path, capsys):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(bad)
     rep = _build(root, idx)
     assert (rep.added, rep.failed) == (6, [])
-    hit = query(bad, idx, k=1).results["tinycolor"][0]
+    hit = image_query(bad, idx, k=1).results["tinycolor"][0]
     assert hit.path == bad and os.fsencode(hit.path).endswith(b"/" + BAD) and os.path.exists(hit.path)
     # the CLI's JSON carries the same name (\udcXX escapes), which maps back to the bytes
     from relsearch.cli import main
@@ -80,7 +80,7 @@ def test_concurrent_build_cannot_drop_the_other_builds_encoder(tmp_path, monkeyp
     root, idx = tmp_path / "col", tmp_path / "idx"
     make_collection(root, 6)
     _build(root, idx)
-    real_scan = build_mod.scan
+    real_scan = build_mod.scan_roots
     other: dict[str, object] = {}
 
     def scan_while_another_build_runs(*args, **kwargs):
@@ -91,7 +91,7 @@ def test_concurrent_build_cannot_drop_the_other_builds_encoder(tmp_path, monkeyp
             other["report"] = _build(root, idx, encoders="tinyflip")
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "scan", scan_while_another_build_runs)
+    monkeypatch.setattr(build_mod, "scan_roots", scan_while_another_build_runs)
     _build(root, idx, encoders="tinycolor")
     # A finished first: B must keep A's encoder and its FAISS file
     assert "tinyflip" in other["report"].encoders
@@ -120,7 +120,7 @@ def test_kill_between_switch_and_manifest_write_loses_no_encoder(tmp_path):
     assert run_child(root, idx, "tinyflip", fault="switched") != 0  # killed there
     # the store committed the new column with the generation: it answers
     assert set(read_manifest(idx).encoders) == {"tinycolor", "tinyflip"}
-    assert set(query(str(root / "img_001.png"), idx, k=1).results) == {"tinycolor", "tinyflip"}
+    assert set(image_query(str(root / "img_001.png"), idx, k=1).results) == {"tinycolor", "tinyflip"}
     # the exported copy is stale (verify notes it: the store is fine); an idle rebuild rewrites it
     assert set(read_manifest_file(idx).encoders) == {"tinycolor"}
     assert any("right after its switch" in n for n in verify_index(idx).notes)
@@ -217,7 +217,7 @@ def test_verify_finds_an_overwritten_raw_vector_and_build_reembeds_it(tmp_path):
         rec = s.opened.store.get_records([0])[0]
         want = TinyColorEncoder().embed([Image.open(rec.path)])[0]
         np.testing.assert_allclose(s.opened.store.get_vectors("tinycolor", np.array([0]), 48)[0], want, atol=1e-6)
-    assert query(str(paths[0]), idx, k=1).results["tinycolor"][0].score == pytest.approx(1.0, abs=1e-5)
+    assert image_query(str(paths[0]), idx, k=1).results["tinycolor"][0].score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_verify_repairs_faiss_and_manifest_without_reembedding(tmp_path, monkeypatch):
@@ -310,14 +310,14 @@ def test_first_build_killed_before_its_first_commit_reads_as_unfinished(tmp_path
     (idx / "meta.lmdb").mkdir(parents=True)
     lmdb.open(str(idx / "meta.lmdb"), max_dbs=32).close()
     with pytest.raises(RelsearchError, match="no finished build yet"):
-        query(str(root / "img_001.png"), idx)
+        image_query(str(root / "img_001.png"), idx)
     assert _build(root, idx).added == 3 and verify_index(idx).consistent
     # ... or even before LMDB wrote its meta pages (an empty data.mdb)
     idx2 = tmp_path / "idx2"
     (idx2 / "meta.lmdb").mkdir(parents=True)
     (idx2 / "meta.lmdb" / "data.mdb").write_bytes(b"")
     with pytest.raises(RelsearchError, match="no finished build yet"):
-        query(str(root / "img_001.png"), idx2)
+        image_query(str(root / "img_001.png"), idx2)
     assert _build(root, idx2).added == 3 and verify_index(idx2).consistent
 
 

@@ -189,7 +189,7 @@ def test_bench_relsim_tiny_on_cpu_writes_the_result_contract(tmp_path):
 
 
 def test_full_architecture_file_has_the_published_shapes():
-    from relsearch.encoders.relsim import synthetic
+    from relsearch.bench import relsim_synthetic as synthetic
 
     arch = synthetic.read_arch()
     text, vision = arch["text_config"], arch["vision_config"]

@@ -8,12 +8,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from PIL import Image
 
 import relsearch.index as index_mod
 from relsearch.build import BuildOptions, build_index
-from relsearch.query import Searcher, query
+from relsearch.composed import search_image
+from relsearch.query import Searcher
 from relsearch.store import envs
 from relsearch.view.server import make_server
 
@@ -38,7 +39,7 @@ def _new_image(coll: Path, name: str, colour: tuple[int, int, int]) -> Path:
 
 
 def _top(searcher: Searcher, path: Path) -> str:
-    return searcher.query_image(Image.open(path), k=1).results["tinycolor"][0].path
+    return search_image(searcher, Image.open(path), k=1).results["tinycolor"][0].path
 
 
 def test_two_searchers_and_a_query_call_share_one_index(indexed):
@@ -48,7 +49,7 @@ def test_two_searchers_and_a_query_call_share_one_index(indexed):
     b = Searcher(index)  # today: "environment ... is already open in this process"
     try:
         assert envs.refs(store_dir) == 2
-        r = query(str(paths[3]), index, k=3)  # a third, short-lived opener
+        r = image_query(str(paths[3]), index, k=3)  # a third, short-lived opener
         assert r.results["tinycolor"][0].path == str(paths[3])
         assert envs.refs(store_dir) == 2
         a.close()

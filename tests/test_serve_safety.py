@@ -11,11 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from PIL import Image
 
 from relsearch.build import BuildOptions, build_index
-from relsearch.query import query
 from relsearch.view.server import make_server
 
 ids: dict[Path, int] = {}  # record id of each collection file, found before the server opens the index
@@ -61,7 +60,7 @@ def _get(server, path: str, host: str | None = "127.0.0.1:{port}", headers: dict
 def _id_of(index: Path, path: Path) -> int:
     if path in ids:
         return ids[path]
-    hits = query(str(path), index, k=1).results["tinycolor"]
+    hits = image_query(str(path), index, k=1).results["tinycolor"]
     assert os.path.samefile(hits[0].path, path)
     return hits[0].id
 

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import make_collection
+from engine_helpers import image_query, make_collection
 from PIL import Image
 from typer.testing import CliRunner
 
 from relsearch.build import BuildOptions, build_index
 from relsearch.cli import app
-from relsearch.query import query
 from relsearch.view import render_page, write_html, write_sheet
 from relsearch.view.server import make_server
 
@@ -40,7 +39,7 @@ def indexed(tmp_path):
 
 def _two_column_result(index, image):
     """A result with two columns (one marked relational) from the one-encoder index."""
-    result = query(str(image), index, k=K)
+    result = image_query(str(image), index, k=K)
     hits = result.results["tinycolor"]
     result.results["twin"] = list(reversed(hits))
     result.kinds["twin"] = "relational"
@@ -71,7 +70,7 @@ def test_html_rows_relational_first_and_self_contained(indexed, tmp_path):
 
 def test_html_missing_file_gets_placeholder(indexed):
     coll, index, paths = indexed
-    result = query(str(paths[0]), index, k=K)
+    result = image_query(str(paths[0]), index, k=K)
     victim = Path(result.results["tinycolor"][1].path)
     victim.unlink()
     page = render_page(result)
@@ -208,7 +207,7 @@ def test_server_logs_request_lines_at_debug(indexed, caplog):
 
 
 def test_view_cli_bad_index_is_one_line(tmp_path):
-    r = CliRunner().invoke(app, ["view", str(tmp_path / "nope"), "--no-browser", "--port", "0"])
+    r = CliRunner().invoke(app, ["view", "--index", str(tmp_path / "nope"), "--no-browser", "--port", "0"])
     assert r.exit_code == 2
     assert r.output.strip().count("\n") == 0 and "no index at" in r.output
 
@@ -247,7 +246,7 @@ def test_view_cli_no_browser_binds_loopback_and_serves(indexed, monkeypatch):
     monkeypatch.setattr(server_mod, "make_server", capture)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault(
-        "r", CliRunner().invoke(app, ["view", str(index), "--port", "0", "--no-browser", "-k", "3"])),
+        "r", CliRunner().invoke(app, ["view", "--index", str(index), "--port", "0", "--no-browser", "-k", "3"])),
         daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relsearch.encoders.relsim import synthetic
-from relsearch.encoders.relsim.synthetic import CHAT_TEMPLATE, QUERY_TOKEN, QWEN_SPECIAL_TOKENS  # noqa: F401
+from relsearch.bench import relsim_synthetic as synthetic
+from relsearch.bench.relsim_synthetic import CHAT_TEMPLATE, QUERY_TOKEN, QWEN_SPECIAL_TOKENS  # noqa: F401
 
 TEXT_HIDDEN = synthetic.TINY_ARCH["text_config"]["hidden_size"]
 # Like the real checkpoint, the embedding matrix is padded past the tokenizer

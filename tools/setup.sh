@@ -2,10 +2,12 @@
 # Set up relsearch on a fresh machine: Debian packages (clip art for the example and the
 # relational corpus, wallpaper photographs and emoji art for its scenes and benchmark sets,
 # Chromium for the HTML view tests) and a .venv at the repository root (reused when present)
-# with relsearch and every extra (ray, milvus, clip, bench, dev) at the exact versions of
-# constraints.txt. Idempotent: a second run installs nothing new.
+# with relsearch and every extra ('full': torch, train, relsim, clip, dino, ray, milvus, bench,
+# export; and 'dev', the test tools), so the whole test suite, torch paths included, runs; at the
+# exact versions of constraints.txt. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+say() { echo "setup: $*"; }  # one line per step: the slow ones take minutes
 
 # Debian packages, and why.
 apt_packages=(
@@ -27,16 +29,23 @@ for pkg in "${apt_packages[@]}"; do
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
+    say "installing ${#need_apt[@]} Debian package(s) with apt-get (a few minutes): ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
     echo "setup: please install with your package manager: ${need_apt[*]}" >&2
   fi
+else
+  say "Debian packages: all ${#apt_packages[@]} present"
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+[ -x .venv/bin/python ] || { say "creating .venv"; python3 -m venv .venv; }
 stamp=.venv/.relsearch-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[ray,milvus,clip,bench,dev]"
+  say "installing relsearch and its extras into .venv with pip (several minutes the first time)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[full,dev]"
   touch "$stamp"
+else
+  say ".venv is up to date"
 fi
+say "done: .venv/bin/relsearch --help"

@@ -338,6 +338,15 @@ def relsearch_collections(client: Any, prefix: str | None = None) -> dict[str, d
     return out
 
 
+@dataclass(frozen=True)
+class MilvusColumn:
+    """One searched column of a :class:`MilvusSearcher`: its collection, dimension and kind."""
+
+    collection: str
+    dim: int
+    kind: str
+
+
 class MilvusSearcher:
     """The Milvus collections of one exported index, with their encoders loaded (like ``Searcher``)."""
 
@@ -373,7 +382,18 @@ class MilvusSearcher:
             raise RelsearchError(f"no Milvus collection for {', '.join(missing)}; exported: {', '.join(sorted(have))}")
         return {have[a]: found[have[a]] for a in asked}
 
-    def encoder(self, coll: str) -> Any:
+    @property
+    def encoders(self) -> dict[str, MilvusColumn]:
+        """The searched columns by encoder name, as :attr:`relsearch.query.Searcher.encoders` lists them."""
+        return {meta["encoder"]: MilvusColumn(coll, int(meta["dim"]), meta.get("kind", "attribute"))
+                for coll, meta in self.collections.items()}
+
+    def refresh(self) -> bool:
+        """Nothing to follow: a Milvus collection is updated in place by ``export milvus``."""
+        return False
+
+    def encoder(self, name: str) -> Any:
+        coll = self.encoders[name].collection
         if coll not in self._loaded:
             from relsearch.encoders import get_encoder
 
@@ -386,28 +406,17 @@ class MilvusSearcher:
             self._loaded[coll] = enc
         return self._loaded[coll]
 
-    def query_image(self, image: Any, k: int = 20, label: str = "") -> Any:
-        """Neighbours of a decoded image in every collection (a ``QueryResult``)."""
-        from relsearch.results import Hit, QueryResult
+    def search_vectors(self, name: str, vectors: np.ndarray, k: int) -> list[list[Any]]:
+        """Hits of each query vector in the encoder's collection (as ``Searcher.search_vectors``)."""
+        from relsearch.results import Hit
 
-        if k < 1:
-            raise RelsearchError(f"-k must be at least 1, got {k}")
-        result = QueryResult(query=label, results={})
-        for coll, meta in self.collections.items():
-            name = meta["encoder"]
-            t = time.perf_counter()
-            vec = self.encoder(coll).embed([image])
-            t_embed = time.perf_counter()
-            res = self.client.search(coll, data=[vec[0].tolist()], limit=k, output_fields=["path"],
-                                     search_params={"metric_type": "IP",
-                                                    "params": meta.get("search_params", {})})
-            result.results[name] = [Hit(r + 1, float(h["distance"]), from_milvus_path(h["entity"]["path"]),
-                                        int(h["id"]), [from_milvus_path(h["entity"]["path"])])
-                                    for r, h in enumerate(res[0])]
-            result.kinds[name] = meta.get("kind", "attribute")
-            result.timings_ms[f"{name}.embed"] = (t_embed - t) * 1e3
-            result.timings_ms[f"{name}.search+lookup"] = (time.perf_counter() - t_embed) * 1e3
-        return result
+        coll = self.encoders[name].collection
+        meta = self.collections[coll]
+        res = self.client.search(coll, data=[np.asarray(v, dtype=np.float32).tolist() for v in vectors],
+                                 limit=k, output_fields=["path"],
+                                 search_params={"metric_type": "IP", "params": meta.get("search_params", {})})
+        return [[Hit(r + 1, float(h["distance"]), from_milvus_path(h["entity"]["path"]), int(h["id"]),
+                     [from_milvus_path(h["entity"]["path"])]) for r, h in enumerate(row)] for row in res]
 
     def close(self) -> None:
         self.client.close()
@@ -421,14 +430,15 @@ class MilvusSearcher:
 
 def query_milvus(image: str | os.PathLike[str], uri: str, k: int = 20, prefix: str | None = None,
                  encoders: str | None = None, device: str | None = None) -> Any:
-    """Neighbours of ``image`` from the Milvus collections of one exported index (a ``QueryResult``)."""
+    """Neighbours of ``image`` from the Milvus collections of one exported index (a ``ComposedResult``)."""
+    from relsearch.composed import QueryTerm, search_composed
     from relsearch.query import load_query_image
 
     if k < 1:
         raise RelsearchError(f"-k must be at least 1, got {k}")
     img = load_query_image(image)
     with MilvusSearcher(uri, prefix, encoders, device) as searcher:
-        return searcher.query_image(img, k, label=str(image))
+        return search_composed(searcher, [QueryTerm(str(image))], k, images={str(image): img})
 
 
 def query_milvus_cli(queries: list[str] | None, text: str | None, uri: str | None, k: int, prefix: str | None,
@@ -441,9 +451,4 @@ def query_milvus_cli(queries: list[str] | None, text: str | None, uri: str | Non
         raise RelsearchError("text queries are not served from Milvus; query the index directory (--backend faiss)")
     if len(terms) != 1 or not plain:
         raise RelsearchError("--backend milvus takes one query image (no --weights, --not, --analogy, --explain)")
-    from relsearch.composed import ComposedResult, QueryTerm
-
-    r = query_milvus(terms[0], uri, k=k, prefix=prefix, encoders=encoders, device=device)
-    # the same JSON as `query IMG` from FAISS, which lists its (here: one) query terms
-    return ComposedResult(query=r.query, results=r.results, kinds=r.kinds, timings_ms=r.timings_ms,
-                          terms=[QueryTerm(terms[0])])
+    return query_milvus(terms[0], uri, k=k, prefix=prefix, encoders=encoders, device=device)

@@ -203,7 +203,7 @@ class _EncoderActor:
             for name in need.split(","):
                 enc = self.encoders[name]
                 if f"x/{name}" in items[rows[0]]:
-                    out = enc.embed_batch(_as_tensor(np.stack([items[j][f"x/{name}"] for j in rows])))
+                    out = enc.embed_batch(_as_batch(enc, np.stack([items[j][f"x/{name}"] for j in rows])))
                 else:
                     images = [Image.fromarray(items[j]["image"]) for j in rows]
                     out = enc.embed_batch(enc.preprocess_batch(images)) if isinstance(enc, PipelinedEncoder) \
@@ -217,7 +217,10 @@ class _EncoderActor:
                 "vecs": out_col}
 
 
-def _as_tensor(x: np.ndarray) -> Any:
+def _as_batch(enc: Any, x: np.ndarray) -> Any:
+    """Preprocessed pixels as ``enc.embed_batch`` takes them: numpy on ONNX Runtime (no torch there)."""
+    if getattr(enc, "runtime", None) == "onnx":
+        return np.ascontiguousarray(x)
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(x))

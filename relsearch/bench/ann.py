@@ -140,17 +140,37 @@ def run_ann(
     ``out`` saves the returned ids (``[Q, k]`` int64 .npy). With ``sweep`` the
     curve is written to ``results_dir/ann_sweep.json`` and ``ann_sweep.png``.
     """
+    base, queries, config = _checked(base, queries, k, spec, out)
+    kk = max(k, 10)  # recall@10 is always reported
+    exact = exact_baseline(base, queries, kk)
+
+    def lookup(ids: np.ndarray) -> np.ndarray:
+        return base[ids]
+
+    with tempfile.TemporaryDirectory(prefix="relsearch-ann-") as store_dir:
+        index, build_s, refine_s = _build_timed(base, config, lookup, store_dir)
+        (_, ids), qps = _time_batched(lambda q: index.search(q, kk, vector_lookup=lookup), queries)
+        single_qps, _ = _time_single(lambda q: index.search(q, kk, vector_lookup=lookup), queries)
+        report = _report(index, base, queries, k, spec, ids, exact, qps, single_qps, build_s, refine_s)
+        if out:
+            try:
+                np.save(out, np.ascontiguousarray(ids[:, :k], dtype=np.int64))
+            except OSError as e:
+                raise RelsearchError(f"cannot write ids to {out}: {e.strerror or e}") from None
+            report["out"] = out
+        if sweep and index.is_ivf:
+            report["sweep"] = _write_sweep(index, base, queries, exact, kk, lookup, config, results_dir)
+    return report
+
+
+def _checked(base: np.ndarray, queries: np.ndarray, k: int, spec: str,
+             out: str | None) -> tuple[np.ndarray, np.ndarray, IndexConfig]:
+    """The inputs as contiguous float32 and the index config; what can fail fails here, before the long part."""
     if k < 1:
         raise RelsearchError(f"k must be >= 1, got {k}")
     base = np.ascontiguousarray(base, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if (
-        base.ndim != 2
-        or queries.ndim != 2
-        or base.shape[1] != queries.shape[1]
-        or not len(queries)
-        or not len(base)
-    ):
+    if base.ndim != 2 or queries.ndim != 2 or base.shape[1] != queries.shape[1] or not len(queries) or not len(base):
         raise RelsearchError(
             f"need base [N, d] and queries [Q, d] with the same d, got {base.shape} and {queries.shape}"
         )
@@ -158,49 +178,52 @@ def run_ann(
         config = IndexConfig(spec=spec)
     except ValueError as e:
         raise RelsearchError(str(e)) from None
-    n, d = base.shape
-    kk = max(k, 10)  # recall@10 is always reported
-    faiss = import_faiss()
-    # Fail before the long part on what can be checked up front.
     if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise RelsearchError(f"cannot write ids to {out}: no such directory")
     if not config.is_auto:
+        faiss = import_faiss()
         try:
-            faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+            faiss.index_factory(base.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
             raise RelsearchError(
-                f"invalid FAISS index spec {spec!r} for dimension {d}: {str(e).strip().splitlines()[0]}"
+                f"invalid FAISS index spec {spec!r} for dimension {base.shape[1]}: {str(e).strip().splitlines()[0]}"
             ) from None
+    return base, queries, config
 
-    def lookup(ids: np.ndarray) -> np.ndarray:
-        return base[ids]
 
-    # Exact flat search: the ground truth and the speed baseline, same process.
-    flat = faiss.IndexFlatIP(d)
+def exact_baseline(base: np.ndarray, queries: np.ndarray, kk: int) -> dict[str, Any]:
+    """Exact flat search: the true neighbours and the speed baseline (batched and one by one)."""
+    faiss = import_faiss()
+    flat = faiss.IndexFlatIP(base.shape[1])
     flat.add(base)
-    (_, true_ids), exact_qps = _time_batched(lambda q: flat.search(q, kk), queries)
-    exact_single_qps, exact_single_n = _time_single(
-        lambda q: flat.search(q, kk), queries, EXACT_SINGLE_BUDGET_S
-    )
+    (_, true_ids), qps = _time_batched(lambda q: flat.search(q, kk), queries)
+    single_qps, single_n = _time_single(lambda q: flat.search(q, kk), queries, EXACT_SINGLE_BUDGET_S)
     flat.reset()  # free the copy of the base before building the index
+    return {"true_ids": true_ids, "qps_batched": qps, "qps_single": single_qps, "single_queries_timed": single_n}
 
+
+def _build_timed(base: np.ndarray, config: IndexConfig, lookup: Any,
+                 store_dir: str) -> tuple[VectorIndex, float, float]:
+    """The index as ``build-index`` builds it, re-ranking from a memory-mapped refine store file."""
+    n = len(base)
     t0 = time.perf_counter()
     index = VectorIndex.build(base, np.arange(n, dtype=np.int64), config, vector_lookup=lookup)
     build_s = time.perf_counter() - t0
-    # Re-rank as a built index does: from a memory-mapped refine store file.
-    store_dir = tempfile.TemporaryDirectory(prefix="relsearch-ann-")
     refine_s = 0.0
     if index.rerank:
         t0 = time.perf_counter()
-        index.attach_refine_store(write_refine_store(os.path.join(store_dir.name, "ann.vecs"), np.arange(n), base))
+        index.attach_refine_store(write_refine_store(os.path.join(store_dir, "ann.vecs"), np.arange(n), base))
         refine_s = time.perf_counter() - t0
+    return index, build_s, refine_s
+
+
+def _report(index: VectorIndex, base: np.ndarray, queries: np.ndarray, k: int, spec: str, ids: np.ndarray,
+            exact: dict[str, Any], qps: float, single_qps: float, build_s: float, refine_s: float) -> dict[str, Any]:
+    n, d = base.shape
+    true_ids = exact["true_ids"]
     info = index.info()
-
-    (_, ids), qps = _time_batched(lambda q: index.search(q, kk, vector_lookup=lookup), queries)
-    single_qps, _ = _time_single(lambda q: index.search(q, kk, vector_lookup=lookup), queries)
     file_bytes = _file_bytes(index)
-
-    report: dict[str, Any] = {
+    return {
         "n": n,
         "d": d,
         "queries": len(queries),
@@ -215,11 +238,11 @@ def run_ann(
         f"recall_at_{k}": recall_at(ids, true_ids, k),
         "qps_batched": qps,
         "qps_single": single_qps,
-        "exact_qps_batched": exact_qps,
-        "exact_qps_single": exact_single_qps,
-        "exact_single_queries_timed": exact_single_n,
-        "speedup_batched": qps / exact_qps,
-        "speedup_single": single_qps / exact_single_qps,
+        "exact_qps_batched": exact["qps_batched"],
+        "exact_qps_single": exact["qps_single"],
+        "exact_single_queries_timed": exact["single_queries_timed"],
+        "speedup_batched": qps / exact["qps_batched"],
+        "speedup_single": single_qps / exact["qps_single"],
         "build_s": build_s,
         "train_s": info["timings"].get("train_s", 0.0),
         "add_s": info["timings"].get("add_s", 0.0),
@@ -232,31 +255,28 @@ def run_ann(
         "disk_bytes_per_vector": info["disk_bytes_per_vector"],
         "refine_bytes_per_vector": info["refine_bytes_per_vector"],
         "refine_store_s": refine_s,
-        "threads": faiss.omp_get_max_threads(),
+        "threads": import_faiss().omp_get_max_threads(),
     }
-    if out:
-        try:
-            np.save(out, np.ascontiguousarray(ids[:, :k], dtype=np.int64))
-        except OSError as e:
-            raise RelsearchError(f"cannot write ids to {out}: {e.strerror or e}") from None
-        report["out"] = out
 
-    if sweep and index.is_ivf:
-        curves = {index.spec: _sweep_curve(index, queries, true_ids, kk, lookup)}
-        if config.is_auto is False:
-            auto = VectorIndex.build(base, np.arange(n, dtype=np.int64), IndexConfig(), vector_lookup=lookup)
-            if auto.is_ivf and auto.spec not in curves:
-                curves[auto.spec] = _sweep_curve(auto, queries, true_ids, kk, lookup)
-        doc = {"n": n, "d": d, "queries": len(queries), "exact_qps_batched": exact_qps, "curves": curves}
-        os.makedirs(results_dir, exist_ok=True)
-        json_path = os.path.join(results_dir, "ann_sweep.json")
-        png_path = os.path.join(results_dir, "ann_sweep.png")
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        _plot(doc, png_path)
-        report["sweep"] = {"json": json_path, "png": png_path, "curves": curves}
-    store_dir.cleanup()
-    return report
+
+def _write_sweep(index: VectorIndex, base: np.ndarray, queries: np.ndarray, exact: dict[str, Any], kk: int,
+                 lookup: Any, config: IndexConfig, results_dir: str) -> dict[str, Any]:
+    """Recall/QPS curves of ``index`` (and of the automatic spec, when another was forced), as JSON + PNG."""
+    n, d = base.shape
+    true_ids = exact["true_ids"]
+    curves = {index.spec: _sweep_curve(index, queries, true_ids, kk, lookup)}
+    if config.is_auto is False:
+        auto = VectorIndex.build(base, np.arange(n, dtype=np.int64), IndexConfig(), vector_lookup=lookup)
+        if auto.is_ivf and auto.spec not in curves:
+            curves[auto.spec] = _sweep_curve(auto, queries, true_ids, kk, lookup)
+    doc = {"n": n, "d": d, "queries": len(queries), "exact_qps_batched": exact["qps_batched"], "curves": curves}
+    os.makedirs(results_dir, exist_ok=True)
+    json_path = os.path.join(results_dir, "ann_sweep.json")
+    png_path = os.path.join(results_dir, "ann_sweep.png")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    _plot(doc, png_path)
+    return {"json": json_path, "png": png_path, "curves": curves}
 
 
 def format_report(r: dict[str, Any]) -> str:

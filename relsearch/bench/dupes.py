@@ -1,16 +1,26 @@
-"""``relsearch bench dupes``: precision/recall on planted copies of real pictures, and time at scale.
+"""``relsearch bench dupes``: near-duplicate precision/recall on planted copies of real photographs,
+false groups among different pictures of one style, and the candidate stage at scale.
 
-Two runs:
+Three runs:
 
-- **planted**: real pictures (Debian/Ubuntu desktop wallpapers, mostly photographs, and
-  openclipart drawings), some of them copied as resized, recompressed, cropped-by-a-few-
-  pixels and colour-shifted JPEGs, a few as byte-identical files. The folder is indexed
-  with the attribute encoder and ``find_dupes`` is scored pair by pair against the planted
-  groups (every two files of one planted group are a true pair), over a threshold sweep.
-- **scale**: an index directory of N synthetic attribute vectors whose distribution is fit
-  to the real vectors of the planted run (mean, top principal axes, residual spread, the
-  ReLU floor of pooled CNN features), with near copies planted at the similarities the
-  real copies had. ``find_dupes`` runs end to end on it (LMDB load, range search, groups).
+- **planted**, at each collection size: real photographs (Endless Sky's landscape
+  photographs, the Lomiri, MATE-nature, Tux Paint and OpenCV photographs; for a size above
+  what is installed, the photographs not used whole are cut into non-overlapping tiles),
+  a fifth of the files being planted copies: resized to 60-90 %, cropped by 0-5 % per axis,
+  brightness x0.9-1.1, saved as JPEG quality 50-90; a few originals also get a
+  byte-identical copy. The folder is indexed with the attribute encoder and ``dupes`` is
+  scored pair by pair against the planted groups (every two files of one planted group
+  are a true pair), over a sweep of the picture-similarity threshold.
+- **similar**: different pictures that share a style, indexed alone (a small, uniform
+  collection: where whitening went wrong): the MATE abstract wallpapers, the Xfce, Plasma
+  and Lomiri wallpaper series, and series of Endless Sky photographs of one kind of place
+  (badlands, dunes, fog, lava, snow...). Every group found there is a false group.
+  Recoloured and dark/light variants of one design (GNOME ``-d``/``-l``, Ubuntu MATE's
+  Cold/Warm/...) are indexed too and reported apart: they share their shapes.
+- **scale**: the candidate stage (:func:`relsearch.dupes.candidate_pairs`) on N synthetic
+  vectors fit to the real vectors of the planted run, with near copies planted at the
+  cosines real copies had: time and the share of planted pairs among the candidates (the
+  pixel check needs the files, which synthetic vectors have not).
 """
 
 from __future__ import annotations
@@ -27,217 +37,268 @@ import numpy as np
 from relsearch.bench import RESULTS_DIR, pyplot
 from relsearch.errors import RelsearchError
 
-TRANSFORMS = ("resized", "recompressed", "cropped", "colour_shifted")
-WALLPAPER_DIRS = (Path("/usr/share/backgrounds"),)
-SWEEP = (0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.93, 0.95)
+SIZES = (30, 100, 1000)
+SWEEP = (0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+#: Share of a planted collection's files that are near copies, and of copied originals
+#: that also get a byte-identical copy.
+COPY_SHARE = 0.2
+EXACT_EVERY = 8
+ENDLESS_SKY = Path("/usr/share/games/endless-sky/images/land")
+PHOTO_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "tuxpaint-data", "opencv-doc")
+MATE = Path("/usr/share/backgrounds/mate")
+#: Endless Sky photograph series used as "same kind of place, different photograph".
+SKY_SERIES = ("badlands", "desert", "dune", "fog", "lava", "snow", "sky", "canyon")
 
-__all__ = ["RESULTS_DIR", "plant", "run_planted", "run_scale"]
+__all__ = ["RESULTS_DIR", "format_report", "plant", "run", "run_planted", "run_scale", "run_similar", "score"]
 
 
 # ----------------------------------------------------------------------------- pictures
-def default_sources(n_clipart: int = 300, seed: int = 0) -> list[Path]:
-    """Desktop wallpapers (one of each light/dark pair) and a seeded sample of openclipart."""
+def photo_sources() -> list[Path]:
+    """Installed real photographs, one file per picture, sorted."""
+    from relsearch.corpus.art import package_files
+
+    out = sorted(ENDLESS_SKY.glob("*.jpg")) if ENDLESS_SKY.is_dir() else []
+    for pkg in PHOTO_PACKAGES:
+        out += package_files(pkg)
+    out += sorted((MATE / "nature").glob("*.jpg")) if (MATE / "nature").is_dir() else []
+    return sorted(set(out))
+
+
+def similar_sets() -> dict[str, list[Path]]:
+    """Different pictures that share a style (``variants``: one design recoloured), by series."""
     from relsearch.collection import is_image_name
-    from relsearch.corpus.art import OPENCLIPART_DIR
+    from relsearch.corpus.art import package_files
 
-    walls: dict[str, Path] = {}
-    for top in WALLPAPER_DIRS:
-        if top.is_dir():
-            for p in sorted(top.rglob("*")):
-                if p.is_file() and is_image_name(p.name):
-                    # adwaita-d / adwaita-l are one design in two colourings: keep one
-                    stem = p.stem[:-2] if p.stem.endswith(("-d", "-l")) else p.stem
-                    walls.setdefault(stem, p)
-    clip: list[Path] = []
-    if OPENCLIPART_DIR.is_dir() and n_clipart:
-        every = sorted(p for p in OPENCLIPART_DIR.rglob("*.png"))
-        rng = np.random.default_rng(seed)
-        clip = [every[i] for i in sorted(rng.choice(len(every), min(n_clipart, len(every)), replace=False))]
-    return list(walls.values()) + clip
+    def files(folder: Path, pattern: str = "*") -> list[Path]:
+        return sorted(p for p in folder.glob(pattern) if p.is_file() and is_image_name(p.name)) \
+            if folder.is_dir() else []
 
-
-def _transform(img: Any, kind: str, rng: np.random.Generator) -> tuple[Any, int]:
-    """One planted copy of ``img`` (RGB) and the JPEG quality to save it at."""
-    from PIL import Image
-
-    w, h = img.size
-    if kind == "resized":
-        f = float(rng.uniform(0.4, 0.7))
-        return img.resize((max(32, int(w * f)), max(32, int(h * f))), Image.BICUBIC), 90
-    if kind == "recompressed":
-        return img, int(rng.integers(30, 50))
-    if kind == "cropped":
-        a, b, c, d = (int(v) for v in rng.integers(2, 9, 4))
-        return img.crop((a, b, w - c, h - d)), 92
-    if kind == "colour_shifted":
-        x = np.asarray(img, dtype=np.float32)
-        gain = np.array([1.0 + rng.uniform(0.04, 0.1), 1.0, 1.0 - rng.uniform(0.04, 0.1)], dtype=np.float32)
-        x = np.clip(x * gain * rng.uniform(1.0, 1.08) + rng.uniform(-8, 8, 3), 0, 255)
-        return Image.fromarray(x.astype(np.uint8)), 92
-    raise ValueError(f"unknown transform {kind!r}")
+    abstract = [p for p in files(MATE / "abstract") if "_" not in p.stem or p.suffix == ".png"]
+    sets = {"mate-abstract": abstract, "xfce": files(Path("/usr/share/backgrounds/xfce")),
+            "plasma": package_files("plasma-workspace-wallpapers"),
+            "lomiri": package_files("lomiri-wallpapers-16.04") + package_files("lomiri-wallpapers-20.04")}
+    for series in SKY_SERIES:
+        sets[f"endless-sky-{series}"] = files(ENDLESS_SKY, f"{series}[0-9]*.jpg")
+    sets["variants"] = (files(Path("/usr/share/backgrounds/gnome"), "*.webp")
+                        + files(MATE / "desktop", "Ubuntu-Mate-*") + files(MATE / "desktop", "MATE-Stripes-*"))
+    return {k: v for k, v in sets.items() if len(v) > 1}
 
 
-def _originals(sources: list[Path], max_side: int, stats: dict[str, int]) -> Any:
-    """Distinct pictures from ``sources``, each at most ``max_side`` pixels.
+def _distinct(images: Any, stats: dict[str, int]) -> Any:
+    """``(name, image)`` pairs left after dropping blank or flat pictures and near-copies of earlier ones.
 
-    Left out, and counted in ``stats``: undecodable files, blank pictures (transparent
-    overlays composite to plain white), drawings with under 5% ink (a small arrow on an
-    empty canvas is a near-copy of every other one at any resolution), and pictures
-    that already are near-copies of an earlier one (grey 24x24 thumbnails correlated at
-    0.9 or more: the wallpaper folders hold one picture under two names, openclipart
-    holds recolourings of one drawing), which would make the planted truth wrong.
+    Left out because they would make the truth wrong: pictures with almost no contrast
+    (grey 32x32 standard deviation under 12: an empty sky is a copy of another empty sky)
+    and pictures whose grey 24x24 thumbnails correlate >= 0.9 with an earlier one's (one
+    photograph shipped twice).
     """
     from PIL import Image
 
-    from relsearch.collection import DecodeError, load_image
-
     seen: list[np.ndarray] = []
-    for src in sources:
-        try:
-            img = load_image(src, max_side=max_side)
-        except DecodeError:
-            stats["undecodable"] = stats.get("undecodable", 0) + 1
+    for name, img in images:
+        grey = np.asarray(img.convert("L").resize((24, 24), Image.Resampling.BOX), dtype=np.float32).ravel()
+        if float(np.asarray(img.convert("L").resize((32, 32)), dtype=np.float32).std()) < 12:
+            stats["flat"] = stats.get("flat", 0) + 1
             continue
-        thumb = np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=np.float32)
-        if thumb.std() < 6:
-            stats["blank"] = stats.get("blank", 0) + 1
-            continue
-        if src.suffix.lower() == ".png" and np.mean(thumb.min(axis=2) < 235) < 0.05:
-            stats["little_ink"] = stats.get("little_ink", 0) + 1
-            continue
-        grey = np.asarray(img.convert("L").resize((24, 24), Image.BOX), dtype=np.float32).ravel()
         grey -= grey.mean()
         grey /= np.linalg.norm(grey) + 1e-6
         if seen and float(np.max(np.stack(seen) @ grey)) >= 0.9:
             stats["near_copy_in_source"] = stats.get("near_copy_in_source", 0) + 1
             continue
         seen.append(grey)
-        yield src, img
+        yield name, img
 
 
-def plant(sources: list[Path], out: Path, n_copied: int, n_exact: int = 10, seed: int = 0,
-          max_side: int = 1024) -> dict[str, Any]:
-    """Write originals (at most ``max_side``) and planted copies of every third, ``n_copied`` at most.
+def _pictures(sources: list[Path], n: int, seed: int, stats: dict[str, int]) -> Any:
+    """Whole photographs, then 2x2 (3x3...) tiles of the ones not used whole, enough for ``n``."""
+    from relsearch.collection import DecodeError, load_image
 
-    Returns ``{"groups": [[path, ...]], "kind": {path: transform}, "dropped": {...}}``;
-    the first path of a group is the original.
+    order = [sources[i] for i in np.random.default_rng(seed).permutation(len(sources))]
+    g = 1
+    while g * g * len(order) < n * 1.15:  # some pictures are dropped as flat or repeated
+        g += 1
+    whole = len(order) if g == 1 else max(0, int((g * g * len(order) - n * 1.15) // (g * g - 1)))
+    for k, src in enumerate(order):
+        try:
+            img = load_image(src, max_side=1024 if k < whole else 1024 * g)
+        except DecodeError:
+            stats["undecodable"] = stats.get("undecodable", 0) + 1
+            continue
+        if k < whole:
+            yield src.stem, img
+            continue
+        w, h = img.width // g, img.height // g
+        for t in range(g * g):
+            x, y = (t % g) * w, (t // g) * h
+            yield f"{src.stem}_t{t}", img.crop((x, y, x + w, y + h))
+
+
+def plant_copy(img: Any, rng: np.random.Generator) -> tuple[Any, dict[str, float]]:
+    """A near copy: cropped 0-5 % per axis, resized to 60-90 %, brightness x0.9-1.1 (JPEG quality in ``q``)."""
+    from PIL import Image, ImageEnhance
+
+    w, h = img.size
+    cx, cy = rng.uniform(0, 0.05, 2)
+    left, top = rng.uniform(0, cx), rng.uniform(0, cy)
+    img = img.crop((round(left * w), round(top * h), round(w - (cx - left) * w), round(h - (cy - top) * h)))
+    f = float(rng.uniform(0.6, 0.9))
+    img = img.resize((max(16, round(img.width * f)), max(16, round(img.height * f))), Image.Resampling.BICUBIC)
+    b = float(rng.uniform(0.9, 1.1))
+    img = ImageEnhance.Brightness(img).enhance(b)
+    return img, {"crop_x": float(cx), "crop_y": float(cy), "scale": f, "brightness": b,
+                 "q": int(rng.integers(50, 91))}
+
+
+def plant(sources: list[Path], out: Path, n: int, seed: int = 0) -> dict[str, Any]:
+    """Write a collection of ``n`` files under ``out``: originals and planted copies of some.
+
+    Returns ``{"groups": [[original, copy...]], "params": {copy: {...}}, "dropped": {...}}``.
     """
     if out.exists():
         shutil.rmtree(out)
     (out / "originals").mkdir(parents=True)
     (out / "copies").mkdir()
+    n_copy = max(1, round(n * COPY_SHARE))
+    n_exact = n_copy // EXACT_EVERY
+    n_orig = n - n_copy - n_exact
     rng = np.random.default_rng(seed)
+    copied = set(rng.choice(n_orig, n_copy, replace=False).tolist())
     groups: list[list[str]] = []
-    kind: dict[str, str] = {}
+    params: dict[str, dict[str, Any]] = {}
     dropped: dict[str, int] = {}
-    copied = 0
-    for made, (src, img) in enumerate(_originals(sources, max_side, dropped)):
-        name = f"{made:04d}"
-        orig = out / "originals" / (name + (".png" if src.suffix.lower() == ".png" else ".jpg"))
-        img.save(orig, **({"quality": 95} if orig.suffix == ".jpg" else {}))
+    exacts = 0
+    for k, (name, img) in enumerate(_distinct(_pictures(sources, n_orig, seed, dropped), dropped)):
+        if k == n_orig:
+            break
+        orig = out / "originals" / f"{k:05d}_{name}.jpg"
+        img.save(orig, quality=92)
         group = [str(orig)]
-        if made % 3 == 0 and copied < n_copied:  # every third: photographs and drawings alike
-            for t in TRANSFORMS:
-                copy, q = _transform(img, t, rng)
-                path = out / "copies" / f"{name}_{t}.jpg"
-                copy.save(path, quality=q)
-                group.append(str(path))
-                kind[str(path)] = t
-            if copied < n_exact:
-                path = out / "copies" / f"{name}_exact{orig.suffix}"
-                shutil.copyfile(orig, path)
-                group.append(str(path))
-                kind[str(path)] = "exact"
-            copied += 1
+        if k in copied:
+            copy, p = plant_copy(img, rng)
+            path = out / "copies" / f"{k:05d}_copy.jpg"
+            copy.save(path, quality=p["q"])
+            group.append(str(path))
+            params[str(path)] = p
+            if exacts < n_exact:  # the first few copied originals
+                exacts += 1
+                exact = out / "copies" / f"{k:05d}_exact.jpg"
+                shutil.copyfile(orig, exact)
+                group.append(str(exact))
+                params[str(exact)] = {"exact": True}
         groups.append(group)
-    return {"groups": groups, "kind": kind, "dropped": dropped}
+    return {"groups": groups, "params": params, "dropped": dropped}
 
 
+# ----------------------------------------------------------------------------- scoring
 def _pairs(groups: list[list[str]]) -> set[tuple[str, str]]:
     return {(a, b) for g in groups for i, a in enumerate(sorted(g)) for b in sorted(g)[i + 1 :]}
 
 
-def score(found: list[list[str]], truth: list[list[str]], kind: dict[str, str]) -> dict[str, Any]:
-    """Pair precision / recall of ``found`` groups against ``truth``, and recall per transform."""
+def score(found: list[list[str]], truth: list[list[str]]) -> dict[str, Any]:
+    """Pair precision / recall of ``found`` groups against ``truth``, and the groups holding a false pair."""
     got, want = _pairs(found), _pairs([g for g in truth if len(g) > 1])
     hit = got & want
-    per: dict[str, list[bool]] = {}
-    for g in truth:
-        for p in g[1:]:
-            per.setdefault(kind[p], []).append((min(g[0], p), max(g[0], p)) in got)
-    return {
-        "precision": len(hit) / len(got) if got else 1.0,
-        "recall": len(hit) / len(want) if want else 1.0,
-        "pairs_found": len(got), "pairs_true": len(want), "pairs_correct": len(hit),
-        "copy_recall": {k: float(np.mean(v)) for k, v in sorted(per.items())},
-    }
+    false_groups = sum(1 for g in found if _pairs([g]) - want)
+    return {"precision": len(hit) / len(got) if got else 1.0, "recall": len(hit) / len(want) if want else 1.0,
+            "pairs_found": len(got), "pairs_true": len(want), "pairs_correct": len(hit),
+            "groups": len(found), "false_groups": false_groups}
 
 
-def _groups_at(result: Any, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], ids: np.ndarray,
-               records: dict[int, Any], threshold: float) -> list[list[str]]:
-    from relsearch.dupes import components
-
-    i, j, s = pairs
-    keep = s >= threshold
-    out = [sorted(r.paths) for r in records.values() if len(r.paths) > 1]  # exact copies
-    for rows, _ in components(len(ids), i[keep], j[keep], s[keep]):
-        out.append([p for r in rows for p in records[int(ids[r])].paths])
-    return out
-
-
-def run_planted(work: Path, n_copied: int = 100, n_clipart: int = 300, encoder: str = "imagenet",
-                threshold: float | None = None, results_dir: str | None = RESULTS_DIR,
-                device: str | None = None, seed: int = 1) -> dict[str, Any]:
-    """Plant copies under ``work``, index them, score ``dupes`` over a threshold sweep."""
-    from relsearch.build import BuildOptions, build_index
-    from relsearch.dupes import DEFAULT_THRESHOLD, find_dupes, near_pairs
+def _scored(index: Path, encoder: str) -> tuple[dict[int, Any], np.ndarray, tuple[np.ndarray, ...], dict[str, float],
+                                                np.ndarray]:
+    """Records, ids, the candidate pairs with their vector and picture scores, the time of each stage, the vectors."""
+    from relsearch.dupes import candidate_pairs, pixel_scores
     from relsearch.indexdir import open_index
 
-    threshold = threshold or DEFAULT_THRESHOLD
-    sources = default_sources(n_clipart, seed=seed)
-    if not sources:
-        raise RelsearchError("no pictures found (looked in /usr/share/backgrounds and openclipart-png)")
-    t0 = time.perf_counter()
-    truth = plant(sources, work / "pictures", n_copied, seed=seed)
-    idx = work / "index"
-    if idx.exists():
-        shutil.rmtree(idx)
-    build_index(work / "pictures", idx, BuildOptions(encoders=encoder, progress=False, device=device))
-    t_build = time.perf_counter() - t0
-
-    result = find_dupes(idx, threshold=threshold, encoder=encoder)
-    default = score([g.paths for g in result.groups], truth["groups"], truth["kind"])
-    with open_index(idx) as opened:
+    with open_index(index) as opened:
         records = {r.id: r for r in opened.store.iter_records()}
         ids, vecs = opened.store.all_vectors(encoder, opened.manifest.encoders[encoder].dim)
-    pairs = near_pairs(vecs, min(SWEEP))
-    sweep = [{"threshold": t, **score(_groups_at(result, pairs, ids, records, t), truth["groups"], truth["kind"])}
-             for t in SWEEP]
-    # similarity of every planted copy to its original: the scale run plants at these
-    row = {p: r for r in records.values() for p in r.paths}
-    pos = {int(i): k for k, i in enumerate(ids)}
-    copy_sims: dict[str, list[float]] = {}
-    for g in truth["groups"]:
-        for p in g[1:]:
-            a, b = vecs[pos[row[g[0]].id]], vecs[pos[row[p].id]]
-            copy_sims.setdefault(truth["kind"][p], []).append(float(a @ b))
-    n_files = sum(len(g) for g in truth["groups"])
-    report = {
-        "benchmark": "dupes-planted", "encoder": encoder, "threshold": threshold,
-        "pictures": {"files": n_files, "originals": len(truth["groups"]), "with_copies": n_copied,
-                     "copies_per_original": len(TRANSFORMS), "exact_copies": sum(k == "exact" for k in truth["kind"].values()),
-                     "sources": "Debian/Ubuntu desktop wallpapers (/usr/share/backgrounds) + openclipart-png sample "
-                                f"(seed {seed})",
-                     "dropped": truth["dropped"]},
-        **{k: default[k] for k in ("precision", "recall", "pairs_found", "pairs_true", "pairs_correct", "copy_recall")},
-        "sweep": sweep,
-        "copy_similarity": {k: {"min": float(np.min(v)), "median": float(np.median(v)), "all": [round(x, 5) for x in v]}
-                            for k, v in sorted(copy_sims.items())},
-        "seconds": {"plant+build": t_build, "dupes": result.seconds.get("total", 0.0)},
+    t0 = time.perf_counter()
+    i, j, vsim = candidate_pairs(vecs)
+    t1 = time.perf_counter()
+    pix = pixel_scores(i, j, lambda r: sorted(records[int(ids[r])].paths))
+    return records, ids, (i, j, vsim, pix), {"candidates": t1 - t0, "check": time.perf_counter() - t1}, vecs
+
+
+def _found(records: dict[int, Any], ids: np.ndarray, pairs: tuple[np.ndarray, ...], threshold: float) -> list[list[str]]:
+    from relsearch.dupes import make_groups
+
+    return [g.paths for g in make_groups(records, ids, pairs[0], pairs[1], pairs[3], threshold)]
+
+
+def _build(folder: Path, index: Path, encoder: str, device: str | None) -> float:
+    from relsearch.build import BuildOptions, build_index
+
+    t0 = time.perf_counter()  # an index left by an earlier run is brought up to date, not rebuilt
+    build_index(folder, index, BuildOptions(encoders=encoder, progress=False, device=device))
+    return time.perf_counter() - t0
+
+
+def run_planted(work: Path, n: int, encoder: str = "imagenet", threshold: float | None = None,
+                device: str | None = None, seed: int = 1) -> dict[str, Any]:
+    """Plant a collection of ``n`` files under ``work``, index it, score ``dupes`` over the sweep."""
+    from relsearch.dupes import DEFAULT_THRESHOLD
+
+    threshold = threshold or DEFAULT_THRESHOLD
+    sources = photo_sources()
+    if not sources:
+        raise RelsearchError(f"no photographs found (looked in {ENDLESS_SKY} and the packages "
+                             f"{', '.join(PHOTO_PACKAGES)})")
+    truth = plant(sources, work / f"planted_{n}", n, seed=seed)
+    t_build = _build(work / f"planted_{n}", work / f"index_{n}", encoder, device)
+    records, ids, pairs, seconds, vecs = _scored(work / f"index_{n}", encoder)
+    row = {p: k for k, i in enumerate(ids.tolist()) for p in records[i].paths}
+    cand = {(min(row[a], row[b]), max(row[a], row[b])) for a, b in _pairs(truth["groups"])
+            if a in row and b in row and row[a] != row[b]}  # same bytes: one record, an exact group
+    got = set(zip(pairs[0].tolist(), pairs[1].tolist()))
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    copy_sims = sorted(float(unit[a] @ unit[b]) for a, b in cand)  # plain cosine of every planted pair
+    files = sum(len(g) for g in truth["groups"])
+    return {
+        "benchmark": "dupes-planted", "encoder": encoder, "threshold": threshold, "files": files,
+        "originals": len(truth["groups"]), "copies": sum(len(g) - 1 for g in truth["groups"]),
+        "exact_copies": sum("exact" in p for p in truth["params"].values()), "dropped": truth["dropped"],
+        **score(_found(records, ids, pairs, threshold), truth["groups"]),
+        "candidates": len(pairs[0]), "candidate_recall": len(cand & got) / len(cand) if cand else 1.0,
+        "copy_cosines": [round(c, 5) for c in copy_sims],
+        "sweep": [{"threshold": t, **score(_found(records, ids, pairs, t), truth["groups"])} for t in SWEEP],
+        "seconds": {"build": t_build, **seconds},
     }
-    if results_dir:
-        report.update(_write(report, Path(results_dir), "dupes_planted"))
-    return report
+
+
+def run_similar(work: Path, encoder: str = "imagenet", threshold: float | None = None,
+                device: str | None = None) -> dict[str, Any]:
+    """Index the different-but-similar sets together and list every group ``dupes`` makes of them."""
+    from relsearch.dupes import DEFAULT_THRESHOLD
+
+    threshold = threshold or DEFAULT_THRESHOLD
+    sets = similar_sets()
+    if not sets:
+        raise RelsearchError("no wallpaper series installed (mate-backgrounds, xfce4, plasma, lomiri, endless-sky)")
+    folder = work / "similar"
+    if folder.exists():
+        shutil.rmtree(folder)
+    series_of = {}
+    for name, files in sets.items():
+        (folder / name).mkdir(parents=True)
+        for p in files:
+            dst = folder / name / f"{hashlib.sha256(str(p).encode()).hexdigest()[:6]}_{p.name}"
+            shutil.copyfile(p, dst)
+            series_of[str(dst)] = name
+    t_build = _build(folder, work / "index_similar", encoder, device)
+    records, ids, pairs, seconds, _ = _scored(work / "index_similar", encoder)
+    found = _found(records, ids, pairs, threshold)
+    listed = [{"series": sorted({series_of[p] for p in g}), "files": [str(Path(p).relative_to(folder)) for p in g]}
+              for g in found]
+    return {
+        "benchmark": "dupes-similar", "encoder": encoder, "threshold": threshold,
+        "sets": {k: len(v) for k, v in sets.items()}, "files": len(series_of), "candidates": len(pairs[0]),
+        "false_groups": sum(1 for g in listed if g["series"] != ["variants"]),
+        "variant_groups": sum(1 for g in listed if g["series"] == ["variants"]),
+        "groups": listed,
+        "sweep": [{"threshold": t, "groups": len(_found(records, ids, pairs, t))} for t in SWEEP],
+        "seconds": {"build": t_build, **seconds},
+    }
 
 
 # ----------------------------------------------------------------------------- scale
@@ -253,20 +314,16 @@ def synthetic_vectors(real: np.ndarray, n: int, copy_sims: list[float], copy_fra
     cosine drawn from ``copy_sims`` (the similarities real planted copies had).
     """
     rng = np.random.default_rng(seed)
-    mean = real.mean(axis=0)
-    centred = real - mean
+    centred = real - real.mean(axis=0)
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     r = min(256, len(s) - 1)
     scale = s[:r] / np.sqrt(len(real) - 1)
     resid = np.sqrt(max(float((s[r:] ** 2).sum()) / (len(real) - 1) / real.shape[1], 1e-12))
     n_copy = int(n * copy_fraction)
-    n_base = n - n_copy
-    d = real.shape[1]
+    n_base, d = n - n_copy, real.shape[1]
     out = np.empty((n, d), dtype=np.float32)
     for a in range(0, n_base, 20_000):
         m = min(20_000, n_base - a)
-        # noise at twice the real spread: rows grown from one real vector stay alike (raw cosine
-        # ~0.4-0.5, like bursts of one scene) but are not near-copies of each other
         x = real[rng.integers(0, len(real), m)] + 2.0 * ((rng.standard_normal((m, r)) * scale) @ vt[:r]
                                                        + resid * rng.standard_normal((m, d)))
         x = np.maximum(x, 0)
@@ -285,86 +342,47 @@ def synthetic_vectors(real: np.ndarray, n: int, copy_sims: list[float], copy_fra
     return out, np.stack([orig, np.arange(n_base, n)], axis=1)
 
 
-def write_index(path: Path, vectors: np.ndarray, encoder: str = "imagenet") -> None:
-    """An index directory holding ``vectors`` as the ``encoder`` column of fake image records."""
-    from relsearch.indexdir import EncoderEntry, Manifest, write_manifest
-    from relsearch.store import SCHEMA_VERSION, PathEntry, Record, Store
+def run_scale(n: int, real: np.ndarray, copy_sims: list[float]) -> dict[str, Any]:
+    """Time :func:`relsearch.dupes.candidate_pairs` on ``n`` synthetic vectors fit to ``real``."""
+    from relsearch.dupes import WHITEN_MIN, candidate_pairs
 
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    n, d = vectors.shape
-    with Store.open(path / "meta.lmdb", create=True) as store:
-        for a in range(0, n, 10_000):
-            def chunk(txn: Any, a: int = a) -> None:
-                for i in range(a, min(n, a + 10_000)):
-                    p = f"/synthetic/{i:07d}.jpg"
-                    store.put_record(txn, Record(i, hashlib.sha256(p.encode()).hexdigest(), [p], 0, 0, 0, 0.0))
-                    store.put_path(txn, p, PathEntry(i, 0, 0))
-                    store.put_vector(txn, encoder, i, vectors[i])
-            store.write(chunk)
-        manifest = Manifest(SCHEMA_VERSION, "/synthetic", {encoder: EncoderEntry(
-            encoder, encoder, "synthetic", d, "attribute", {})}, count=n)
-        store.write(lambda txn: store.put_meta(txn, "manifest", manifest.to_dict()))  # what open_index reads
-    write_manifest(path, manifest)
-
-
-def run_scale(n: int, planted: dict[str, Any], real: np.ndarray, work: Path, threshold: float | None = None,
-              results_dir: str | None = RESULTS_DIR) -> dict[str, Any]:
-    """Time ``find_dupes`` on an index of ``n`` synthetic vectors fit to ``real``."""
-    from relsearch.dupes import DEFAULT_THRESHOLD, find_dupes, whiten
-
-    threshold = threshold or DEFAULT_THRESHOLD
-    sims = [s for k, v in planted["copy_similarity"].items() if k != "exact" for s in v["all"]]
     t0 = time.perf_counter()
-    vecs, truth = synthetic_vectors(real, n, sims)
-    idx = work / f"synthetic_{n}"
-    write_index(idx, vecs)
+    vecs, truth = synthetic_vectors(real, n, copy_sims)
     t_setup = time.perf_counter() - t0
-    white = whiten(vecs)  # the space dupes scores in
-    planted_sims = np.einsum("ij,ij->i", white[truth[:, 0]], white[truth[:, 1]])
-    del white
-    reachable = {(int(a), int(b)) for (a, b), s in zip(truth, planted_sims) if s >= threshold}
-    del vecs
     t0 = time.perf_counter()
-    result = find_dupes(idx, threshold=threshold)
+    i, j, _ = candidate_pairs(vecs)
     seconds = time.perf_counter() - t0
-    got = {(min(a, b), max(a, b)) for g in result.groups for a in g.ids for b in g.ids if a < b}
+    got = set(zip(i.tolist(), j.tolist()))
     want = {(int(a), int(b)) for a, b in truth}
-    report = {
-        "benchmark": "dupes-scale", "images": n, "dim": int(real.shape[1]), "threshold": threshold,
-        "vectors": f"synthetic: {len(real)} real imagenet vectors of the planted run, each grown into many "
-                   "by noise of twice the real covariance (ReLU-floored, normalised); "
-                   f"{len(want)} planted near copies at the raw cosines the real copies had",
-        "seconds": seconds, "phases": result.seconds, "setup_seconds": t_setup,
-        "planted_pairs": len(want), "pairs_found": len(got),
-        "planted_found": len(got & want),
-        "recall_planted": len(got & want) / len(want) if want else 1.0,
-        # misses of the search itself: planted pairs at or above the threshold that were not found
-        "recall_above_threshold": len(got & reachable) / len(reachable) if reachable else 1.0,
-        "planted_above_threshold": len(reachable),
-        "precision_planted": len(got & want) / len(got) if got else 1.0,
+    return {
+        "benchmark": "dupes-scale", "images": n, "dim": int(real.shape[1]),
+        "space": "whitened" if n >= WHITEN_MIN else "plain cosine",
+        "vectors": f"synthetic: {len(real)} real vectors of the planted run, each grown into many by noise of "
+                   f"twice the real covariance (ReLU-floored, normalised); {len(want)} planted near copies at "
+                   "the cosines the real planted copies had",
+        "seconds": seconds, "setup_seconds": t_setup, "candidates": len(i), "planted_pairs": len(want),
+        "candidate_recall": len(got & want) / len(want) if want else 1.0,
+        "candidates_per_image": len(i) / n,
     }
-    if results_dir:
-        report.update(_write(report, Path(results_dir), f"dupes_scale_{n}"))
-    return report
 
 
 # ----------------------------------------------------------------------------- output
 def _write(report: dict[str, Any], results_dir: Path, name: str) -> dict[str, str]:
     results_dir.mkdir(parents=True, exist_ok=True)
     out = {"json": str(results_dir / f"{name}.json")}
-    if "sweep" in report:
+    planted = report.get("planted", [])
+    if planted:
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ts = [s["threshold"] for s in report["sweep"]]
-        ax.plot(ts, [s["precision"] for s in report["sweep"]], "o-", label="precision")
-        ax.plot(ts, [s["recall"] for s in report["sweep"]], "s-", label="recall")
-        ax.axvline(report["threshold"], color="grey", ls=":")
-        ax.set_xlabel("threshold (cosine, attribute column)")
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for run in planted:
+            ts = [s["threshold"] for s in run["sweep"]]
+            ax.plot(ts, [s["precision"] for s in run["sweep"]], "o-", label=f"precision, {run['files']} files")
+            ax.plot(ts, [s["recall"] for s in run["sweep"]], "s--", label=f"recall, {run['files']} files")
+        ax.axvline(planted[0]["threshold"], color="grey", ls=":")
+        ax.set_xlabel("threshold (picture similarity)")
         ax.set_ylim(0, 1.02)
-        ax.legend()
-        ax.set_title("dupes on planted copies")
+        ax.legend(fontsize=7)
+        ax.set_title("dupes on planted copies of photographs")
         fig.tight_layout()
         out["png"] = str(results_dir / f"{name}.png")
         fig.savefig(out["png"], dpi=110)
@@ -374,31 +392,39 @@ def _write(report: dict[str, Any], results_dir: Path, name: str) -> dict[str, st
 
 
 def format_report(report: dict[str, Any]) -> str:
-    if report["benchmark"] == "dupes-scale":
-        return (f"dupes at {report['images']} x {report['dim']}-d: {report['seconds']:.1f} s "
-                f"(load {report['phases']['load']:.1f}, pairs {report['phases']['pairs']:.1f}); planted pairs "
-                f"found {report['planted_found']}/{report['planted_pairs']}, precision "
-                f"{report['precision_planted']:.3f}")
-    lines = [f"dupes on {report['pictures']['files']} planted files ({report['encoder']}): precision "
-             f"{report['precision']:.3f}, recall {report['recall']:.3f} at {report['threshold']:g}",
-             "threshold  precision  recall"]
-    lines += [f"{s['threshold']:>9.2f}  {s['precision']:>9.3f}  {s['recall']:>6.3f}" for s in report["sweep"]]
-    lines.append("copy recall: " + ", ".join(f"{k} {v:.2f}" for k, v in report["copy_recall"].items()))
+    """The report as a few lines of text."""
+    lines = ["files  precision  recall  groups  false  candidates  cand.recall  check s"]
+    for r in report.get("planted", []):
+        lines.append(f"{r['files']:>5}  {r['precision']:>9.3f}  {r['recall']:>6.3f}  {r['groups']:>6}  "
+                     f"{r['false_groups']:>5}  {r['candidates']:>10}  {r['candidate_recall']:>11.3f}  "
+                     f"{r['seconds']['check']:>7.1f}")
+    sim = report.get("similar")
+    if sim:
+        lines.append(f"different-but-similar: {sim['files']} files in {len(sim['sets'])} series, "
+                     f"{sim['false_groups']} false groups, {sim['variant_groups']} groups of recoloured variants")
+        lines += [f"    {', '.join(g['files'])}" for g in sim["groups"]]
+    for s in report.get("scale", []):
+        lines.append(f"candidates at {s['images']} x {s['dim']}-d ({s['space']}): {s['seconds']:.1f} s, "
+                     f"{s['candidates_per_image']:.2f} per image, planted pairs among them {s['candidate_recall']:.3f}")
     return "\n".join(lines)
 
 
-def run(work: Path, n: int = 100_000, n_copied: int = 100, n_clipart: int = 300, threshold: float | None = None,
-        results_dir: str | None = RESULTS_DIR, device: str | None = None, skip_scale: bool = False,
+def run(work: Path, sizes: tuple[int, ...] = SIZES, scale: tuple[int, ...] = (100_000,), encoder: str = "imagenet",
+        threshold: float | None = None, results_dir: str | None = RESULTS_DIR, device: str | None = None,
         seed: int = 1) -> dict[str, Any]:
-    """The planted run, then (unless ``skip_scale``) the scale run fit to its vectors."""
+    """The planted run at each size, the different-but-similar run, then the candidate stage at ``scale``."""
     from relsearch.indexdir import open_index
 
     work.mkdir(parents=True, exist_ok=True)
-    planted = run_planted(work, n_copied=n_copied, n_clipart=n_clipart, threshold=threshold,
-                          results_dir=results_dir, device=device, seed=seed)
-    out = {"planted": planted}
-    if not skip_scale:
-        with open_index(work / "index") as opened:
-            _, real = opened.store.all_vectors("imagenet", opened.manifest.encoders["imagenet"].dim)
-        out["scale"] = run_scale(n, planted, real, work, threshold=threshold, results_dir=results_dir)
-    return out
+    report: dict[str, Any] = {"benchmark": "dupes"}
+    report["planted"] = [run_planted(work, n, encoder, threshold, device, seed) for n in sizes]
+    report["similar"] = run_similar(work, encoder, threshold, device)
+    if scale and report["planted"]:
+        big = report["planted"][-1]
+        with open_index(work / f"index_{sizes[-1]}") as opened:
+            _, real = opened.store.all_vectors(encoder, opened.manifest.encoders[encoder].dim)
+        sims = big["copy_cosines"] or [0.95]
+        report["scale"] = [run_scale(n, real, sims) for n in scale]
+    if results_dir:
+        report.update(_write(report, Path(results_dir), "dupes"))
+    return report

@@ -177,36 +177,28 @@ CALIBRATION_SETS = {
 }
 
 
-def calibrate_relation(root: str | Path, photos: str | Path, thresholds: Sequence[float] = (0.58, 0.6, 0.62, 0.64),
-                       results_dir: str | Path | None = None) -> dict[str, Any]:
-    """Best bank-caption scores of relsim-mini on held-out composed scenes against real photographs,
+def calibrate_relation(root: str | Path, photos: str | Path, thresholds: Sequence[float] = (0.5, 0.55, 0.58, 0.6, 0.62, 0.64),
+                       results_dir: str | Path | None = None, encoder: str = "relsim-mini") -> dict[str, Any]:
+    """Best bank-caption scores of ``encoder`` on held-out composed scenes and on real photographs,
     and what each candidate :data:`relsearch.explain.KNOWN_MIN_SCORE` keeps; writes
-    ``relation_threshold.json``."""
+    ``relation_threshold.json``. With a labels ``.jsonl`` for ``photos``, each threshold also gets the
+    share of photographs whose verdict (known or not) agrees with their label (a relation or ``none``)."""
     import json
 
     from relsearch.bench import RESULTS_DIR
-    from relsearch.bench.photos import embed_paths
-    from relsearch.corpus.compose import compose
-    from relsearch.corpus.families import CLASSIC_FAMILIES, FAMILIES
-    from relsearch.encoders.relsim_mini import load
+    from relsearch.bench.photos import embed_paths, encoder_specs
     from relsearch.explain import bank_for
 
-    enc, bank = load(None), bank_for("relsim-mini")
-    scenes: list[tuple[str, float, str]] = []  # (true family, best score, nearest family)
-    for name, recipe in CALIBRATION_SETS.items():
-        kw = dict(recipe, families=FAMILIES if recipe["families"] == "all" else CLASSIC_FAMILIES)
-        folder = Path(root) / name
-        if not (folder / "labels.jsonl").is_file():
-            compose(folder, n_per_family=0, split="test", grouped=True, **kw)
-        rows = [json.loads(x) for x in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines() if x]
-        idx, score = bank.nearest(embed_paths(enc, [str(folder / r["path"]) for r in rows]))
-        scenes += [(r["family"], float(s), str(bank.families[i])) for r, i, s in zip(rows, idx, score)]
-    idx, score = bank.nearest(embed_paths(enc, photo_paths(photos)))
+    (spec, enc), = encoder_specs(encoder, None)
+    bank = bank_for(spec)
+    scenes = _calibration_scenes(root, enc, bank)
+    paths = photo_paths(photos)
+    idx, score = bank.nearest(embed_paths(enc, paths))
     real = [(float(s), str(bank.families[i])) for i, s in zip(idx, score)]
     rel = np.array([s for f, s, _ in scenes if f != NONE_FAMILY])
     real_rel = np.array([s for s, f in real if f != NONE_FAMILY])
     report: dict[str, Any] = {
-        "composed_relation_scenes": len(rel), "photos": len(real),
+        "encoder": spec, "composed_relation_scenes": len(rel), "photos": len(real),
         "composed_nearest_is_own_family": round(float(np.mean([f == n for f, _, n in scenes if f != NONE_FAMILY])), 4),
         "photos_nearest_none": round(float(np.mean([f == NONE_FAMILY for _, f in real])), 4),
         "composed_score_percentiles": {q: round(float(np.percentile(rel, q)), 4) for q in (1, 2, 5, 50)},
@@ -216,8 +208,45 @@ def calibrate_relation(root: str | Path, photos: str | Path, thresholds: Sequenc
                                   "photos_known": round(float((real_rel >= t).sum() / len(real)), 4)}
                        for t in thresholds},
     }
+    labelled = _photo_relations(photos, paths)
+    if labelled is not None:
+        has = np.array([r != NONE_FAMILY for r in labelled])
+        for t in thresholds:
+            known = np.array([f != NONE_FAMILY and s >= t for s, f in real])
+            report["thresholds"][f"{t:g}"]["photos_verdict_agrees_with_label"] = round(float((known == has).mean()), 4)
     out = Path(results_dir or RESULTS_DIR) / "relation_threshold.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     report["json"] = str(out)
     return report
+
+
+def _calibration_scenes(root: str | Path, enc: Any, bank: Any) -> list[tuple[str, float, str]]:
+    """(true family, best caption score, nearest family) of every scene of :data:`CALIBRATION_SETS`."""
+    import json
+
+    from relsearch.bench.photos import embed_paths
+    from relsearch.corpus.compose import compose
+    from relsearch.corpus.families import CLASSIC_FAMILIES, FAMILIES
+
+    scenes: list[tuple[str, float, str]] = []
+    for name, recipe in CALIBRATION_SETS.items():
+        kw = dict(recipe, families=FAMILIES if recipe["families"] == "all" else CLASSIC_FAMILIES)
+        folder = Path(root) / name
+        if not (folder / "labels.jsonl").is_file():
+            compose(folder, n_per_family=0, split="test", grouped=True, **kw)
+        rows = [json.loads(x) for x in (folder / "labels.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        idx, score = bank.nearest(embed_paths(enc, [str(folder / r["path"]) for r in rows]))
+        scenes += [(r["family"], float(s), str(bank.families[i])) for r, i, s in zip(rows, idx, score)]
+    return scenes
+
+
+def _photo_relations(photos: str | Path, paths: list[str]) -> list[str] | None:
+    """The labelled relation of each of ``paths`` when ``photos`` is a labels ``.jsonl``, else None."""
+    p = Path(photos)
+    if not (p.is_file() and p.suffix == ".jsonl"):
+        return None
+    from relsearch.bench.photos import read_labels
+
+    by_path = {r.path: r.relation for r in read_labels(p)}
+    return [by_path[x] for x in paths]

@@ -177,6 +177,7 @@ def modes_latency(root: Path, paths: list[str], encoders: str, k: int, analogy: 
 
     from relsearch.bench import latency_ms
     from relsearch.build import BuildOptions, build_index
+    from relsearch.composed import QueryTerm, search_composed
     from relsearch.modes import Modes, apply_modes
     from relsearch.query import Searcher, load_query_image
 
@@ -190,7 +191,7 @@ def modes_latency(root: Path, paths: list[str], encoders: str, k: int, analogy: 
             t0 = time.perf_counter()
             img = load_query_image(p)
             t1 = time.perf_counter()
-            res = s.query_image(img, k, label=str(p))
+            res = search_composed(s, [QueryTerm(str(p))], k, images={str(p): img})
             t2 = time.perf_counter()
             apply_modes(s, res, k, modes)
             t3 = time.perf_counter()

@@ -86,6 +86,62 @@ def _neighbour_rows(searcher: Any, name: str, ids: np.ndarray, vecs: np.ndarray,
     return out
 
 
+def _labelled_records(searcher: Any, items: list[Labelled], root: Path) -> tuple[np.ndarray, list[Labelled]]:
+    """Record ids of the labelled images in the index, and their labels (identical files share one record)."""
+    paths = searcher.opened.store.all_paths()
+    rid: dict[int, Labelled] = {}
+    for it in items:
+        entry = paths.get(it.abspath)
+        if entry is not None and entry.id not in rid:
+            rid[entry.id] = it
+    if len(rid) < 2:
+        raise RelsearchError(f"fewer than 2 labelled images of {root} are in the index; check --labels")
+    return np.fromiter(rid, dtype=np.int64), list(rid.values())
+
+
+def _report_head(root: Path, items: list[Labelled], used: list[Labelled], k: int, build_s: float,
+                 build: Any) -> dict[str, Any]:
+    """The set, the build and the chance precision (a random neighbour is in the query's family)."""
+    families = [it.family for it in used]
+    fam = np.asarray(families, dtype=object)
+    counts = {f: int((fam == f).sum()) for f in set(families)}
+    return {
+        "collection": str(root.resolve()),
+        "labels": len(items),
+        "items": len(used),
+        "queries": sum(f != NONE_FAMILY for f in families),
+        "k": k,
+        "families": sorted({f for f in families if f != NONE_FAMILY}),
+        "build_s": build_s,
+        "build_seconds": build.seconds,
+        "build_embedded": build.embedded,
+        "encoders": {},
+        "chance_precision": float(np.mean([(counts[f] - 1) / (len(fam) - 1) for f in fam[fam != NONE_FAMILY]])),
+    }
+
+
+def _score_column(searcher: Any, name: str, entry: Any, ids: np.ndarray, used: list[Labelled], k: int,
+                  row_of_id: dict[int, int], twin: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """One encoder column: its metrics row, and the [N, k] neighbour rows behind them."""
+    from relsearch.bench import modes_eval
+
+    families, objects = [it.family for it in used], [it.objects for it in used]
+    t = time.perf_counter()
+    vecs = searcher.opened.store.get_vectors(name, ids, entry.dim)
+    nn = _neighbour_rows(searcher, name, ids, vecs, k, row_of_id)
+    search_s = time.perf_counter() - t
+    metrics = retrieval_report(nn, families, objects, k)
+    return {
+        "kind": entry.kind,
+        "fingerprint": entry.fingerprint,
+        "faiss": entry.faiss.get("spec"),
+        **{m: metrics[m] for m in ("precision_at_k", "map_at_k", "recall_at_k", "leakage_at_k")},
+        "twins_at_k": modes_eval.twins_at_k(nn, families, twin),
+        "per_family": metrics["per_family"],
+        "search_s": search_s,
+    }, nn
+
+
 def run_relational(
     collection: str | os.PathLike[str],
     labels: str | os.PathLike[str] | None = None,
@@ -120,64 +176,22 @@ def run_relational(
         build = build_index(root, index_path, BuildOptions(encoders=encoders, device=device, progress=False))
         build_s = time.perf_counter() - t0
         with Searcher(index_path, encoders=encoders, device=device) as searcher:
-            paths = searcher.opened.store.all_paths()
-            rid = {}
-            for it in items:
-                entry = paths.get(it.abspath)
-                if entry is not None and entry.id not in rid:  # identical files share one record
-                    rid[entry.id] = it
-            if len(rid) < 2:
-                raise RelsearchError(f"fewer than 2 labelled images of {root} are in the index; check --labels")
-            ids = np.fromiter(rid, dtype=np.int64)
-            used = list(rid.values())
+            ids, used = _labelled_records(searcher, items, root)
             families = [it.family for it in used]
-            objects = [it.objects for it in used]
             row_of_id = {int(i): r for r, i in enumerate(ids)}
             kk = min(k, len(ids) - 1)
-            report: dict[str, Any] = {
-                "collection": str(root.resolve()),
-                "labels": len(items),
-                "items": len(ids),
-                "queries": sum(f != NONE_FAMILY for f in families),
-                "k": kk,
-                "families": sorted({f for f in families if f != NONE_FAMILY}),
-                "build_s": build_s,
-                "build_seconds": build.seconds,
-                "build_embedded": build.embedded,
-                "encoders": {},
-            }
-            # chance precision: a random neighbour is in the query's family
-            fam = np.asarray(families, dtype=object)
-            q = fam != NONE_FAMILY
-            counts = {f: int((fam == f).sum()) for f in set(families)}
-            report["chance_precision"] = float(np.mean([(counts[f] - 1) / (len(fam) - 1) for f in fam[q]]))
-            lines = []
+            report = _report_head(root, items, used, kk, build_s, build)
             from relsearch.bench import modes_eval
 
             group_of = modes_eval.read_groups(labels_path)
-            twin = modes_eval.twin_matrix([group_of.get(it.path) for it in used], objects)
+            twin = modes_eval.twin_matrix([group_of.get(it.path) for it in used], [it.objects for it in used])
             nns = {}
             for name, entry in searcher.encoders.items():
-                t = time.perf_counter()
-                vecs = searcher.opened.store.get_vectors(name, ids, entry.dim)
-                nn = _neighbour_rows(searcher, name, ids, vecs, kk, row_of_id)
-                search_s = time.perf_counter() - t
-                metrics = retrieval_report(nn, families, objects, kk)
-                report["encoders"][name] = {
-                    "kind": entry.kind,
-                    "fingerprint": entry.fingerprint,
-                    "faiss": entry.faiss.get("spec"),
-                    **{m: metrics[m] for m in ("precision_at_k", "map_at_k", "recall_at_k", "leakage_at_k")},
-                    "twins_at_k": modes_eval.twins_at_k(nn, families, twin),
-                    "per_family": metrics["per_family"],
-                    "search_s": search_s,
-                }
-                nns[name] = nn
-                if out is not None:
-                    for r in np.flatnonzero(q):
-                        lines.append(json.dumps({"query": used[r].path, "encoder": name,
-                                                 "neighbours": [used[j].path for j in nn[r]]}))
+                report["encoders"][name], nns[name] = _score_column(searcher, name, entry, ids, used, kk,
+                                                                    row_of_id, twin)
             _add_mode_rows(report, searcher, ids, row_of_id, kk, families, twin, nns, analogy_weight, captions)
+    lines = [json.dumps({"query": used[r].path, "encoder": name, "neighbours": [used[j].path for j in nn[r]]})
+             for name, nn in nns.items() for r, f in enumerate(families) if f != NONE_FAMILY]
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text("\n".join(lines) + "\n", encoding="utf-8")

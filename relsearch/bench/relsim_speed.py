@@ -1,6 +1,6 @@
 """``relsearch bench relsim``: relsim's embedding speed at full size, fast path vs the paper's loop.
 
-Builds Qwen2.5-VL with the published 7B shapes (``relsearch/encoders/relsim/qwen2_5_vl_7b.json``)
+Builds Qwen2.5-VL with the published 7B shapes (``relsearch/bench/qwen2_5_vl_7b.json``)
 and random weights directly on the device, adds the paper's LoRA (r 16, alpha 32, q_proj /
 v_proj), ``<|query|>`` and Linear(3584 -> 384), and runs the project's own relsim encoder on
 it. Random weights change no timing. The images mix square, landscape, portrait, wide (3:1)
@@ -58,7 +58,7 @@ def build_random_relsim(arch: dict[str, Any], device: str, dtype: str | None, pi
     import torch
     from peft import LoraConfig
 
-    from relsearch.encoders.relsim import synthetic
+    from relsearch.bench import relsim_synthetic as synthetic
     from relsearch.encoders.relsim.model import RelsimEncoder, RelsimOptions, relsim_module_class
     from relsearch.encoders.relsim.release import EMBED_DIM, LORA_SETTINGS, peft_wrap
 
@@ -237,7 +237,7 @@ def _sizing(encoder: Any, config: RelsimBenchConfig, sizing: str, images: list[A
 def run(config: RelsimBenchConfig) -> dict[str, Any]:
     import torch
 
-    from relsearch.encoders.relsim import synthetic
+    from relsearch.bench import relsim_synthetic as synthetic
 
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise RelsearchError("bench relsim --device cuda: torch sees no CUDA device here (try --device cpu --arch tiny)")
@@ -320,7 +320,7 @@ def write_random_release(arch: dict[str, Any], out_dir: Path, device: str, pixel
     """
     import json
 
-    from relsearch.encoders.relsim import synthetic
+    from relsearch.bench import relsim_synthetic as synthetic
     from relsearch.encoders.relsim.release import ADAPTER_CONFIG
 
     encoder = build_random_relsim(arch, device, None, pixels, seed=seed)
@@ -365,8 +365,8 @@ def _save_sharded(state: dict[str, Any], out: Path, shard_bytes: int = 4 << 30) 
 
 def end_to_end(arch_name: str, n_images: int, work: Path, device: str, batch_size: int) -> dict[str, Any]:
     """``build-index`` on a folder of ``n_images`` JPEGs with a random relsim release: images/s of the embed step."""
+    from relsearch.bench import relsim_synthetic as synthetic
     from relsearch.build import BuildOptions, build_index
-    from relsearch.encoders.relsim import synthetic
 
     arch, pixels = (synthetic.read_arch(), synthetic.FULL_PIXELS) if arch_name == "full" else (
         synthetic.TINY_ARCH, synthetic.TINY_PIXELS)

@@ -249,72 +249,35 @@ def run_scale(
     results_dir: str = RESULTS_DIR,
 ) -> dict[str, Any]:
     """Build both layouts under ``work`` and compare them; writes ``scale_index.{json,png}``."""
-    from relsearch.index import auto_nlist, train_size
-    from relsearch.index._faiss import import_faiss
+    from relsearch.index import auto_nlist
     from relsearch.index.refine import write_refine_store
-    from relsearch.index.sharded import write_trained
 
-    faiss = import_faiss()
     os.makedirs(work, exist_ok=True)
     t0 = time.perf_counter()
-    if base is None:
-        base, queries = synthetic_to_disk(os.path.join(work, "data"), n, n_queries, d)
-        source = f"synthetic clustered (relsearch.bench.synthetic mixture), n={n}, d={d}"
-    elif queries is None:
-        raise RelsearchError("--base needs --queries")
-    else:
-        source = os.path.abspath(base)
+    base, queries, source = _vector_files(work, n, n_queries, d, base, queries)
     xb = np.load(base, mmap_mode="r")
     xq = np.ascontiguousarray(np.load(queries), dtype=np.float32)
     n, d = xb.shape
     if xq.ndim != 2 or xq.shape[1] != d:
         raise RelsearchError(f"queries must be [Q, {d}], got {xq.shape}")
-    data_s = time.perf_counter() - t0
+    timings = {"data": time.perf_counter() - t0}
 
     truth_path = os.path.join(work, "truth.npy")
     t0 = time.perf_counter()
-    truth = exact_truth(xb, xq, 10)
-    np.save(truth_path, truth)
-    truth_s = time.perf_counter() - t0
+    np.save(truth_path, exact_truth(xb, xq, 10))
+    timings["truth"] = time.perf_counter() - t0
 
-    nlist = auto_nlist(n) if spec is None else None
-    spec = spec or f"IVF{nlist},PQ{d // 8}"
+    spec = spec or f"IVF{auto_nlist(n)},PQ{d // 8}"
     t0 = time.perf_counter()
-    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
-    ivf.cp.spherical = True
-    if hasattr(ivf, "do_polysemous_training"):
-        ivf.do_polysemous_training = False
-    n_train = train_size(n, ivf.nlist)  # the engine's own training-sample rule
-    rows = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
-    index.train(np.ascontiguousarray(xb[rows]))
-    trained = write_trained(index, os.path.join(work, "trained.faiss"))
-    train_s = time.perf_counter() - t0
+    trained, n_train = _train_shared(xb, spec, os.path.join(work, "trained.faiss"))
+    timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     store = write_refine_store(os.path.join(work, "vectors.vecs"), np.arange(n), xb)
-    store_s = time.perf_counter() - t0
+    timings["refine_store"] = time.perf_counter() - t0
 
-    mem_file, disk_file = os.path.join(work, "memory.faiss"), os.path.join(work, "ondisk.faiss")
-    ivfdata = os.path.join(work, "ondisk.ivfdata")
-    builds = {
-        "memory": _child("build_memory", base=base, trained=trained, out=mem_file),
-        "ondisk": _child("build_ondisk", base=base, trained=trained, out=disk_file, ivfdata=ivfdata,
-                         workdir=os.path.join(work, "shards"), shard_rows=shard_rows, workers=workers),
-    }
-    common = {"queries": queries, "truth": truth_path, "store": store, "nprobe": nprobe, "rerank": rerank}
-    # Drop nothing from the page cache (that needs root and would be unusual for a
-    # server); each query process starts fresh, so its RSS counts only what it touched.
-    runs = {
-        "memory": _child("query", out=mem_file, **common),
-        "ondisk": _child("query", out=disk_file, **common),
-    }
-    sizes = {
-        "memory": os.path.getsize(mem_file),
-        "ondisk": os.path.getsize(disk_file) + os.path.getsize(ivfdata),
-        "ondisk_ivfdata": os.path.getsize(ivfdata),
-        "refine_store": os.path.getsize(store),
-    }
+    builds, runs, sizes = _build_and_query_both(work, base, queries, trained, truth_path, store, nprobe, rerank,
+                                                shard_rows, workers)
     report: dict[str, Any] = {
         "source": source,
         "n": int(n),
@@ -326,7 +289,7 @@ def run_scale(
         "shard_rows": shard_rows,
         "workers": workers,
         "train_on": n_train,
-        "timings_s": {"data": data_s, "truth": truth_s, "train": train_s, "refine_store": store_s},
+        "timings_s": timings,
         "build": builds,
         "query": runs,
         "bytes": sizes,
@@ -339,6 +302,62 @@ def run_scale(
         json.dump(report, f, indent=2)
     _plot(report, os.path.join(results_dir, "scale_index.png"))
     return report
+
+
+def _vector_files(work: str, n: int, n_queries: int, d: int, base: str | None,
+                  queries: str | None) -> tuple[str, str, str]:
+    """``(base.npy, queries.npy, what they are)``: the given files, or synthetic ones written under ``work``."""
+    if base is None:
+        base, queries = synthetic_to_disk(os.path.join(work, "data"), n, n_queries, d)
+        return base, queries, f"synthetic clustered (relsearch.bench.synthetic mixture), n={n}, d={d}"
+    if queries is None:
+        raise RelsearchError("--base needs --queries")
+    return base, queries, os.path.abspath(base)
+
+
+def _train_shared(xb: np.ndarray, spec: str, path: str) -> tuple[str, int]:
+    """One training of ``spec`` (the engine's sample size and settings) for both layouts; ``(file, rows)``."""
+    from relsearch.index import train_size
+    from relsearch.index._faiss import import_faiss
+    from relsearch.index.sharded import write_trained
+
+    faiss = import_faiss()
+    n, d = xb.shape
+    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    ivf.cp.spherical = True
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False
+    n_train = train_size(n, ivf.nlist)  # the engine's own training-sample rule
+    rows = np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
+    index.train(np.ascontiguousarray(xb[rows]))
+    return write_trained(index, path), n_train
+
+
+def _build_and_query_both(work: str, base: str, queries: str, trained: str, truth: str, store: str, nprobe: int,
+                          rerank: int, shard_rows: int, workers: int) -> tuple[dict, dict, dict[str, int]]:
+    """Each layout built, then queried, in a process of its own; ``(builds, query runs, file sizes)``."""
+    mem_file, disk_file = os.path.join(work, "memory.faiss"), os.path.join(work, "ondisk.faiss")
+    ivfdata = os.path.join(work, "ondisk.ivfdata")
+    builds = {
+        "memory": _child("build_memory", base=base, trained=trained, out=mem_file),
+        "ondisk": _child("build_ondisk", base=base, trained=trained, out=disk_file, ivfdata=ivfdata,
+                         workdir=os.path.join(work, "shards"), shard_rows=shard_rows, workers=workers),
+    }
+    common = {"queries": queries, "truth": truth, "store": store, "nprobe": nprobe, "rerank": rerank}
+    # Drop nothing from the page cache (that needs root and would be unusual for a
+    # server); each query process starts fresh, so its RSS counts only what it touched.
+    runs = {
+        "memory": _child("query", out=mem_file, **common),
+        "ondisk": _child("query", out=disk_file, **common),
+    }
+    sizes = {
+        "memory": os.path.getsize(mem_file),
+        "ondisk": os.path.getsize(disk_file) + os.path.getsize(ivfdata),
+        "ondisk_ivfdata": os.path.getsize(ivfdata),
+        "refine_store": os.path.getsize(store),
+    }
+    return builds, runs, sizes
 
 
 def _plot(r: dict[str, Any], path: str) -> None:

@@ -96,7 +96,7 @@ def run_scale_ray(n: int = 500, encoders: str = "imagenet", collection: str | os
         raise RelsearchError(f"bench scale --part ray needs the 'ray' extra: pip install 'relsearch[ray]' ({exc})") \
             from exc
     from relsearch.backends.ray_embed import RayEmbedding, RayOptions
-    from relsearch.build import BuildOptions, build_index
+    from relsearch.build import BuildOptions
 
     if ray.is_initialized():
         raise RelsearchError("bench scale --part ray starts its own local Ray; run it outside a Ray driver")
@@ -113,15 +113,8 @@ def run_scale_ray(n: int = 500, encoders: str = "imagenet", collection: str | os
         runs: list[dict[str, Any]] = []
 
         def timed(name: str, index: Path, opts: BuildOptions, actors_n: int | None) -> dict[str, Any]:
-            t = time.perf_counter()
-            rep = build_index(folder, index, opts)
-            seconds = time.perf_counter() - t
-            run = {"run": name, "actors": actors_n, "images": rep.embedded, "seconds": round(seconds, 2),
-                   "images_per_s": round(rep.embedded / seconds, 2), "phases": {k: round(v, 2) for k, v in
-                                                                                 rep.seconds.items()},
-                   "failed": len(rep.failed)}
-            runs.append(run)
-            return run
+            runs.append(_timed_build(folder, index, opts, name, actors_n))
+            return runs[-1]
 
         base = dict(encoders=encoders, progress=False, batch_size=batch_size)
         local = timed("local", tmp / "local", BuildOptions(**base), None)
@@ -166,6 +159,18 @@ def run_scale_ray(n: int = 500, encoders: str = "imagenet", collection: str | os
         Path(report["json"]).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         _plot(report, report["png"])
     return report
+
+
+def _timed_build(folder: Path, index: Path, opts: Any, name: str, actors: int | None) -> dict[str, Any]:
+    """One build of ``folder`` into ``index``: its wall time, images/s and phases."""
+    from relsearch.build import build_index
+
+    t = time.perf_counter()
+    rep = build_index(folder, index, opts)
+    seconds = time.perf_counter() - t
+    return {"run": name, "actors": actors, "images": rep.embedded, "seconds": round(seconds, 2),
+            "images_per_s": round(rep.embedded / seconds, 2),
+            "phases": {k: round(v, 2) for k, v in rep.seconds.items()}, "failed": len(rep.failed)}
 
 
 def _plot(report: dict[str, Any], path: str) -> None:

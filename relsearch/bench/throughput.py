@@ -5,17 +5,17 @@ Per encoder:
 * raw forward rate: images/s of ``encoder.embed`` on pre-decoded batches of the build's
   batch size (decode excluded, model already warm);
 * build-index on the same images into a fresh index, its wall time split into scan
-  (walk + hash + diff), decode (time the model thread waited for decoded, pre-processed
-  batches: the decode not hidden behind the forward), embed (inside the encoder's
-  forward), metadata (LMDB writes while embedding) and index (FAISS build + commit);
-  the build's images/s over the raw forward rate is the share of the model's speed the
-  pipeline keeps;
-* query latency with a warm :class:`~relsearch.query.Searcher`, p50 / p95 of decode,
-  embed, search (FAISS) and metadata lookup (LMDB records), over many queries.
+  (walk + hash + diff), embed (inside the encoder's forward), waits+writes (the rest of the
+  embedding phase: decode not hidden behind the forward, LMDB writes) and index (FAISS
+  build + commit); the build's images/s over the raw forward rate is the share of the
+  model's speed the pipeline keeps;
+* query latency with a warm :class:`~relsearch.query.Searcher`, through the engine's own
+  query path (:func:`relsearch.composed.search_composed`): p50 / p95 of decode, embed,
+  search + lookup, and of the whole query, over many queries.
 
-The phase split is measured by wrapping the build's batch stream, ``Store.write`` and
-the encoder's methods for the duration of the run only, so the build itself carries no
-extra timers.
+Nothing of the engine is patched: the build gets the benchmark's encoder through
+``BuildOptions.preloaded``, wrapped in a :class:`TimedEncoder` that times its forward
+calls, and the build's own report gives the other phases.
 
     relsearch bench throughput --encoders imagenet            # synthetic photos
     relsearch bench throughput --collection data/bench --encoders imagenet
@@ -23,12 +23,10 @@ extra timers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,11 @@ import numpy as np
 from relsearch.bench import RESULTS_DIR, latency_ms, pyplot
 from relsearch.encoders.base import PipelinedEncoder
 from relsearch.errors import RelsearchError
+
+#: Phases of a build's wall time ("waits+writes": the embedding phase outside the forward).
+PHASES = ("scan", "embed", "waits+writes", "index")
+#: Steps of a query ("other": the rest of the query call: generation check, terms, hits).
+STEPS = ("decode", "embed", "search+lookup", "other")
 
 
 def synthetic_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = (480, 360)) -> list[Path]:
@@ -64,85 +67,54 @@ def synthetic_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = 
     return out
 
 
-class _Timers:
-    def __init__(self) -> None:
-        self.input_wait = 0.0  # model thread waiting for decoded (and preprocessed) batches
-        self.embed = 0.0  # inside the encoder's forward
-        self.metadata = 0.0  # LMDB writes while embedding
-        self.preprocess = 0.0  # resize/normalise, overlapped with the forward when pipelined
-        self.in_embed_phase = False
+class TimedEncoder:
+    """An encoder that forwards every call to ``inner`` and adds up the time of its forwards.
 
+    The build runs it like any encoder (it has the same protocols: see :func:`timed`);
+    ``forward_s`` is the time inside ``embed`` / ``embed_batch``, ``preprocess_s`` the time
+    inside ``preprocess_batch`` (overlapped with the forward when the build pipelines).
+    """
 
-_WRAPPED = ("embed", "embed_batch", "preprocess_batch")
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.forward_s = 0.0
+        self.preprocess_s = 0.0
 
+    name = property(lambda self: self.inner.name)
+    dim = property(lambda self: self.inner.dim)
+    kind = property(lambda self: self.inner.kind)
+    fingerprint = property(lambda self: self.inner.fingerprint)
 
-@contextlib.contextmanager
-def _instrumented(encoder: Any, timers: _Timers) -> Iterator[None]:
-    """Time the build's input waits, forwards and LMDB writes, then undo the wrapping."""
-    import relsearch.build as build_mod
-    from relsearch.store import Store
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
 
-    orig_prepared, orig_write, orig_phase = build_mod._prepared, Store.write, build_mod._embed
-    own = {name: vars(encoder)[name] for name in _WRAPPED if name in vars(encoder)}
-
-    def prepared(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        it = orig_prepared(*args, **kwargs)
-        try:
-            while True:
-                t = time.perf_counter()
-                try:
-                    item = next(it)
-                except StopIteration:
-                    return
-                finally:
-                    timers.input_wait += time.perf_counter() - t
-                yield item
-        finally:
-            it.close()
-
-    def write(self: Any, fn: Any) -> Any:
+    def embed(self, images: list[Any]) -> np.ndarray:
         t = time.perf_counter()
         try:
-            return orig_write(self, fn)
+            return self.inner.embed(images)
         finally:
-            if timers.in_embed_phase:
-                timers.metadata += time.perf_counter() - t
+            self.forward_s += time.perf_counter() - t
 
-    def timed(fn: Any, attr: str) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                setattr(timers, attr, getattr(timers, attr) + time.perf_counter() - t)
 
-        return call
-
-    def embed_phase(*args: Any, **kwargs: Any) -> Any:
-        timers.in_embed_phase = True
+class _TimedPipelined(TimedEncoder):
+    def preprocess_batch(self, images: list[Any]) -> Any:
+        t = time.perf_counter()
         try:
-            return orig_phase(*args, **kwargs)
+            return self.inner.preprocess_batch(images)
         finally:
-            timers.in_embed_phase = False
+            self.preprocess_s += time.perf_counter() - t
 
-    build_mod._prepared = prepared
-    build_mod._embed = embed_phase
-    Store.write = write  # type: ignore[method-assign]
-    for name in _WRAPPED:
-        fn = getattr(encoder, name, None)
-        if callable(fn):
-            setattr(encoder, name, timed(fn, "preprocess" if name == "preprocess_batch" else "embed"))
-    try:
-        yield
-    finally:
-        build_mod._prepared = orig_prepared
-        build_mod._embed = orig_phase
-        Store.write = orig_write  # type: ignore[method-assign]
-        for name in _WRAPPED:
-            if name in own:
-                setattr(encoder, name, own[name])
-            elif name in vars(encoder):
-                delattr(encoder, name)
+    def embed_batch(self, batch: Any) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return self.inner.embed_batch(batch)
+        finally:
+            self.forward_s += time.perf_counter() - t
+
+
+def timed(encoder: Any) -> TimedEncoder:
+    """``encoder`` wrapped in a :class:`TimedEncoder` that keeps its pipelined protocol, if it has one."""
+    return _TimedPipelined(encoder) if isinstance(encoder, PipelinedEncoder) else TimedEncoder(encoder)
 
 
 def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[str, Any]:
@@ -174,81 +146,79 @@ def raw_forward_rate(encoder: Any, images: list[Any], batch_size: int) -> dict[s
 
 
 def query_latency(index: Path, name: str, paths: list[str], k: int, device: str | None) -> dict[str, Any]:
-    """p50/p95 of decode, embed, search and metadata lookup, one query at a time, warm."""
+    """p50/p95 of a whole warm query, one at a time, through the engine's query path.
+
+    Per query: decode (:func:`~relsearch.query.load_query_image`), then
+    :func:`~relsearch.composed.search_composed` (generation check, embed, FAISS search, LMDB
+    lookup, hits), whose result carries its own embed and search + lookup timings.
+    """
+    from relsearch.composed import QueryTerm, search_composed
     from relsearch.query import Searcher, load_query_image
 
-    parts: dict[str, list[float]] = {"decode": [], "embed": [], "search": [], "metadata": [], "total": []}
+    parts: dict[str, list[float]] = {step: [] for step in (*STEPS, "total")}
     with Searcher(index, encoders=name, device=device) as s:
-        enc = s.encoder(name)
-        entry = s.opened.manifest.encoders[name]
-        vindex, store = s.indexes[name], s.opened.store
-
-        def lookup(ids: np.ndarray) -> np.ndarray:
-            return store.get_vectors(name, np.asarray(ids), entry.dim)
-
+        s.encoder(name)  # load the model before the first timed query
         for warm, p in enumerate([*paths[:3], *paths]):
             t0 = time.perf_counter()
             img = load_query_image(p)
             t1 = time.perf_counter()
-            vec = enc.embed([img])
+            result = search_composed(s, [QueryTerm(p)], k, images={p: img})
             t2 = time.perf_counter()
-            _, ids = vindex.search(vec, k, vector_lookup=lookup)
-            t3 = time.perf_counter()
-            store.get_records(int(i) for i in ids.ravel() if i >= 0)
-            t4 = time.perf_counter()
             if warm < 3:
                 continue
-            for key, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            embed = result.timings_ms[f"{name}.embed"] / 1e3
+            search = result.timings_ms[f"{name}.search+lookup"] / 1e3
+            for key, v in zip(parts, (t1 - t0, embed, search, max(0.0, t2 - t1 - embed - search), t2 - t0)):
                 parts[key].append(v)
     return {"queries": len(paths), "k": k, **{key: latency_ms(v) for key, v in parts.items()}}
+
+
+def timed_build(enc: Any, root: Path, index: Path, batch_size: int, workers: int | None,
+                device: str | None) -> dict[str, Any]:
+    """Build ``index`` from ``root`` with the loaded ``enc``; wall time, images/s and the split by phase."""
+    from relsearch.build import BuildOptions, build_index
+
+    clock = timed(enc)
+    t = time.perf_counter()
+    b = build_index(root, index, BuildOptions(encoders=enc.name, batch_size=batch_size, workers=workers,
+                                              device=device, progress=False, preloaded={enc.name: clock}))
+    wall = time.perf_counter() - t
+    sec = b.seconds
+    split = {
+        "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
+        "embed": clock.forward_s,
+        "waits+writes": max(0.0, sec.get("embed", 0.0) - clock.forward_s),
+        "index": sec.get("index", 0.0),
+    }
+    return {"seconds": wall, "images_per_s": b.embedded / wall if wall > 0 else 0.0, "split_s": split,
+            "preprocess_overlapped_s": clock.preprocess_s, "embedded": b.embedded, "failed": len(b.failed)}
 
 
 def _measure(enc: Any, root: Path, paths: list[str], decoded: list[Any], index: Path, batch_size: int,
              queries: int, k: int, workers: int | None, device: str | None) -> dict[str, Any]:
     """One loaded encoder: raw forward rate (before and after the build), the build by phase, queries."""
-    from relsearch.build import BuildOptions, build_index
-
-    name = enc.name
     # The forward rate is taken before and after the build and averaged: on a shared
     # machine the load moves during a run, and the ratio should compare like with like.
     before = raw_forward_rate(enc, decoded, batch_size)
-    timers = _Timers()
-    with _instrumented(enc, timers):  # the build uses this very instance
-        t = time.perf_counter()
-        b = build_index(root, index, BuildOptions(encoders=name, batch_size=batch_size, workers=workers,
-                                                  device=device, progress=False, preloaded={name: enc}))
-        wall = time.perf_counter() - t
+    build = timed_build(enc, root, index, batch_size, workers, device)
     after = raw_forward_rate(enc, decoded, batch_size)
     raw = {**before, "images_per_s": (before["images_per_s"] + after["images_per_s"]) / 2,
            "before_build_images_per_s": before["images_per_s"],
            "after_build_images_per_s": after["images_per_s"]}
     raw.pop("seconds", None)
-    sec = b.seconds
-    embed_phase = sec.get("embed", 0.0)
-    split = {
-        "scan": sec.get("scan", 0.0) + sec.get("diff", 0.0),
-        "decode": timers.input_wait,
-        "embed": timers.embed,
-        "metadata": timers.metadata,
-        "index": sec.get("index", 0.0),
-    }
-    split["other"] = max(0.0, embed_phase - timers.input_wait - timers.embed - timers.metadata)
-    build_ips = len(paths) / wall
     return {
         "kind": enc.kind,
         "dim": enc.dim,
         "runtime": getattr(enc, "runtime", "torch"),
         "fingerprint": enc.fingerprint,
         "raw_forward": raw,
-        "build": {"seconds": wall, "images_per_s": build_ips, "split_s": split,
-                  "preprocess_overlapped_s": timers.preprocess,
-                  "embedded": b.embedded, "failed": len(b.failed)},
-        "build_over_raw": build_ips / raw["images_per_s"],
+        "build": build,
+        "build_over_raw": build["images_per_s"] / raw["images_per_s"],
         # share of the build's wall time spent inside the forward: 1.0 means decode,
         # preprocessing and writes are fully hidden; unlike the ratio above it does not
         # depend on two timings taken at different moments of a shared machine's load.
-        "forward_share": split["embed"] / wall if wall > 0 else 0.0,
-        "query": query_latency(index, name, paths[:queries], k, device),
+        "forward_share": build["split_s"]["embed"] / build["seconds"] if build["seconds"] > 0 else 0.0,
+        "query": query_latency(index, enc.name, paths[:queries], k, device),
     }
 
 
@@ -317,7 +287,6 @@ def run_throughput(
 
     from relsearch import threads as thread_conf
     from relsearch.collection import load_image, scan
-    from relsearch.encoders import get_encoders
     from relsearch.encoders.onnx_runtime import forced_runtime
 
     if n < 1 or batch_size < 1 or queries < 1 or k < 1:
@@ -328,19 +297,12 @@ def run_throughput(
     saved_threads, saved_chosen = torch.get_num_threads(), thread_conf.intra_op_threads()
     thread_conf.use_threads(threads if threads is not None else saved_chosen)  # before any session opens
     try:
-        loaded = []
-        for rt in rts:  # bad names fail before any work
-            with forced_runtime(rt):
-                loaded += [(rt, enc) for enc in get_encoders(encoders, device=device)]
+        loaded = _load_per_runtime(encoders, rts, device)  # bad names fail before any work
         with tempfile.TemporaryDirectory(prefix="relsearch-throughput-") as tmp:
             root, source = _source_images(collection, n, tmp)
             paths = [f.path for f in scan(root).files]
             decoded = [load_image(p, max_side=512) for p in paths]
-            report: dict[str, Any] = {"source": source, "images": len(paths), "batch_size": batch_size,
-                                      "device": device or "auto", "cpus": os.cpu_count(), "encoders": {},
-                                      "torch_threads": torch.get_num_threads(),
-                                      "onnx_threads": thread_conf.intra_op_threads() or "default"}
-            report["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            report = _report_head(source, len(paths), batch_size, device)
             for rt, enc in loaded:
                 key = enc.name if rt is None else f"{enc.name}:{rt}"
                 with forced_runtime(rt):  # the query's Searcher loads the same runtime
@@ -355,16 +317,39 @@ def run_throughput(
         thread_conf.use_threads(saved_chosen)
         torch.set_num_threads(saved_threads)
     if results_dir is not None:
-        out = Path(results_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        report["json"], report["png"] = str(out / "throughput.json"), str(out / "throughput.png")
-        Path(report["json"]).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        plot(report, report["png"])
+        _write(report, Path(results_dir))
     return report
 
 
-PHASES = ("scan", "decode", "embed", "metadata", "index", "other")
-STEPS = ("decode", "embed", "search", "metadata")
+def _load_per_runtime(encoders: str, runtimes: list[str | None], device: str | None) -> list[tuple[str | None, Any]]:
+    """``(runtime, encoder)`` for every encoder of ``encoders`` under every runtime."""
+    from relsearch.encoders import get_encoders
+    from relsearch.encoders.onnx_runtime import forced_runtime
+
+    loaded = []
+    for rt in runtimes:
+        with forced_runtime(rt):
+            loaded += [(rt, enc) for enc in get_encoders(encoders, device=device)]
+    return loaded
+
+
+def _report_head(source: str, images: int, batch_size: int, device: str | None) -> dict[str, Any]:
+    """What the run measured on: images, batch, threads, the machine's load."""
+    import torch
+
+    from relsearch import threads as thread_conf
+
+    return {"source": source, "images": images, "batch_size": batch_size, "device": device or "auto",
+            "cpus": os.cpu_count(), "encoders": {}, "torch_threads": torch.get_num_threads(),
+            "onnx_threads": thread_conf.intra_op_threads() or "default",
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def _write(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    report["json"], report["png"] = str(out / "throughput.json"), str(out / "throughput.png")
+    Path(report["json"]).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    plot(report, report["png"])
 
 
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -417,14 +402,14 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{report['source']}, batch {report['batch_size']}, torch threads {report['torch_threads']}, "
              f"onnx threads {report.get('onnx_threads', 'default')}"]
     head = (f"{'encoder':<18}{'raw img/s (before/after)':>26}{'build img/s':>12}{'ratio':>7}{'fwd share':>10}  build s: "
-            + " ".join(f"{p:>8}" for p in PHASES))
+            + " ".join(f"{p:>13}" for p in PHASES))
     lines += [head, "-" * len(head)]
     for name, r in report["encoders"].items():
         s = r["build"]["split_s"]
         raw = r["raw_forward"]
         spread = f"({raw.get('before_build_images_per_s', 0):.1f}/{raw.get('after_build_images_per_s', 0):.1f})"
         lines.append(f"{name:<18}{raw['images_per_s']:>12.1f} {spread:>13}{r['build']['images_per_s']:>12.1f}"
-                     f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>8.2f}" for p in PHASES))
+                     f"{r['build_over_raw']:>7.2f}{r['forward_share']:>10.2f}  {'':8}" + " ".join(f"{s[p]:>13.2f}" for p in PHASES))
     if "query_modes" in report:
         qm = report["query_modes"]
         modes = " ".join(f"--{m}" for m in qm["modes"])
@@ -434,10 +419,10 @@ def format_table(report: dict[str, Any]) -> str:
                        + f"; total p95 {qm['total']['p95_ms']:.1f} ms"]
     else:
         lines_modes = []
-    head = f"{'encoder':<18}" + "".join(f"{st + ' p50/p95 ms':>24}" for st in (*STEPS, "total"))
+    head = f"{'encoder':<18}" + "".join(f"{st + ' p50/p95 ms':>26}" for st in (*STEPS, "total"))
     lines += ["", head, "-" * len(head)]
     for name, r in report["encoders"].items():
         q = r["query"]
-        lines.append(f"{name:<18}" + "".join(f"{q[st]['p50_ms']:>14.2f} / {q[st]['p95_ms']:>7.2f}"
+        lines.append(f"{name:<18}" + "".join(f"{q[st]['p50_ms']:>16.2f} / {q[st]['p95_ms']:>7.2f}"
                                              for st in (*STEPS, "total")))
     return "\n".join(lines + lines_modes)

@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=bare_ray_flag(sys.argv[1:] if argv is None else argv), standalone_mode=False)
     except click.NoArgsIsHelpError as exc:  # bare `relsearch` / `relsearch bench`: help, as asked
         text = exc.format_message()  # typer's rich help has printed itself already; plain help has not
-        if text and text.strip():
-            print(text)
         code = 0
+        if text and text.strip():
+            try:
+                print(text)
+            except BrokenPipeError:  # `relsearch | head`: the reader has what it wanted (click does
+                _quiet_stdout()      # the same for the output of commands)
     except click.UsageError as exc:
         where = f"relsearch {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "relsearch"
         print(f"error: {' '.join(exc.format_message().split())} (see: {where} --help)", file=sys.stderr)
@@ -40,6 +43,16 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail on the closed pipe."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 __all__ = ["app", "main"]

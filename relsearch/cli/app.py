@@ -16,12 +16,124 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from relsearch.errors import RelsearchError
+
+#: The command list of ``relsearch --help``: panels, and the order within each.
+COMMAND_PANELS = {
+    "Search": ("build-index", "query", "view", "explain", "dupes", "info", "verify"),
+    "Make models": ("compose", "train", "train-head"),
+    "Measure": ("bench",),
+    "Export": ("export",),
+}
+#: Metavars by value type, for options that name none themselves.
+_TYPE_METAVARS = {int: "N", float: "X"}
+#: Parameter names whose value is a folder.
+_FOLDER_NAMES = {"index", "directory", "directories", "root", "out", "art", "collection"}
+
+
+class _PlainArgument(TyperArgument):
+    """An argument shown as its metavar alone: ``DIR``, ``[QUERY...]``; no type column."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        many = "..." if self.nargs != 1 and not name.endswith("...") else ""
+        return f"{name}{many}" if self.required else f"[{name}{many}]"
+
+    def _get_number_range_help_str(self) -> str | None:
+        return None
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        return [] if self.hidden else [self._usage_display_name()]
+
+
+class _PlainOption(TyperOption):
+    """An option whose value reads ``N``, ``X``, ``DIR``, ``a|b``: no range notation beside it."""
+
+    def _get_number_range_help_str(self) -> str | None:
+        return None
+
+
+def _plain_metavar(param: Any) -> str:
+    """A conventional metavar from the parameter's type and name (never a Python type name)."""
+    desc = param.type_descriptor
+    if isinstance(param, TyperOption) and (param.is_flag or param.count):
+        return ""
+    if desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+    kind = desc.annotation
+    if desc.is_list:
+        kind = (getattr(kind, "__args__", None) or (str,))[0]
+    name = (param.name or "value").lower()
+    if desc.is_path:
+        return "DIR" if name in _FOLDER_NAMES or name.endswith(("dir", "dirs")) else "FILE"
+    if name.endswith("dir") or name == "out":  # a folder given as text
+        return "DIR"
+    if kind in _TYPE_METAVARS:
+        return _TYPE_METAVARS[kind]
+    return name.rpartition("_")[2].upper()
+
+
+class _PlainGroup(TyperGroup):
+    """A group whose command list gives each command's first sentence whole (wrapped, not cut)."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        self._write_commands(formatter, "Commands", self.list_commands(ctx))
+
+    def _write_commands(self, formatter: Any, title: str, names: list[str]) -> None:
+        rows = [(n, c.get_short_help_str(limit=1000)) for n in names
+                if (c := self.commands.get(n)) is not None and not c.hidden]
+        if rows:
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+def plain_help(command: Any) -> None:
+    """Make the help of ``command`` and every command under it read conventionally: click's
+    plain layout (``--index DIR  Index directory...``, wrapped to the terminal), no boxes."""
+    command.rich_markup_mode = None
+    if type(command) is TyperGroup:
+        command.__class__ = _PlainGroup
+    help_option = command.get_help_option(typer.Context(command))  # made once, then cached
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if isinstance(param, TyperArgument):
+            param.__class__ = _PlainArgument
+        elif isinstance(param, TyperOption):
+            param.__class__ = _PlainOption
+        else:
+            continue
+        if param.metavar is None:
+            param.metavar = _plain_metavar(param) if isinstance(param, TyperOption) else param.name.upper()
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
+class RelsearchGroup(_PlainGroup):
+    """The ``relsearch`` group: plain help throughout, commands listed in :data:`COMMAND_PANELS`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        plain_help(self)  # the whole tree: typer builds the subcommands first
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        order = [n for names in COMMAND_PANELS.values() for n in names]
+        return sorted(self.commands, key=lambda n: order.index(n) if n in order else len(order))
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        for panel, names in COMMAND_PANELS.items():
+            self._write_commands(formatter, panel, list(names))
+        placed = {n for names in COMMAND_PANELS.values() for n in names}
+        self._write_commands(formatter, "Other commands", [n for n in self.list_commands(ctx) if n not in placed])
+
 
 app = typer.Typer(
     name="relsearch",
     help="Relational image retrieval: relational neighbours next to attribute neighbours.",
+    cls=RelsearchGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -51,11 +163,21 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     logger.setLevel(level)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from relsearch import __version__
+
+        typer.echo(f"relsearch {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, show_default=False,
                                          help="More log output on stderr (-v info, -vv debug).")] = 0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     """Relational image retrieval: relational neighbours next to attribute neighbours."""
     configure_logging(verbose, quiet)

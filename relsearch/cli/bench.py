@@ -18,7 +18,7 @@ from relsearch.errors import RelsearchError
 
 ResultsOpt = Annotated[Path | None, typer.Option(
     "--results-dir", help="Where the JSON + PNG go (default: benchmarks/results under the working directory).")]
-KOpt = Annotated[int, typer.Option("-k", "--k", min=1)]
+KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, help="Neighbours per query.")]
 
 
 def _show(table: str, *written: str) -> None:
@@ -166,28 +166,39 @@ def throughput_cmd(
 @bench_app.command("dupes")
 @user_errors
 def dupes_cmd(
-    work: Annotated[Path, typer.Option("--work", help="Scratch folder for the planted pictures and indexes.")],
-    n: Annotated[int, typer.Option("--n", min=1000, help="Images in the scale run (synthetic vectors).")] = 100_000,
-    copied: Annotated[int, typer.Option("--copied", min=1, help="Originals that get planted copies.")] = 100,
-    clipart: Annotated[int, typer.Option("--clipart", min=0, help="openclipart drawings besides the wallpapers.")]
-    = 300,
-    threshold: Annotated[float | None, typer.Option("--threshold", min=0.0, max=1.0)] = None,
-    skip_scale: Annotated[bool, typer.Option("--skip-scale", help="Only the planted precision/recall run.")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Which openclipart sample and copy parameters.")] = 1,
+    work: Annotated[Path, typer.Option("--work", metavar="DIR", help="Scratch folder for the planted pictures and indexes.")],
+    sizes: Annotated[str, typer.Option(
+        "--sizes", metavar="N,N,...", help="Files of each planted collection (a fifth of them planted copies).")]
+    = "30,100,1000",
+    scale: Annotated[str, typer.Option(
+        "--scale", metavar="N,N,...", help="Synthetic vectors for the candidate-stage timing (0: none).")]
+    = "100000",
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", metavar="X", min=0.0, max=1.0, help="Picture similarity (default: the dupes default).")]
+    = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Which photographs and copy parameters.")] = 1,
     device: DeviceOpt = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Near-duplicate precision/recall on planted copies of real pictures, and dupes time at --n images."""
+    """Near-duplicate precision/recall on planted copies of photographs, false groups among pictures of one style."""
     from relsearch.bench import dupes as bd
 
-    report = bd.run(work, n=n, n_copied=copied, n_clipart=clipart, threshold=threshold,
-                    results_dir=str(results_dir or bd.RESULTS_DIR), device=device, skip_scale=skip_scale, seed=seed)
+    def counts(text: str, flag: str, least: int) -> tuple[int, ...]:
+        try:
+            out = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise RelsearchError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+        if any(x < least for x in out):
+            raise RelsearchError(f"{flag}: every size must be at least {least}, got {text!r}")
+        return out
+
+    report = bd.run(work, sizes=counts(sizes, "--sizes", 10), scale=tuple(x for x in counts(scale, "--scale", 0) if x),
+                    threshold=threshold, results_dir=str(results_dir or bd.RESULTS_DIR), device=device, seed=seed)
     if as_json:
         print_json(report)
         return
-    for part in report.values():
-        _show(bd.format_report(part), part["json"], *([part["png"]] if "png" in part else []))
+    _show(bd.format_report(report), report["json"], *([report["png"]] if "png" in report else []))
 
 
 @bench_app.command("scale")
@@ -353,7 +364,7 @@ def cold_cmd(
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cold `relsearch query` wall and RSS against a bare `python -c "import torch"` (medians)."""
+    """Cold `relsearch query` on ONNX Runtime and on torch, and a bare `import torch`: wall and RSS medians."""
     from relsearch.bench import RESULTS_DIR, cold
 
     report = cold.run_cold(str(image), str(index) if index else None, k=k, runs=runs,

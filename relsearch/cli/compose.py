@@ -28,7 +28,7 @@ BACKGROUND_MODES = ("default", "plain", "photo", "mixed")
 @user_errors
 def compose_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (created).")] = None,
-    split: Annotated[str, typer.Option("--split", help=f"Object-identity split: {', '.join(SPLITS)}.")] = "train",
+    split: Annotated[str, typer.Option("--split", metavar="|".join(SPLITS), help=f"Object-identity split: {', '.join(SPLITS)}.")] = "train",
     per_family: Annotated[int, typer.Option("--per-family", help="Scenes per family.")] = 100,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     grouped: Annotated[bool, typer.Option(
@@ -42,21 +42,26 @@ def compose_cmd(
     max_size: Annotated[int, typer.Option("--max-size", help="Largest canvas side, px.")] = 384,
     workers: Annotated[int, typer.Option(
         "--workers", min=1, help="Render processes (2 helps on an idle machine).")] = 1,
-    image_format: Annotated[str, typer.Option("--format", help=f"Image file format: {', '.join(IMAGE_FORMATS)}.")]
+    image_format: Annotated[str, typer.Option("--format", metavar="|".join(IMAGE_FORMATS), help=f"Image file format: {', '.join(IMAGE_FORMATS)}.")]
     = "jpg",
     families: Annotated[str | None, typer.Option(
         "--families", help="Comma-separated relation families (default: all twelve).")] = None,
     backgrounds: Annotated[str, typer.Option(
-        "--backgrounds", help=f"Backgrounds: {', '.join(BACKGROUND_MODES)} (photo: wallpaper photographs).")]
+        "--backgrounds", metavar="MODE", help=f"Backgrounds: {', '.join(BACKGROUND_MODES)} (photo: wallpaper photographs).")]
     = "default",
     photos: Annotated[str, typer.Option(
-        "--photos", help="Wallpaper pool: train, or eval (packages never used in training).")] = "train",
+        "--photos", metavar="train|eval", help="Wallpaper pool: train, or eval (packages never used in training).")] = "train",
     realism: Annotated[bool, typer.Option(
         "--realism", help="Nuisances of real files: shadows, cut edges, resize, blur, noise, casts, JPEG 35-95.")]
     = False,
     things: Annotated[bool, typer.Option(
         "--things", help="Photographed things (cut-out photographs) stand in each photograph (photo backgrounds).")]
     = False,
+    photo_edits: Annotated[bool, typer.Option(
+        "--photo-edits", help="Relation-making edits of the training photographs instead of clip-art scenes: "
+        "--groups photographs, each in every edit plus untouched (needs --out).")] = False,
+    plain: Annotated[int, typer.Option(
+        "--plain", metavar="N", help="With --photo-edits: N more untouched photograph crops.")] = 0,
     export_sample_art: Annotated[Path | None, typer.Option(
         "--export-sample-art", metavar="DIR",
         help="Only write scikit-image's sample images to DIR as an unseen-art folder.")] = None,
@@ -77,6 +82,11 @@ def compose_cmd(
         return
     if out is None:
         raise RelsearchError("--out is required (or one of --export-sample-art / --export-emoji-art)")
+    if photo_edits:
+        from relsearch.corpus.photo_edits import compose_photo_edits
+
+        print_json(compose_photo_edits(out, groups, plain, seed=seed, workers=workers))
+        return
     summary = compose(out, n_per_family=per_family, split=split, seed=seed, grouped=grouped, n_groups=groups,
                       art_dirs=list(art) if art else None, distractors=distractors,
                       size_range=(min_size, max_size), workers=workers, image_format=image_format,

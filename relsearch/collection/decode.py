@@ -7,7 +7,6 @@ build can list the bad file and carry on.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import multiprocessing
 import os
@@ -22,6 +21,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from relsearch.collection.formats import MissingDecoder, open_image
 from relsearch.safe_io import FileTooLarge, NotRegularFile, open_regular, read_fd
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,8 @@ def _decode(path: str | Path, max_side: int | None,
     # one picture's hash with another picture's pixels
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        opened, forced_orientation = open_image(data, os.fspath(path))
+        with opened as img:
             # Image.open only read the header; a GIF opens on its first frame
             # and we never seek, so animations give frame 0.
             stored = img.size
@@ -196,7 +197,7 @@ def _decode(path: str | Path, max_side: int | None,
                 raise TooManyPixels(f"{stored[0]} x {stored[1]} pixels, more than the "
                                     f"{max_pixels / 1e6:.0f} million allowed")
             img.load()  # truncated or corrupt data fails here, not later
-            orientation = _orientation(img)
+            orientation = forced_orientation if forced_orientation is not None else _orientation(img)
             out = _normalise_mode(img)
             # Resize before compositing and rotating: both are cheaper on the
             # small image, and PIL resizes RGBA with premultiplied alpha.
@@ -211,6 +212,8 @@ def _decode(path: str | Path, max_side: int | None,
                 out = img.copy()
     except DecodeError:
         raise
+    except MissingDecoder as err:
+        raise DecodeError(str(err)) from None
     except Image.DecompressionBombError as err:
         raise TooManyPixels(f"decompression bomb: {err}") from None
     except UnidentifiedImageError:

@@ -22,10 +22,11 @@ from relsearch.collection.exclude import (
     ignored_by,
     read_ignore_file,
 )
+from relsearch.collection.formats import IMAGE_EXTENSIONS, is_raw_name, is_vector_name
 from relsearch.errors import RelsearchError
 from relsearch.safe_io import open_regular
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "FileEntry", "ScanResult", "is_image_name", "scan", "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,31 @@ class FileEntry:
 
 @dataclass
 class ScanResult:
-    """Image files sorted by path, and what was passed over with the reason."""
+    """Image files sorted by path, and what was passed over with the reason.
+
+    ``vector`` lists SVG files (not indexed); ``raw_beside`` lists camera RAW files left
+    out because a developed image of the same name sits in the same folder, with it.
+    """
 
     files: list[FileEntry] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     excluded: Excluded = field(default_factory=Excluded)
+    vector: list[str] = field(default_factory=list)
+    raw_beside: list[tuple[str, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line for each kind of file passed over on purpose (for a build's summary)."""
+        out = []
+        if self.vector:
+            out.append(f"{len(self.vector)} SVG file{'s' if len(self.vector) != 1 else ''} skipped: "
+                       "vector images are not indexed")
+        if self.raw_beside:
+            raw, beside = self.raw_beside[0]
+            n = len(self.raw_beside)
+            out.append(f"{n} camera RAW file{'s' if n != 1 else ''} skipped: the same photograph beside it "
+                       f"(JPEG, HEIC...) is indexed instead, e.g. {os.path.basename(raw)} beside "
+                       f"{os.path.basename(beside)}")
+        return out
 
 
 def is_image_name(name: str) -> bool:
@@ -127,60 +148,101 @@ def scan(root: str | Path, exclude: Exclusions | None = None) -> ScanResult:
             result.skipped.append((folder, f"unreadable folder: {_short(err)}"))
             continue
         if exclude.ignore_files and any(e.name == IGNORE_FILE for e in entries):
-            try:
-                own = read_ignore_file(folder)
-            except OSError as err:
-                result.skipped.append((os.path.join(folder, IGNORE_FILE), f"unreadable: {_short(err)}"))
-                own = None
-            if own is not None:
-                chain = (*chain, own)
+            chain = _with_own_rules(result, folder, chain)
 
-        for entry in entries:
-            if _is_hidden(entry.name):
+        for path, is_link in _take_entries(result, exclude, top, folder, entries, chain):
+            rules[path] = chain
+            if is_link:
+                linked.append((path, folder))
                 continue
-            path = os.path.join(folder, entry.name)
-            is_link = False
-            try:
-                is_link = entry.is_symlink()
-                st = os.stat(path)  # follows links
-            except OSError as err:
-                if is_link:
-                    # A dangling link with an unrelated extension (lib.so -> ...)
-                    # is noise; one that looks like an image or a folder is not.
-                    ext = os.path.splitext(entry.name)[1]
-                    if is_image_name(entry.name) or not ext:
-                        result.skipped.append((path, "broken symlink"))
-                else:
-                    result.skipped.append((path, f"cannot stat: {_short(err)}"))
+            real = os.path.realpath(path)
+            if real in seen:  # a bind mount can repeat a folder without any link
+                result.skipped.append((path, _duplicate_reason(folder, seen[real])))
                 continue
-
-            if stat.S_ISDIR(st.st_mode):
-                why = _excluded_dir(exclude, chain, top, path, entry.name)
-                if why is not None:
-                    result.excluded.folders.append((path, why))
-                    continue
-                rules[path] = chain
-                if is_link:
-                    linked.append((path, folder))
-                    continue
-                real = os.path.realpath(path)
-                if real in seen:  # a bind mount can repeat a folder without any link
-                    result.skipped.append((path, _duplicate_reason(folder, seen[real])))
-                    continue
-                seen[real] = path
-                plain.append(path)
-            elif is_image_name(entry.name):
-                hit = ignored_by(chain, path, is_dir=False) if chain else None
-                if hit is not None:
-                    result.excluded.files.append((path, _ignore_rule(hit)))
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    result.skipped.append((path, "not a regular file"))
-                    continue
-                result.files.append(FileEntry(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns))
+            seen[real] = path
+            plain.append(path)
 
     result.files.sort(key=lambda f: f.path)
     return result
+
+
+def _take_entries(result: ScanResult, exclude: Exclusions, top: str, folder: str, entries: list[os.DirEntry[str]],
+                  chain: tuple[IgnoreFile, ...]) -> list[tuple[str, bool]]:
+    """Add the files of one listed folder to ``result``; its subfolders still to list, ``(path, is a link)``."""
+    developed = _developed_stems(entries)
+    folders = []
+    for entry in entries:
+        if _is_hidden(entry.name):
+            continue
+        path = os.path.join(folder, entry.name)
+        found = _stat(result, entry, path)
+        if found is None:
+            continue
+        st, is_link = found
+        if not stat.S_ISDIR(st.st_mode):
+            _add_file(result, chain, developed, entry.name, path, st)
+            continue
+        why = _excluded_dir(exclude, chain, top, path, entry.name)
+        if why is not None:
+            result.excluded.folders.append((path, why))
+        else:
+            folders.append((path, is_link))
+    return folders
+
+
+def _with_own_rules(result: ScanResult, folder: str, chain: tuple[IgnoreFile, ...]) -> tuple[IgnoreFile, ...]:
+    """``chain`` plus the ignore file of ``folder`` (an unreadable one is reported, not applied)."""
+    try:
+        own = read_ignore_file(folder)
+    except OSError as err:
+        result.skipped.append((os.path.join(folder, IGNORE_FILE), f"unreadable: {_short(err)}"))
+        return chain
+    return chain if own is None else (*chain, own)
+
+
+def _stat(result: ScanResult, entry: os.DirEntry[str], path: str) -> tuple[os.stat_result, bool] | None:
+    """``(stat following links, is a symlink)``, or None (reported when it matters) when it fails."""
+    is_link = False
+    try:
+        is_link = entry.is_symlink()
+        return os.stat(path), is_link
+    except OSError as err:
+        if is_link:
+            # A dangling link with an unrelated extension (lib.so -> ...)
+            # is noise; one that looks like an image or a folder is not.
+            ext = os.path.splitext(entry.name)[1]
+            if is_image_name(entry.name) or not ext:
+                result.skipped.append((path, "broken symlink"))
+        else:
+            result.skipped.append((path, f"cannot stat: {_short(err)}"))
+        return None
+
+
+def _add_file(result: ScanResult, chain: tuple[IgnoreFile, ...], developed: dict[str, str], name: str,
+              path: str, st: os.stat_result) -> None:
+    """File ``name`` of a folder: listed if an image, counted if a vector image, else passed over."""
+    if is_image_name(name):
+        hit = ignored_by(chain, path, is_dir=False) if chain else None
+        if hit is not None:
+            result.excluded.files.append((path, _ignore_rule(hit)))
+        elif not stat.S_ISREG(st.st_mode):
+            result.skipped.append((path, "not a regular file"))
+        elif is_raw_name(name) and (sibling := developed.get(os.path.splitext(name)[0].lower())) is not None:
+            result.raw_beside.append((path, os.path.join(os.path.dirname(path), sibling)))
+        else:
+            result.files.append(FileEntry(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns))
+    elif is_vector_name(name) and stat.S_ISREG(st.st_mode):
+        if not (chain and ignored_by(chain, path, is_dir=False) is not None):
+            result.vector.append(path)
+
+
+def _developed_stems(entries: list[os.DirEntry[str]]) -> dict[str, str]:
+    """Lower-case stem -> name of the non-RAW images of one folder: a camera RAW with the
+    same stem is the same photograph, already there developed (the camera's or an edit)."""
+    if not any(is_raw_name(e.name) for e in entries):
+        return {}
+    return {os.path.splitext(e.name)[0].lower(): e.name for e in entries
+            if not _is_hidden(e.name) and is_image_name(e.name) and not is_raw_name(e.name)}
 
 
 def _excluded_dir(exclude: Exclusions, chain: tuple[IgnoreFile, ...], top: str, path: str,

@@ -587,6 +587,22 @@ def photo_pool(pool: str) -> list[Image.Image]:
     return photos
 
 
+def crop_photo(photo: Image.Image, rng: np.random.Generator, width: int, height: int,
+               scale: tuple[float, float] = (0.35, 1.0)) -> Image.Image:
+    """A random crop of ``photo`` (a ``scale`` share of its width) with the aspect of ``width`` x
+    ``height``, resized to it and mirrored half of the time."""
+    aspect = width / height
+    cw = max(16, min(photo.width, int(photo.width * float(rng.uniform(*scale)))))
+    ch = int(cw / aspect)
+    if ch > photo.height:
+        ch = photo.height
+        cw = max(16, min(photo.width, int(ch * aspect)))
+    x0 = int(rng.integers(0, photo.width - cw + 1))
+    y0 = int(rng.integers(0, photo.height - ch + 1))
+    crop = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((width, height), Image.BILINEAR)
+    return crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop
+
+
 def render_photo_background(
     rng: np.random.Generator, width: int, height: int, pool: str = "train"
 ) -> Image.Image:
@@ -596,19 +612,7 @@ def render_photo_background(
         missing = ", ".join(PHOTO_POOLS[pool])
         raise RelsearchError(f"no wallpaper photos for pool {pool!r}: apt-get install {missing}")
     photo = photos[int(rng.integers(len(photos)))]
-    aspect = width / height
-    scale = float(rng.uniform(0.35, 1.0))
-    cw = max(16, min(photo.width, int(photo.width * scale)))
-    ch = int(cw / aspect)
-    if ch > photo.height:
-        ch = photo.height
-        cw = max(16, min(photo.width, int(ch * aspect)))
-    x0 = int(rng.integers(0, photo.width - cw + 1))
-    y0 = int(rng.integers(0, photo.height - ch + 1))
-    crop = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((width, height), Image.BILINEAR)
-    if rng.random() < 0.5:
-        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-    arr = np.asarray(crop, np.float32)
+    arr = np.asarray(crop_photo(photo, rng, width, height), np.float32)
     # Most photos stay as they are; some get a light veil, as a faded print or a poster would.
     if rng.random() < 0.35:
         wash = float(rng.uniform(0.1, 0.35))

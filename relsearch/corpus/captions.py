@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-PLACEHOLDERS = ("{Object}", "{Other}", "{Container}", "{Center}", "{Cover}", "{Shape}")
+PLACEHOLDERS = ("{Object}", "{Other}", "{Container}", "{Center}", "{Cover}", "{Shape}", "{Scene}", "{Surface}",
+                "{Frame}", "{Space}", "{Parts}", "{Lines}", "{Background}", "{Material}")
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "nesting": (
@@ -95,6 +96,67 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "a {Shape} drawn only by its border of small {Object}s",
         "many {Object}s placed around the contour of a {Shape}, nothing in the middle",
         "a hollow {Shape} whose edge is marked out by repeated {Object}s",
+    ),
+    # Relations of real photographs, made by relation-making edits (relsearch.corpus.photo_edits).
+    "reflection": (
+        "{Scene} mirrored upside down in the {Surface} beneath it",
+        "{Scene} and its reflection in still water below the horizon",
+        "a landscape doubled by its upside-down image on a shiny surface",
+        "{Scene} above a line, the same {Scene} flipped and darker beneath it",
+    ),
+    "symmetry": (
+        "{Object} balanced symmetrically on both sides of a central axis",
+        "a picture whose left half mirrors its right half",
+        "{Object} perfectly symmetric about a vertical line through the middle",
+        "two matching halves of {Object} facing each other across the centre",
+    ),
+    "repetition": (
+        "many similar {Object}s repeated in a regular pattern",
+        "rows and columns of the same {Object}, like tiles",
+        "{Object} repeated again and again across the whole picture",
+        "a grid filled with copies of one {Object}",
+    ),
+    "frame_within_frame": (
+        "{Scene} seen through an opening of {Frame} that frames it",
+        "a view through a window or doorway, framed by the dark wall around it",
+        "{Scene} visible through an arch in the {Frame}",
+        "a picture inside the picture: {Scene} framed by an opening",
+    ),
+    "small_in_vast": (
+        "one tiny {Object} alone in a vast empty {Space}",
+        "a small {Object} lost in a huge empty expanse",
+        "a single little {Object} far away in an open {Space} with nothing else",
+        "mostly empty {Space}, with one tiny {Object} in it",
+    ),
+    "radial": (
+        "{Parts} radiating outward from a central {Center}",
+        "rays spreading from one point in the middle like spokes of a wheel",
+        "petals or spokes arranged all around a centre",
+        "a pattern that fans out in every direction from {Center}",
+    ),
+    "vanishing_point": (
+        "{Lines} running away from the viewer and converging to one distant point",
+        "a road or rails narrowing toward the horizon",
+        "parallel lines meeting at a single point far ahead",
+        "{Lines} that recede into the distance and come together",
+    ),
+    "silhouette": (
+        "a dark {Object} silhouetted against a bright {Background}",
+        "a black shape of {Object} in front of a glowing sky",
+        "{Object} seen only as a dark outline against the light",
+        "dark land and {Object} cut out against a bright sunset",
+    ),
+    "horizontal_bands": (
+        "{Scene} stacked in horizontal bands, one above another",
+        "layers of different textures stacked from bottom to top",
+        "the picture divided into horizontal strips, like ground, sea and sky",
+        "stripes of {Scene} lying one over the next across the whole width",
+    ),
+    "close_texture": (
+        "the surface of {Material} filling the whole frame, seen up close",
+        "a close-up of {Material}, texture from edge to edge with no subject",
+        "{Material} seen so near that only its texture remains",
+        "a pattern of {Material} covering the entire picture",
     ),
     "none": (
         "a background with nothing arranged on it",

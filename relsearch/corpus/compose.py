@@ -312,6 +312,15 @@ def compose(
     except ValueError as exc:
         raise RelsearchError(str(exc)) from exc
     library = ArtLibrary(cfg.art_dirs)
+    check_sources(cfg, library)
+    (cfg.out_dir / "images").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    records = render_all(cfg, library, plan_scenes(cfg))
+    return write_corpus(cfg, records, time.perf_counter() - start)
+
+
+def check_sources(cfg: ComposeConfig, library: ArtLibrary) -> None:
+    """Fail before rendering anything: an empty split, missing photographs or things, a foreign folder."""
     library.ids(cfg.split)  # fail early on an empty split
     if cfg.backgrounds in ("photo", "mixed"):
         from relsearch.corpus.art import photo_pool
@@ -326,18 +335,21 @@ def compose(
     if cfg.out_dir.exists() and any(cfg.out_dir.iterdir()):
         if not (cfg.out_dir / "labels.jsonl").is_file():
             raise RelsearchError(f"output folder is not empty and holds no corpus: {cfg.out_dir}")
-    (cfg.out_dir / "images").mkdir(parents=True, exist_ok=True)
-    tasks = plan_scenes(cfg)
-    start = time.perf_counter()
+
+
+def render_all(cfg: ComposeConfig, library: ArtLibrary, tasks: list) -> list[dict]:
+    """Render every planned scene, in ``cfg.workers`` processes; label rows in plan order."""
     global _WORKER
     _WORKER = (cfg, library)
     if cfg.workers > 1 and len(tasks) > 1:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with mp.get_context(method).Pool(cfg.workers, _init_worker, (cfg,)) as pool:
-            records = list(pool.imap(_render_in_worker, tasks, chunksize=8))
-    else:
-        records = [render_scene(cfg, library, t) for t in tasks]
-    seconds = time.perf_counter() - start
+            return list(pool.imap(_render_in_worker, tasks, chunksize=8))
+    return [render_scene(cfg, library, t) for t in tasks]
+
+
+def write_corpus(cfg: ComposeConfig, records: list[dict], seconds: float) -> dict:
+    """Write ``labels.jsonl``, ``captions.jsonl`` and ``summary.json``; return the summary."""
     with open(cfg.out_dir / "labels.jsonl", "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps(r, sort_keys=True) + "\n")

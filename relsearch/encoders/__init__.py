@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from relsearch.encoders.base import Encoder, EncoderSpec, l2_normalize, parse_encoder_list
 from relsearch.errors import MissingWeightsError, RelsearchError, first_line
+from relsearch.extras import require as require_extra
 
 #: name -> "module:callable". Order is the order `relsearch info` lists them in.
 REGISTRY: dict[str, str] = {
@@ -21,6 +22,11 @@ REGISTRY: dict[str, str] = {
     "clip": "relsearch.encoders.clip:load",
     "dino": "relsearch.encoders.dino:load",
 }
+
+#: name -> the extra its registry (torch) factory needs; relsim-mini and imagenet need it only off
+#: ONNX Runtime (``RELSEARCH_RUNTIME=torch``, a GPU, weights of their own).
+EXTRAS: dict[str, str] = {"relsim-mini": "torch", "imagenet": "torch", "relsim": "relsim", "clip": "clip",
+                          "dino": "dino"}
 
 #: What `build-index` uses when --encoders is not given: relational first,
 #: then the attribute baseline beside it.
@@ -40,6 +46,8 @@ def resolve_factory(name: str, lazy: bool = True) -> Callable[..., Encoder]:
 
     if lazy and name in GRAPHS:  # it may run on ONNX Runtime: import its torch module only when called
         return lambda *args, **kwargs: resolve_factory(name, lazy=False)(*args, **kwargs)
+    if name in EXTRAS:
+        require_extra(EXTRAS[name], f"encoder {name!r}" + (" on torch" if name in GRAPHS else ""))
     module_name, _, attr = REGISTRY[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -77,10 +85,13 @@ def get_encoder(spec: EncoderSpec | str, device: str | None = None, runtime: str
 def _on_onnx_runtime(spec: EncoderSpec, device: str | None, runtime: str | None) -> Encoder | None:
     """``spec`` on ONNX Runtime, or None where the registry's (torch) factory loads it."""
     from relsearch.encoders.onnx_runtime import GRAPHS, load_onnx
+    from relsearch.encoders.text import OwnedTextTower
 
     if spec.name not in GRAPHS or spec.name not in REGISTRY:  # minilm is a caption tower, not an encoder
         return None
-    return load_onnx(spec.name, spec.source, device, runtime)
+    # relsim-mini's text side: a caption tower loaded on its first caption (ONNX Runtime where it can)
+    captions = OwnedTextTower("cpu") if spec.name == "relsim-mini" else None
+    return load_onnx(spec.name, spec.source, device, runtime, captions=captions)
 
 
 def _with_chosen_threads(encoder: Encoder) -> Encoder:

@@ -158,12 +158,21 @@ def check_device(device: str) -> str:
     ``cuda``/``mps`` on a machine without one falls back to ``cpu`` with a logged warning
     (as a GPU copy of a FAISS index does); ``cuda:N`` past the last GPU raises."""
     import logging
-
-    import torch
+    import re
 
     from relsearch.errors import RelsearchError
+    from relsearch.extras import missing, require
 
     text = device.strip()
+    if missing("torch"):  # the core runs on ONNX Runtime, on the CPU only
+        named = re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", text)
+        if named is None:
+            raise RelsearchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+        if named.group(1) == "cpu":
+            return text
+        require("torch", f"--device {text}")
+    import torch
+
     try:
         parsed = torch.device(text)
     except (RuntimeError, ValueError, TypeError):

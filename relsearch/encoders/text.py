@@ -51,6 +51,9 @@ class MiniLMTextEncoder:
     dim = TEXT_DIM
 
     def __init__(self, device: str | None = None, batch_size: int = 64) -> None:
+        from relsearch.extras import require
+
+        require("torch", "the caption tower on torch")
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -108,6 +111,19 @@ def caption_tower(device: str | None = None, runtime: str | None = None) -> Any:
 
     tower = load_onnx("minilm", None, device, runtime)
     return tower if tower is not None else MiniLMTextEncoder(device=device)
+
+
+def caption_tower_id(runtime: str | None = None) -> str:
+    """Names the caption tower a query would load, without loading it: the runtime asked for and the
+    identity (path, size, times) of the ONNX graph, its tokenizer and the torch weights, where installed."""
+    from relsearch.encoders.onnx_runtime import GRAPH_DIR, GRAPHS, TOKENIZER, minilm_file, requested_runtime
+    from relsearch.home import file_identity
+
+    parts = [requested_runtime(runtime)]
+    for f in (GRAPH_DIR / GRAPHS["minilm"], GRAPH_DIR / TOKENIZER, minilm_file()):
+        if f is not None and f.is_file():
+            parts.append(file_identity(f))
+    return "|".join(parts)
 
 
 class OwnedTextTower:

@@ -65,8 +65,13 @@ def _pin_openblas_kernel() -> None:
 def import_faiss() -> Any:
     """Return the faiss module (imported lazily)."""
     _tune_runtime_env()
+    fresh = "faiss" not in sys.modules
     import faiss
 
+    if fresh:  # its OpenMP pool gets the thread count chosen before it loaded
+        from relsearch.threads import apply_to_native
+
+        apply_to_native()
     return faiss
 
 

@@ -98,6 +98,38 @@ def rerank_exact(
     return out_s, out_i
 
 
+def _train_sample(faiss: Any, index: Any, ivf: Any, vectors: np.ndarray, spec: str) -> np.ndarray:
+    """Train ``index`` on a seeded sample of ``vectors`` if it needs training; the sample's rows (none if not)."""
+    if index.is_trained:
+        return np.empty(0, dtype=np.int64)
+    n = len(vectors)
+    if ivf is not None and n < ivf.nlist:
+        raise RelsearchError(f"index spec {spec} needs at least {ivf.nlist} vectors to train, got {n}")
+    n_train = train_size(n, ivf.nlist) if ivf is not None else min(n, 100_000)
+    if n_train == 0:
+        raise RelsearchError(f"index spec {spec} needs training vectors, got none")
+    rng = np.random.default_rng(0)
+    train_rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
+    _train(faiss, index, ivf, vectors[train_rows])
+    return train_rows
+
+
+def _add_in_chunks(index: Any, vectors: np.ndarray, ids: np.ndarray, progress: str | None) -> None:
+    """Add ``vectors`` under ``ids`` in memory, a chunk at a time (with a progress bar named ``progress``)."""
+    n = len(vectors)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=progress, unit="vec", leave=False)
+    for s in range(0, n, _ADD_CHUNK):
+        index.add_with_ids(vectors[s : s + _ADD_CHUNK], ids[s : s + _ADD_CHUNK])
+        if bar is not None:
+            bar.update(min(_ADD_CHUNK, n - s))
+    if bar is not None:
+        bar.close()
+
+
 class VectorIndex:
     """A FAISS index keyed by the engine's int64 record ids.
 
@@ -167,24 +199,9 @@ class VectorIndex:
             rerank = AUTO_RERANK if ivf is not None and not _is_uncompressed(ivf) else 0
 
         timings: dict[str, float] = {}
-        trained_on = 0
         t0 = time.perf_counter()
-        if not index.is_trained:
-            if ivf is not None and n < ivf.nlist:
-                raise RelsearchError(
-                    f"index spec {spec} needs at least {ivf.nlist} vectors to train, got {n}"
-                )
-            n_train = train_size(n, ivf.nlist) if ivf is not None else min(n, 100_000)
-            if n_train == 0:
-                raise RelsearchError(f"index spec {spec} needs training vectors, got none")
-            rng = np.random.default_rng(0)
-            train_rows = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else np.arange(n)
-            _train(faiss, index, ivf, vectors[train_rows])
-            trained_on = n_train
-        else:
-            train_rows = np.empty(0, dtype=np.int64)
+        train_rows = _train_sample(faiss, index, ivf, vectors, spec)
         timings["train_s"] = time.perf_counter() - t0
-
         t0 = time.perf_counter()
         if use_disk and ivf is not None:
             assert ondisk is not None
@@ -192,17 +209,7 @@ class VectorIndex:
                                           shard_rows=shard_rows, executor=executor)
             ivf = _extract_ivf(faiss, index)
         else:
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=n, desc=f"index {spec}", unit="vec", leave=False)
-            for s in range(0, n, _ADD_CHUNK):
-                index.add_with_ids(vectors[s : s + _ADD_CHUNK], ids[s : s + _ADD_CHUNK])
-                if bar is not None:
-                    bar.update(min(_ADD_CHUNK, n - s))
-            if bar is not None:
-                bar.close()
+            _add_in_chunks(index, vectors, ids, f"index {spec}" if progress else None)
         timings["add_s"] = time.perf_counter() - t0
 
         meta: dict[str, Any] = {
@@ -212,7 +219,7 @@ class VectorIndex:
             "exact_threshold": config.exact_threshold,
             "recall_target": config.recall_target,
             "built_n": n,
-            "trained_on": trained_on,
+            "trained_on": len(train_rows),
             "timings": timings,
             "layout": "ondisk" if sharded.on_disk_lists(faiss, index) is not None else "memory",
         }

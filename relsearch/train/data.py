@@ -34,6 +34,9 @@ class CaptionRecord:
     family: str | None = None
     objects: tuple[str, ...] = field(default_factory=tuple)
     group: str | None = None
+    #: trained toward its neighbourhood under a teacher encoder instead of its caption
+    #: (``"target": "teacher"``: an ordinary photograph, see relsearch.corpus.photo_edits).
+    teacher: bool = False
 
     def __post_init__(self) -> None:
         if not self.image:
@@ -108,6 +111,7 @@ def read_caption_jsonl(path: str | Path, check_files: bool = True) -> list[Capti
             family=str(row["family"]) if row.get("family") else None,
             objects=_objects(row.get("objects")),
             group=None if group is None else str(group),
+            teacher=row.get("target") == "teacher",
         ))
     if not records:
         raise RelsearchError(f"{path}: no caption rows")

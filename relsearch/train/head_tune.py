@@ -85,6 +85,26 @@ def _family_groups(records: list[CaptionRecord]) -> torch.Tensor:
     return torch.tensor([names[r.family] for r in records])
 
 
+def evaluate_head(head: torch.nn.Module, feats: torch.Tensor, records: list, text: np.ndarray) -> dict[str, Any]:
+    """Validation report of ``head`` over cached upper features (eval mode, then back to train)."""
+    from relsearch.train.trainer import validate
+
+    head.eval()
+    with torch.no_grad():
+        emb = torch.cat([torch.nn.functional.normalize(head(feats[i : i + 256].float()), dim=-1)
+                         for i in range(0, len(feats), 256)]).numpy()
+    head.train()
+    return validate(emb, records, text, 0.9)
+
+
+def flipped_batch(feats: torch.Tensor, idx: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """The rows ``idx`` of the cached maps, about half of them mirrored left to right."""
+    x = feats[idx].float()
+    flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+    x[flip] = torch.flip(x[flip], dims=[3])
+    return x
+
+
 def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 3000, batch_size: int = 128,
          lr: float = 5e-4, weight_decay: float = 0.01, warmup_frac: float = 0.05, temperature: float = 0.07,
          seed: int = 0, threads: int | None = None, log: Any = print, save_every: int = 0) -> dict[str, Any]:
@@ -94,7 +114,7 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
     short by the clock still leaves usable weights).
     """
     from relsearch.encoders.relsim_mini import load
-    from relsearch.train.trainer import lr_lambda, text_embeddings, validate
+    from relsearch.train.trainer import lr_lambda, text_embeddings
 
     if threads:
         use_threads(threads)
@@ -125,12 +145,7 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
     val_text = text_embeddings(val_records, None).numpy() if val_records else None
 
     def evaluate() -> dict[str, Any]:
-        head.eval()
-        with torch.no_grad():
-            emb = torch.cat([torch.nn.functional.normalize(head(val_feats[i : i + 256].float()), dim=-1)
-                             for i in range(0, len(val_feats), 256)]).numpy()
-        head.train()
-        return validate(emb, val_records, val_text, 0.9)
+        return evaluate_head(head, val_feats, val_records, val_text)
 
     head.train()
     order = rng.permutation(n)
@@ -140,9 +155,7 @@ def tune(init: str, data: str, out: str, val: str | None = None, steps: int = 30
             order, pos = rng.permutation(n), 0
         idx = torch.from_numpy(order[pos : pos + batch_size])
         pos += batch_size
-        x = feats[idx].float()
-        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-        x[flip] = torch.flip(x[flip], dims=[3])
+        x = flipped_batch(feats, idx, rng)
         emb = torch.nn.functional.normalize(head(x), dim=-1)
         loss = contrastive_loss(emb, text[idx], loss_cfg, groups[idx])
         optimizer.zero_grad(set_to_none=True)

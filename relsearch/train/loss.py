@@ -107,3 +107,20 @@ def image_label_loss(image_emb: torch.Tensor, labels: torch.Tensor, temperature:
         return image_emb.sum() * 0.0
     targets = pos[has].to(logits.dtype)
     return _soft_ce(logits[has], targets / targets.sum(1, keepdim=True))
+
+
+def teacher_similarity_loss(image_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    """Mean squared gap between the pairwise cosines of the rows and those of their teacher vectors.
+
+    Both inputs are ``[B, D]`` / ``[B, E]`` and L2-normalised. The student keeps the teacher's
+    neighbourhood among these rows (ordinary photographs) in absolute terms, so they stay as far
+    apart as the teacher sees them instead of sharing one point; zero with fewer than two rows.
+    """
+    if image_emb.ndim != 2 or teacher_emb.ndim != 2 or len(image_emb) != len(teacher_emb):
+        raise ValueError(f"need [B, D] and [B, E] embeddings, got {tuple(image_emb.shape)} "
+                         f"and {tuple(teacher_emb.shape)}")
+    if len(image_emb) < 2:
+        return image_emb.sum() * 0.0
+    off = ~torch.eye(len(image_emb), dtype=torch.bool, device=image_emb.device)
+    gap = (image_emb @ image_emb.T) - (teacher_emb @ teacher_emb.T).to(image_emb.dtype)
+    return (gap[off] ** 2).mean()

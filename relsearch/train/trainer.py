@@ -37,13 +37,20 @@ from relsearch.encoders.base import FeatureCachingEncoder, TrainableEncoder
 from relsearch.errors import RelsearchError
 from relsearch.threads import use_threads
 from relsearch.train.data import CaptionRecord, load_image, read_dataset
-from relsearch.train.loss import LossConfig, contrastive_loss, image_label_loss, positive_mask
+from relsearch.train.loss import (
+    LossConfig,
+    contrastive_loss,
+    image_label_loss,
+    positive_mask,
+    teacher_similarity_loss,
+)
 from relsearch.train.safe_state import load_tensors, rng_state, set_rng_state
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 CACHE_NAME = "feature_cache.pt"
 ARGS_NAME = "train_args.json"
+TEACHER_NAME = "teacher_vectors.safetensors"
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,11 @@ class TrainConfig:
     group_batches: bool = False
     #: weight of the image -> image term among scenes of the same family (needs family_positives).
     image_loss: float = 0.0
+    #: weight of the teacher-similarity term on rows marked ``"target": "teacher"`` (ordinary
+    #: photographs keep the teacher's pairwise cosines instead of sharing one caption).
+    distill: float = 0.0
+    #: the encoder whose neighbourhoods those rows keep.
+    teacher: str = "imagenet"
     checkpoint_every: int = 100
     #: frozen-feature views per image (view 0 clean, others augmented); 0 = no cache.
     cache_views: int = 3
@@ -104,8 +116,8 @@ class TrainConfig:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
         if self.family_positives and self.loss_mode != "multipos":
             raise ValueError("family_positives needs loss_mode 'multipos'")
-        if self.image_loss < 0:
-            raise ValueError(f"image_loss must be >= 0, got {self.image_loss!r}")
+        if self.image_loss < 0 or self.distill < 0:
+            raise ValueError(f"image_loss and distill must be >= 0, got {self.image_loss!r}, {self.distill!r}")
         if self.image_loss and not self.family_positives:
             raise ValueError("image_loss compares scenes by family label: it needs family_positives")
         if self.cache_views < 0:
@@ -349,6 +361,16 @@ def _cached_prefix(base: Path, fp: str, records: list[CaptionRecord], views: int
     return feats
 
 
+@dataclass
+class Batch:
+    """One step's inputs, caption targets, family ids (or None) and row ids into the data."""
+
+    inputs: dict[str, torch.Tensor]
+    targets: torch.Tensor
+    groups: torch.Tensor | None
+    rows: torch.Tensor
+
+
 class BatchSource:
     """Batches by global step, from cached features or freshly prepared images."""
 
@@ -363,7 +385,7 @@ class BatchSource:
         self.features = features
         self.units = group_units(records) if config.group_batches else None
 
-    def __call__(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    def __call__(self, step: int) -> Batch:
         cfg = self.config
         idx = batch_indices(len(self.records), cfg.batch_size, cfg.seed, step, self.units)
         if self.features is not None:
@@ -376,7 +398,7 @@ class BatchSource:
             images = [load_image(self.records[i].image) for i in idx]
             batch = prepare_batch(self.encoder, images, True, rng)
         ii = torch.from_numpy(idx)
-        return batch, self.text_emb[ii], None if self.groups is None else self.groups[ii]
+        return Batch(batch, self.text_emb[ii], None if self.groups is None else self.groups[ii], ii)
 
 
 # -- validation -------------------------------------------------------------------------
@@ -459,44 +481,92 @@ def text_embeddings(records: list[CaptionRecord], device: str | None) -> torch.T
     return emb[torch.tensor([pos[r.caption] for r in records])]
 
 
-def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Run (or resume) a training run; returns a summary and prints nothing on stdout.
+def teacher_vectors(records: list[CaptionRecord], spec: str, path: Path | None,
+                    device: str | None) -> torch.Tensor:
+    """``[N, E]`` L2-normalised vectors of the teacher rows under encoder ``spec`` (zeros for the
+    others), computed once and kept in ``path``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    ``on_step(step, loss)`` is called after every optimiser step (tests use it to
-    stop a run mid-way, as a kill would).
-    """
-    started = time.time()
-    if config.threads:  # through the one place that sets threads: encoders loaded later keep it
-        use_threads(config.threads)
-    out = Path(config.out)
-    ckpt_path = out / CHECKPOINT_NAME
+    rows = [i for i, r in enumerate(records) if r.teacher]
+    key = f"{spec}:{_records_key([records[i] for i in rows])}"
+    if path is not None and path.is_file():
+        with safe_open(str(path), "pt") as fh:
+            if (fh.metadata() or {}).get("key") == key:
+                return fh.get_tensor("vectors")
+    from relsearch.encoders import get_encoder
+
+    try:
+        teacher = get_encoder(spec, device=device)
+    except (ValueError, KeyError) as exc:
+        raise RelsearchError(f"--teacher {spec}: {exc}") from exc
+    parts = [teacher.embed([load_image(records[i].image) for i in rows[s : s + 32]]) for s in range(0, len(rows), 32)]
+    found = np.concatenate(parts).astype(np.float32)
+    vectors = torch.zeros((len(records), found.shape[1]), dtype=torch.float32)
+    vectors[torch.tensor(rows)] = torch.from_numpy(found / np.linalg.norm(found, axis=1, keepdims=True))
+    if path is not None:
+        save_file({"vectors": vectors}, str(path), metadata={"key": key})
+    return vectors
+
+
+def family_ids(records: list[CaptionRecord]) -> torch.Tensor:
+    """One id per family label; every teacher row gets an id of its own (it has no relation twin)."""
+    if not all(r.family for r in records):
+        raise RelsearchError("--family-positives needs a 'family' on every row (train on labels.jsonl)")
+    names = {f: i for i, f in enumerate(sorted({r.family for r in records if not r.teacher}))}
+    return torch.tensor([len(names) + i if r.teacher else names[r.family] for i, r in enumerate(records)])
+
+
+@dataclass
+class _Run:
+    """What a training loop needs, set up from a :class:`TrainConfig`."""
+
+    encoder: Any
+    module: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    source: BatchSource
+    total: int
+    steps_per_epoch: int
+    val_records: list[CaptionRecord] | None
+    val_text: np.ndarray | None
+    val_features: dict[str, torch.Tensor] | None
+    teacher_mask: torch.Tensor
+    teacher_emb: torch.Tensor | None
+    cached_views: int
+
+
+def _check_paths(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord] | None, Path | None]:
+    """Read the data and refuse a bad run before anything is written or loaded."""
+    ckpt_path = Path(config.out) / CHECKPOINT_NAME
     if ckpt_path.exists() and not config.resume:
         raise RelsearchError(f"{ckpt_path} exists: pass --resume to continue it, or pick another --out")
     if config.resume and not ckpt_path.exists():
         raise RelsearchError(f"--resume given but no checkpoint at {ckpt_path}")
-
     records = read_dataset(config.data, image_dir=config.image_dir)
     if len(records) < config.batch_size:
         raise RelsearchError(f"{len(records)} training pairs is fewer than one batch of {config.batch_size}")
     val_records = read_dataset(config.val) if config.val else None
     if config.group_batches and not any(r.group is not None for r in records):
         raise RelsearchError("--group-batches needs grouped rows (a 'group' per row, from compose --grouped)")
-    cache_base = _cache_file(config.cache_from)
-    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    if any(r.teacher for r in records) and not config.distill:
+        raise RelsearchError("the data has rows with \"target\": \"teacher\": give their weight with --distill W")
+    return records, val_records, _cache_file(config.cache_from)
 
+
+def _setup(config: TrainConfig) -> _Run:
+    records, val_records, cache_base = _check_paths(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
     encoder = build_encoder(config.encoder, config.device, dict(config.model_args))
-    device = encoder.device
     module = encoder.train_module()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise RelsearchError(f"encoder {config.encoder!r} has no trainable parameters")
-
-    text_emb = text_embeddings(records, device)
-    val_text = text_embeddings(val_records, device).numpy() if val_records else None
-
+    text_emb = text_embeddings(records, encoder.device)
+    val_text = text_embeddings(val_records, encoder.device).numpy() if val_records else None
     can_cache = config.cache_views > 0 and isinstance(encoder, FeatureCachingEncoder)
     if config.cache_from and not can_cache:
         raise RelsearchError(f"--cache-from: encoder {config.encoder!r} has no frozen-feature cache")
@@ -507,81 +577,117 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
         if val_records:
             val_features = build_feature_cache(encoder, val_records, 1, config.seed,
                                                out / ("val_" + CACHE_NAME), config.progress)
-    groups = None
-    if config.family_positives:
-        if not all(r.family for r in records):
-            raise RelsearchError("--family-positives needs a 'family' on every row (train on labels.jsonl)")
-        names = {f: i for i, f in enumerate(sorted({r.family for r in records}))}
-        groups = torch.tensor([names[r.family] for r in records])
-    source = BatchSource(encoder, records, text_emb, config, features, groups)
-
+    teacher_mask = torch.tensor([r.teacher for r in records])
+    teacher_emb = (teacher_vectors(records, config.teacher, out / TEACHER_NAME, config.device)
+                   if bool(teacher_mask.any()) else None)
+    groups = family_ids(records) if config.family_positives else None
     steps_per_epoch = len(records) // config.batch_size
-    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    warmup = max(1, int(round(config.warmup_frac * total)))
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup))
-    loss_cfg = config.loss_config()
+    return _Run(encoder=encoder, module=module, params=params,
+                source=BatchSource(encoder, records, text_emb, config, features, groups),
+                total=config.steps if config.steps is not None else config.epochs * steps_per_epoch,
+                steps_per_epoch=steps_per_epoch, val_records=val_records, val_text=val_text,
+                val_features=val_features, teacher_mask=teacher_mask, teacher_emb=teacher_emb,
+                cached_views=config.cache_views if can_cache else 0)
 
-    step = 0
+
+def _restore(config: TrainConfig, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> int:
+    """Load ``--resume``'s checkpoint into the run; returns its step."""
+    ckpt_path = Path(config.out) / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path)
+    named = dict(module.named_parameters())
+    missing = sorted(set(state["trainable"]) - set(named))
+    if missing:
+        raise RelsearchError(f"checkpoint {ckpt_path} does not match the encoder (e.g. {missing[0]})")
+    with torch.no_grad():
+        for k, v in state["trainable"].items():
+            named[k].copy_(v)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def step_loss(run: _Run, config: TrainConfig, loss_cfg: LossConfig, batch: Batch,
+              image_emb: torch.Tensor) -> torch.Tensor:
+    """The step's loss: captions for relation rows, image labels, teacher similarity for teacher rows."""
+    device = image_emb.device
+    groups = None if batch.groups is None else batch.groups.to(device)
+    taught = run.teacher_mask[batch.rows].to(device)
+    rel = ~taught
+    loss = image_emb.sum() * 0.0
+    if int(rel.sum()) >= 2:
+        loss = contrastive_loss(image_emb[rel], batch.targets.to(device)[rel], loss_cfg,
+                                None if groups is None else groups[rel])
+    if config.image_loss:
+        loss = loss + config.image_loss * image_label_loss(image_emb, groups, config.temperature)
+    if config.distill and run.teacher_emb is not None and int(taught.sum()) >= 2:
+        teacher = run.teacher_emb[batch.rows].to(device)[taught]
+        loss = loss + config.distill * teacher_similarity_loss(image_emb[taught], teacher)
+    return loss
+
+
+def _validate_step(run: _Run, config: TrainConfig, log: _Log, step: int, bar: Any) -> dict[str, Any]:
+    val_emb = embed_for_eval(run.encoder, run.val_records, run.val_features)
+    report = validate(val_emb, run.val_records, run.val_text, config.pos_threshold)
+    log.write({"step": step, "epoch": (step - 1) // run.steps_per_epoch, "val": report})
+    bar.write(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in report.items()), file=sys.stderr)
+    return report
+
+
+def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns a summary and prints nothing on stdout.
+
+    ``on_step(step, loss)`` is called after every optimiser step (tests use it to
+    stop a run mid-way, as a kill would).
+    """
+    started = time.time()
+    if config.threads:  # through the one place that sets threads: encoders loaded later keep it
+        use_threads(config.threads)
+    run = _setup(config)
+    out = Path(config.out)
+    total = run.total
+    optimizer = torch.optim.AdamW(run.params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, max(1, int(round(config.warmup_frac * total)))))
+    loss_cfg = config.loss_config()
     if config.resume:
-        state = load_checkpoint(ckpt_path)
-        named = dict(module.named_parameters())
-        missing = sorted(set(state["trainable"]) - set(named))
-        if missing:
-            raise RelsearchError(f"checkpoint {ckpt_path} does not match the encoder (e.g. {missing[0]})")
-        with torch.no_grad():
-            for k, v in state["trainable"].items():
-                named[k].copy_(v)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
+        step = _restore(config, run.module, optimizer, scheduler)
     else:
+        step = 0
         (out / ARGS_NAME).write_text(json.dumps(asdict(config), indent=2, sort_keys=True) + "\n")
     log = _Log(out / METRICS_NAME)
-    log.write({"event": "start", "step": step, "total_steps": total, "train_pairs": len(records),
-               "steps_per_epoch": steps_per_epoch, "cached_views": config.cache_views if can_cache else 0})
-
+    log.write({"event": "start", "step": step, "total_steps": total, "train_pairs": len(run.source.records),
+               "steps_per_epoch": run.steps_per_epoch, "cached_views": run.cached_views})
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not config.progress,
-               file=sys.stderr)
-    module.train()
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not config.progress, file=sys.stderr)
+    run.module.train()
     loss_value = float("nan")
     val_report = None
     while step < total:
-        batch, targets, batch_groups = source(step)
-        image_emb = encoder.forward_train(batch).float()
-        if batch_groups is not None:
-            batch_groups = batch_groups.to(image_emb.device)
-        loss = contrastive_loss(image_emb, targets.to(image_emb.device), loss_cfg, batch_groups)
-        if config.image_loss:
-            loss = loss + config.image_loss * image_label_loss(image_emb, batch_groups, config.temperature)
+        batch = run.source(step)
+        loss = step_loss(run, config, loss_cfg, batch, run.encoder.forward_train(batch.inputs).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
         loss_value = float(loss.detach())
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}")
-        log.write({"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": loss_value,
+        log.write({"step": step, "epoch": (step - 1) // run.steps_per_epoch, "loss": loss_value,
                    "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
                    "time": round(time.time() - started, 2)})
         if step % config.checkpoint_every == 0 or step == total:
-            save_checkpoint(ckpt_path, step, module, optimizer, scheduler, config)
-        if val_records and (step % steps_per_epoch == 0 or step == total):
-            val_emb = embed_for_eval(encoder, val_records, val_features)
-            val_report = validate(val_emb, val_records, val_text, config.pos_threshold)
-            log.write({"step": step, "epoch": (step - 1) // steps_per_epoch, "val": val_report})
-            bar.write(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in val_report.items()),
-                      file=sys.stderr)
+            save_checkpoint(out / CHECKPOINT_NAME, step, run.module, optimizer, scheduler, config)
+        if run.val_records and (step % run.steps_per_epoch == 0 or step == total):
+            val_report = _validate_step(run, config, log, step, bar)
         if on_step is not None:
             on_step(step, loss_value)
     bar.close()
-    module.eval()
-    encoder.save(str(out))
+    run.module.eval()
+    run.encoder.save(str(out))
     log.write({"event": "done", "step": step, "loss": loss_value, "time": round(time.time() - started, 2)})
     return TrainResult(out=str(out), steps=step, final_loss=loss_value, val=val_report,
                        seconds=time.time() - started)

@@ -1,7 +1,8 @@
 """The browse page of ``relsearch view``: what it shows and the searches behind it.
 
-The page (``static/browse.js``, inline, no outside resources) searches by an uploaded
-image, by clicking any result (the record's stored vectors: nothing is re-embedded), or
+The page (``static/browse.js``, inline, no outside resources) opens on a grid of the
+collection, most recent first (:mod:`relsearch.view.grid`), and searches by an uploaded
+image, by clicking any thumbnail (the record's stored vectors: nothing is re-embedded), or
 by an anonymous caption typed into its text box; ``analogy`` and ``explain`` are toggles
 and the query's own caption is shown above the rows. The HTTP plumbing stays in
 :mod:`relsearch.view.server`; this module turns request parameters into answers.
@@ -28,7 +29,7 @@ def _static(name: str) -> str:
 
 
 def page_html(index_label: str, kinds: dict[str, str], count: int, k: int, max_k: int, style: str) -> str:
-    """The browse page: controls, an empty result area, the script."""
+    """The browse page: controls, the result area, the collection grid, the script."""
     cols = ", ".join(f"{html.escape(n)} ({html.escape(kind)})" for n, kind in kinds.items())
     has_rel = any(v == "relational" for v in kinds.values())
     has_attr = any(v != "relational" for v in kinds.values())
@@ -54,8 +55,12 @@ def page_html(index_label: str, kinds: dict[str, str], count: int, k: int, max_k
         f"k <input id=\"k\" type=\"number\" min=\"1\" max=\"{max_k}\" value=\"{k}\" style=\"width:4em\">"
         + toggle("analogy", analogy_ok, "needs a relational and an attribute column")
         + toggle("explain", has_rel, "needs a relational column")
-        + "</div>" + CONTROLS + "<div class=\"hint\">click a result to search with it; Ctrl-click opens the file</div>"
+        + "</div>" + CONTROLS + "<div class=\"hint\">click an image to search with it; Ctrl-click opens the file</div>"
         "<div id=\"status\"></div><div id=\"result\"><main id=\"rows\"></main></div>"
+        "<section id=\"gridbox\"><h2>the collection <span id=\"gridinfo\"></span></h2>"
+        "<div class=\"hits\" id=\"grid\"></div><nav class=\"pager\"><button id=\"newer\" type=\"button\">"
+        "&larr; newer</button> <span id=\"pageno\"></span> <button id=\"older\" type=\"button\">older &rarr;"
+        "</button></nav></section>"
         f"<script>{_static('browse.js')}\n{_static('compose.js')}</script></body></html>\n"
     )
 
@@ -104,6 +109,8 @@ def finish(searcher: Any, result: Any, k: int, analogy: bool, explain: bool,
         except RelsearchError:
             if explain:
                 raise
+        if not explain and "explain" in result.timings_ms:  # only the query's caption was looked up
+            result.timings_ms["caption"] = result.timings_ms.pop("explain")
     return result, explain
 
 

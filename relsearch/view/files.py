@@ -113,7 +113,7 @@ def _real_path(fd: int, path: str) -> str:
     return os.path.realpath(path)
 
 
-def _check_one(path: str, record: Record, entry: PathEntry | None, root: str,
+def _check_one(path: str, record: Record, entry: PathEntry | None, roots: list[str],
                check_hash: bool) -> tuple[int, str]:
     """Open ``path`` and prove it holds ``record``; returns (fd, reason-if-refused).
 
@@ -130,7 +130,8 @@ def _check_one(path: str, record: Record, entry: PathEntry | None, root: str,
             return _refuse(fd, f"{path} is no longer a regular file")
         if st.st_size != record.size:
             return _refuse(fd, f"{path} has changed since it was indexed; rebuild the index")
-        if not _inside(_real_path(fd, path), root):
+        real = _real_path(fd, path)
+        if not any(_inside(real, root) for root in roots):
             # Outside the collection: only the very file the build read through this link.
             if entry is None or (entry.size, entry.mtime_ns) != (st.st_size, st.st_mtime_ns):
                 return _refuse(fd, f"{path} has changed since it was indexed (it now leads outside "
@@ -160,18 +161,18 @@ def _refuse(fd: int, reason: str) -> tuple[int, str]:
 
 @contextmanager
 def open_indexed(record: Record, path_entry: Callable[[str], PathEntry | None],
-                 collection: str, check_hash: bool = True) -> Iterator[OpenedFile]:
+                 collection: str | list[str], check_hash: bool = True) -> Iterator[OpenedFile]:
     """Open the first path of ``record`` that still holds its indexed content.
 
     ``path_entry(path)`` gives what the build stored for a path (size, mtime);
-    ``collection`` is the collection folder. Raises :class:`FileRefused` when no
+    ``collection`` is the collection folder (or its folders). Raises :class:`FileRefused` when no
     path qualifies. The descriptor is closed on leaving the block. With
     ``check_hash=False`` the content is not hashed here: the caller must.
     """
-    root = os.path.realpath(collection)
+    roots = [os.path.realpath(c) for c in ([collection] if isinstance(collection, str) else collection)]
     first_reason = ""
     for path in record.paths:
-        fd, reason = _check_one(path, record, path_entry(path), root, check_hash)
+        fd, reason = _check_one(path, record, path_entry(path), roots, check_hash)
         if fd < 0:
             first_reason = first_reason or reason
             continue
@@ -185,7 +186,7 @@ def open_indexed(record: Record, path_entry: Callable[[str], PathEntry | None],
 
 
 def read_indexed(record: Record, path_entry: Callable[[str], PathEntry | None],
-                 collection: str) -> tuple[str, bytes]:
+                 collection: str | list[str]) -> tuple[str, bytes]:
     """(path, bytes) of the record's file; the bytes returned are the bytes hashed."""
     first_reason = ""
     for path in record.paths:
@@ -229,7 +230,7 @@ _THUMBS = _Thumbs()
 
 
 def indexed_thumbnail(record: Record, path_entry: Callable[[str], PathEntry | None],
-                      collection: str, size: int) -> bytes:
+                      collection: str | list[str], size: int) -> bytes:
     """JPEG thumbnail of the record's indexed content; :class:`FileRefused` when no path holds it."""
     from relsearch.collection import DecodeError, load_image
     from relsearch.view.html import encode_jpeg

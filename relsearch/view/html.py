@@ -16,11 +16,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from relsearch.view.names import hit_label
+
 #: Longest side of an embedded thumbnail, in pixels. At JPEG quality 70 one thumbnail
 #: is 3-6 kB, so a k=20 page with two encoders stays around a quarter of a megabyte.
 THUMB_PX = 128
 THUMB_QUALITY = 70
 QUERY_PX = 256
+#: Characters of the file name under a thumbnail (the path is shortened in the middle).
+NAME_CHARS = 24
 
 #: Shown for a hit whose file has gone or no longer decodes (grey box with a cross).
 MISSING_SRC = "data:image/svg+xml;base64," + base64.b64encode(
@@ -34,7 +38,7 @@ body{font-family:system-ui,-apple-system,'DejaVu Sans',sans-serif;margin:16px;ba
 h1{font-size:18px;margin:0 0 8px}
 .query{display:flex;gap:16px;align-items:flex-start;margin-bottom:16px}
 .query img{max-width:256px;max-height:256px;border:1px solid #bbb;background:#fff}
-.query .label{font-size:13px;color:#555;word-break:break-all;max-width:60ch}
+.query .label{font-size:13px;color:#555;word-break:normal;overflow-wrap:normal;max-width:60ch}
 .row{margin:12px 0 20px}
 .row h2{font-size:15px;margin:0 0 6px}
 .row h2 .kind{font-weight:normal;font-size:12px;padding:1px 6px;border-radius:8px;margin-left:6px}
@@ -42,7 +46,7 @@ h1{font-size:18px;margin:0 0 8px}
 .row.attribute h2 .kind{background:#eee;color:#555}
 .row.analogy h2 .kind{background:#fde7c8;color:#8a4b0b}
 .row.analogy a.hit img{border-color:#e0a24a}
-a.hit .why{font-size:10px;color:#0b4f8a;max-width:128px;line-height:1.2;text-align:center;margin-top:1px}
+a.hit .why{font-size:10px;color:#0b4f8a;max-width:128px;line-height:1.2;text-align:center;margin-top:1px;word-break:normal;overflow-wrap:normal;hyphens:none}
 .query .qcap{font-size:13px;color:#0b4f8a;margin-top:6px}
 .hits{display:flex;flex-wrap:wrap;gap:8px}
 a.hit{display:flex;flex-direction:column;align-items:center;width:132px;text-decoration:none;color:#222}
@@ -160,12 +164,14 @@ def render_rows(
         hits = all_hits[: k if k is not None else None]
         cells = []
         for h in hits:
-            base = os.path.basename(h.path)
+            roots = getattr(result, "roots", [])
+            base = hit_label(h, roots, NAME_CHARS) if roots else os.path.basename(h.path)
+            tip = "\n".join([h.path, *(f"copy: {c}" for c in getattr(h, "copies", []))])
             cap = hit_caption(result, name, h) if captions else None
             why = (f'<span class="why" title="shared caption, cosine {cap.score:.3f}">{html.escape(cap.text)}</span>'
                    if cap is not None else "")
             cells.append(
-                f'<a class="hit" data-id="{h.id}" href="{html.escape(href(h))}" title="{html.escape(shown(h.path))}" '
+                f'<a class="hit" data-id="{h.id}" href="{html.escape(href(h))}" title="{html.escape(shown(tip))}" '
                 f'target="_blank">'
                 f'<img class="thumb" alt="rank {h.rank}" loading="eager" src="{html.escape(src(h))}">'
                 f'<span class="cap">#{h.rank} &middot; {h.score:.3f}</span>'
@@ -209,13 +215,19 @@ def shown(text: str) -> str:
         return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
+def breakable(text: str) -> str:
+    """``text`` escaped for HTML, with line-break chances after each ``/`` only: a long path
+    wraps between folders, never inside a name."""
+    return "/<wbr>".join(html.escape(part) for part in text.split("/"))
+
+
 def render_query(label: str, src: str | None, caption: Any = None) -> str:
     """The query block: its image (when there is one), its label, and its nearest caption."""
     img = f'<img class="query-img" alt="query" src="{html.escape(src)}">' if src else ""
     what = "query image" if src else "query caption"
     cap = (f'<div class="qcap">reads as: <i>{html.escape(caption.text)}</i> ({caption.score:.3f})</div>'
            if caption is not None else "")
-    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{html.escape(shown(label))}{cap}</div></div>')
+    return (f'<div class="query">{img}<div class="label"><b>{what}</b><br>{breakable(shown(label))}{cap}</div></div>')
 
 
 def query_caption(result: Any) -> Any:
@@ -233,9 +245,22 @@ def render_page(result: Any, k: int | None = None, thumb_px: int = THUMB_PX) -> 
         f"<title>relsearch: {html.escape(shown(os.path.basename(result.query)) or 'query')}</title>"
         f"<style>{STYLE}</style></head><body>"
         "<h1>relsearch &mdash; relational neighbours beside attribute neighbours</h1>"
-        f"{render_query(result.query, query_src, query_caption(result))}\n<main id=\"rows\">{rows}</main>"
+        f"{render_query(result.query, query_src, query_caption(result))}{_indexed_as(result)}"
+        f"\n<main id=\"rows\">{rows}</main>"
         "</body></html>\n"
     )
+
+
+def _indexed_as(result: Any) -> str:
+    """A line under the query for each indexed file holding its bytes (not listed as matches)."""
+    from relsearch.view.names import relative
+
+    lines = []
+    for paths in getattr(result, "query_in_collection", {}).values():
+        shown_paths = [shown(relative(p, getattr(result, "roots", []))) for p in paths]
+        lines.append('<div class="indexed-as">the query is indexed as '
+                     + ", ".join(html.escape(p) for p in shown_paths) + "</div>")
+    return "".join(lines)
 
 
 def write_html(result: Any, path: str | os.PathLike[str], k: int | None = None) -> Path:

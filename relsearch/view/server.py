@@ -9,6 +9,7 @@ Standard library HTTP only, no outside resources. Endpoints:
   indexed image (clicked on the page) or an anonymous caption;
 - ``POST /compose``, ``GET /dupes``  a second image and a caption beside the first, and the
   duplicate groups (:mod:`relsearch.view.extras`);
+- ``GET /browse?page=N``  a page of the collection grid, newest first (:mod:`relsearch.view.grid`);
 - ``GET /thumb/ID``    JPEG thumbnail of a record of the index;
 - ``GET /file/ID``     the record's file itself.
 
@@ -151,6 +152,7 @@ class ViewApp:
         self.index = Path(index)
         self.k = k
         self.captions = captions
+        self._tiles: tuple[int, list[Any]] | None = None  # (generation, grid tiles) of the last /browse
         self.searcher = Searcher(index, encoders=encoders, device=device)
         # One query at a time: torch, FAISS and the LMDB reader are shared by all handler threads.
         self.lock = threading.Lock()
@@ -177,7 +179,7 @@ class ViewApp:
         rec = store.get_records([record_id]).get(record_id)
         if rec is None:
             return None
-        return read_indexed(rec, store.get_path, self.searcher.opened.manifest.collection)
+        return read_indexed(rec, store.get_path, self.searcher.opened.manifest.collection_roots())
 
     def record_thumbnail(self, record_id: int) -> bytes | None:
         """JPEG thumbnail of a record's indexed content; None for no such record."""
@@ -185,7 +187,7 @@ class ViewApp:
         rec = store.get_records([record_id]).get(record_id)
         if rec is None:
             return None
-        return indexed_thumbnail(rec, store.get_path, self.searcher.opened.manifest.collection, THUMB_PX)
+        return indexed_thumbnail(rec, store.get_path, self.searcher.opened.manifest.collection_roots(), THUMB_PX)
 
     def decode_upload(self, data: bytes, what: str = "the upload") -> Any:
         """An uploaded image, decoded as a query image is; at most DECODE_SLOTS at a time.
@@ -217,14 +219,18 @@ class ViewApp:
     def query_bytes(self, data: bytes, k: int, name: str = "upload", analogy: bool = False,
                     explain: bool = False) -> dict[str, Any]:
         """Search with an uploaded image; the answer carries the rendered rows."""
+        from relsearch.composed import search_image
+
         image = self.decode_upload(data)
         with self.lock:
-            result = self.searcher.query_image(image, k=k, label=name)
+            result = search_image(self.searcher, image, k, label=name)
             result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
         return browse.answer(result, jpeg_data_uri(encode_jpeg(image, QUERY_PX)), name, show)
 
     def search(self, params: dict[str, list[str]], k: int) -> dict[str, Any]:
         """``GET /search``: an indexed image (``id``) or a caption (``text``)."""
+        from relsearch.composed import TEXT_PREFIX, QueryTerm, search_composed
+
         analogy, explain = browse.flag(params, "analogy"), browse.flag(params, "explain")
         with self.lock:
             self.searcher.refresh()  # a rebuild since the last query: search the new generation
@@ -236,7 +242,7 @@ class ViewApp:
                 label, src = result.query, f"thumb/{record_id}"
             elif params.get("text", [""])[0].strip():
                 label, src = params["text"][0].strip(), None
-                result = self.searcher.query_text(label, k)
+                result = search_composed(self.searcher, [QueryTerm(TEXT_PREFIX + label)], k)
             else:
                 raise RelsearchError("search needs id=IMAGE_ID or text=CAPTION")
             result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
@@ -262,6 +268,22 @@ class ViewApp:
         except ValueError:
             raise RelsearchError("threshold must be a number in (0, 1]") from None
         return extras.dupes_answer(self.index, threshold)
+
+    def browse(self, params: dict[str, list[str]]) -> dict[str, Any]:
+        """``GET /browse?page=N``: one page of the collection grid, most recent first."""
+        from relsearch.view import grid
+
+        raw = params.get("page", ["0"])[0]
+        if not raw.isdigit() or len(raw) > 9:
+            raise RelsearchError(f"page must be a number, got {raw!r}")
+        with self.lock:
+            self.searcher.refresh()
+            generation = self.searcher.generation
+            if self._tiles is None or self._tiles[0] != generation:  # listed once per build
+                self._tiles = (generation, grid.tiles(self.searcher.opened.store.all_paths()))
+            tiles = self._tiles[1]
+            roots = self.searcher.opened.manifest.collection_roots()
+        return grid.page_of(tiles, int(raw), roots)
 
     def close(self) -> None:
         self.searcher.close()
@@ -403,6 +425,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path.rstrip("/") == "/search":
             params = parse_qs(url.query)
             self._json(200, app.search(params, _k(params, app.k)))
+        elif url.path.rstrip("/") == "/browse":
+            self._json(200, app.browse(parse_qs(url.query)))
         elif url.path.rstrip("/") == "/dupes":
             self._json(200, app.dupes(parse_qs(url.query)))
         elif len(parts) in (1, 2) and parts[0] in ("thumb", "file"):

@@ -9,6 +9,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from relsearch.view.names import copies_note
+
 CELL = 128
 GAP = 8
 CAPTION = 18
@@ -27,6 +29,9 @@ NO_RELATION = (190, 40, 30)
 WHY_LINES = 3
 WHY_LINE = 13
 WHY_CHARS = 22
+#: The file name under each thumbnail (relative to the collection, shortened in the middle).
+NAME_LINE = 13
+NAME_CHARS = 21
 
 
 def load_font(size: int) -> Any:
@@ -73,7 +78,7 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
     notes = {c[0]: c[2] for c in cols_info}
     rows = {c[0]: c[3][: k if k is not None else None] for c in cols_info}
     explained = result.explain is not None
-    caption_h = CAPTION + (WHY_LINES * WHY_LINE if explained else 0)
+    caption_h = CAPTION + NAME_LINE + (WHY_LINES * WHY_LINE if explained else 0)
     cols = max(1, min(columns, max((len(h) for h in rows.values()), default=1)))
     width = 2 * PAD + cols * CELL + (cols - 1) * GAP
     width = max(width, 560)
@@ -124,18 +129,41 @@ def render_sheet(result: Any, k: int | None = None, columns: int = COLUMNS) -> I
         for j, hit in enumerate(rows[name]):
             cx = PAD + (j % cols) * (CELL + GAP)
             cy = y0 + (j // cols) * (CELL + caption_h + GAP)
-            t = thumbnail(hit.path, CELL)
-            sheet.paste(t, (cx + (CELL - t.width) // 2, cy + (CELL - t.height) // 2))
-            draw.rectangle((cx - 1, cy - 1, cx + CELL, cy + CELL), outline=colour)
-            draw.text((cx + 2, cy + CELL + 2), f"#{hit.rank}  {hit.score:.3f}", fill=(30, 30, 30), font=small)
             cap = hit_caption(result, name, hit) if explained else None
-            if cap is not None:
-                for i, line in enumerate(_why_lines(cap.text)):
-                    draw.text((cx + 2, cy + CELL + CAPTION + i * WHY_LINE), line, fill=RELATIONAL, font=small)
+            _draw_hit(sheet, draw, hit, (cx, cy), colour, getattr(result, "roots", []), cap, small)
         if not rows[name]:
             draw.text((PAD, y0 + 4), "no neighbours", fill=(120, 120, 120), font=small)
         y += band_h
     return sheet
+
+
+def _draw_hit(sheet: Image.Image, draw: Any, hit: Any, at: tuple[int, int], colour: tuple[int, int, int],
+              roots: list[str], cap: Any, font: Any) -> None:
+    """One thumbnail with its rank, score, copies, file name and (``--explain``) shared caption."""
+    cx, cy = at
+    t = thumbnail(hit.path, CELL)
+    sheet.paste(t, (cx + (CELL - t.width) // 2, cy + (CELL - t.height) // 2))
+    draw.rectangle((cx - 1, cy - 1, cx + CELL, cy + CELL), outline=colour)
+    more = copies_note(hit)
+    draw.text((cx + 2, cy + CELL + 2), f"#{hit.rank}  {hit.score:.3f}" + (f"  {more}" if more else ""),
+              fill=(30, 30, 30), font=font)
+    draw.text((cx + 2, cy + CELL + CAPTION), name_line(hit, roots, draw, font), fill=(90, 90, 90), font=font)
+    if cap is not None:
+        for i, line in enumerate(_why_lines(cap.text)):
+            draw.text((cx + 2, cy + CELL + CAPTION + NAME_LINE + i * WHY_LINE), line, fill=RELATIONAL, font=font)
+
+
+def name_line(hit: Any, roots: list[str], draw: Any = None, font: Any = None) -> str:
+    """The file name under a thumbnail: its path relative to the collection, shortened in the
+    middle to fit the cell (measured with ``font`` when given)."""
+    from relsearch.view.html import shown
+    from relsearch.view.names import relative, shorten
+
+    name = shown(relative(hit.path, roots))
+    width = min(len(name), NAME_CHARS * 2)
+    while width > 4 and draw is not None and draw.textlength(shorten(name, width), font=font) > CELL - 4:
+        width -= 1
+    return shorten(name, width if draw is not None else NAME_CHARS)
 
 
 def relation_text(verdict: Any, column: str) -> str:

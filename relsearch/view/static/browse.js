@@ -24,6 +24,7 @@ async function show(req, pending, query, done) {
     rows.innerHTML = data.html;
     rows.dataset.query = query;
     status.textContent = done(data);
+    if (status.getBoundingClientRect().top < 0) status.scrollIntoView();  // clicked far down the grid
   } catch (e) { if (mine === seq) status.textContent = 'error: ' + e; }
 }
 
@@ -38,8 +39,12 @@ function run() {
   }
   const name = current.name || current.value;
   show(req, 'searching ' + name, current.kind + ':' + current.value, (data) => {
+    // what the server timed, under its own names: "caption" is the query's caption alone,
+    // "explain" appears only when explain is on
     const t = data.timings_ms || {};
-    return name + ': ' + Object.keys(t).map(k => k + ' ' + t[k].toFixed(1) + ' ms').join(', ');
+    const total = Object.values(t).reduce((a, b) => a + b, 0);
+    return name + ': ' + total.toFixed(1) + ' ms (' +
+      Object.keys(t).map(k => k + ' ' + t[k].toFixed(1)).join(', ') + ')';
   });
 }
 
@@ -60,14 +65,38 @@ function upload(file) {
   run();
 }
 
-// Clicking a result searches with it (the hash makes it a link: back/forward work);
-// Ctrl/Cmd-click or the middle button still open the file itself.
-rows.addEventListener('click', (e) => {
+// Clicking a result or a grid thumbnail searches with it (the hash makes it a link:
+// back/forward work); Ctrl/Cmd-click or the middle button still open the file itself.
+function searchWithHit(e) {
   const hit = e.target.closest('a.hit');
   if (!hit || e.ctrlKey || e.metaKey || e.shiftKey || e.button !== 0) return;
   e.preventDefault();
   location.hash = 'id=' + hit.dataset.id;
-});
+}
+rows.addEventListener('click', searchWithHit);
+
+// The collection grid: most recent first, a page at a time.
+const grid = $('grid'), gridinfo = $('gridinfo'), pageno = $('pageno');
+const newer = $('newer'), older = $('older');
+let gridPage = 0;
+async function loadGrid(page) {
+  try {
+    const r = await fetch('browse?page=' + page);
+    const data = await r.json();
+    if (!r.ok) { gridinfo.textContent = 'error: ' + data.error; return; }
+    gridPage = data.page;
+    grid.innerHTML = data.html;
+    gridinfo.textContent = data.total + ' images, most recent first';
+    pageno.textContent = 'page ' + (data.page + 1) + ' of ' + data.pages;
+    newer.disabled = data.page === 0;
+    older.disabled = data.page + 1 >= data.pages;
+    newer.parentElement.hidden = data.pages < 2;
+  } catch (e) { gridinfo.textContent = 'error: ' + e; }
+}
+grid.addEventListener('click', searchWithHit);
+newer.addEventListener('click', () => loadGrid(gridPage - 1));
+older.addEventListener('click', () => loadGrid(gridPage + 1));
+loadGrid(0);
 window.addEventListener('hashchange', fromHash);
 [analogy, explain].forEach(box => box.addEventListener('change', run));
 kbox.addEventListener('change', run);
