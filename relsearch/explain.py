@@ -212,7 +212,7 @@ class RelationVerdict:
 def relation_verdict(bank: CaptionBank, vec: np.ndarray, min_score: float | None = None) -> RelationVerdict:
     """The relation ``vec`` reads as: not known when its nearest caption is a ``none``
     caption or scores below ``min_score`` (default :data:`KNOWN_MIN_SCORE`); then its
-    neighbours are near-ties, not matches."""
+    neighbours are not relational matches."""
     min_score = KNOWN_MIN_SCORE if min_score is None else min_score
     cap = bank.captions_of(vec)[0]
     why = ""

@@ -89,7 +89,7 @@ def test_table_says_it_above_and_at_the_head_of_the_column(indexed, tmp_path, kn
     lines = table.splitlines()
     note = next(i for i, line in enumerate(lines) if line.startswith("tinyrel: no relation it knows"))
     head = next(i for i, line in enumerate(lines) if line.startswith("rank"))
-    assert note < head and "an empty scene" in lines[note] and "near-ties" in lines[note]
+    assert note < head and "an empty scene" in lines[note] and "share no relation it knows" in lines[note]
     assert "tinyrel (no known relation)" in lines[head] and "(relational)" not in lines[head]
     good = run("query", paths[3], "--index", index, "-k", "3", "--captions", _bank(tmp_path, "orbit")).stdout
     assert "tinyrel reads a relation: {Object}s in a ring" in good and "tinyrel (relational)" in good

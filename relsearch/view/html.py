@@ -143,7 +143,7 @@ def relation_line(result: Any, column: str) -> str | None:
     if v.known:
         return f"{column} reads a relation: {v.caption}  ({v.score:.3f})"
     return (f"{column}: no relation it knows in this query ({v.why}; nearest caption: {v.caption}, "
-            f"{v.score:.3f}); its neighbours are near-ties, not relational matches")
+            f"{v.score:.3f}); its neighbours share no relation it knows")
 
 
 def render_rows(
@@ -202,7 +202,7 @@ def _relation_block(result: Any, column: str) -> str:
     if v.known:
         return f'<div class="relation known">reads a relation: {cap}</div>'
     return (f'<div class="relation unknown"><b>no relation {html.escape(column)} knows in this query</b> '
-            f'({html.escape(v.why)}; nearest caption: {cap}): the neighbours below are near-ties, '
+            f'({html.escape(v.why)}; nearest caption: {cap}): the neighbours below are '
             "not relational matches</div>")
 
 

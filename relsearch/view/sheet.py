@@ -170,7 +170,7 @@ def relation_text(verdict: Any, column: str) -> str:
     """The verdict line above a relational band."""
     if verdict.known:
         return f"reads a relation: {verdict.caption} ({verdict.score:.3f})"
-    return (f"NO RELATION {column} KNOWS in this query: the neighbours are near-ties, not relational matches "
+    return (f"NO RELATION {column} KNOWS in this query: the neighbours share no relation it knows "
             f"({verdict.why}; nearest caption: {verdict.caption}, {verdict.score:.3f})")
 
 
