@@ -152,3 +152,53 @@ def test_dino_missing_weights(tiny_dino, empty_caches, tmp_path):
         dino.load(str(partial), device="cpu")
     with pytest.raises(MissingWeightsError, match="no such directory"):
         dino.load(str(tmp_path / "nowhere"), device="cpu")
+
+
+# --------------------------------------------------------------- CLIP text tower
+def _text_clip(tmp_path) -> Path:
+    """A tiny random CLIP whose text tower takes the real tokenizer's ids (full vocabulary)."""
+    cfg = {**tm.TINY_CLIP_CFG, "text_cfg": {**tm.TINY_CLIP_CFG["text_cfg"], "vocab_size": 49408}}
+    out = tmp_path / "textclip"
+    out.mkdir()
+    torch.manual_seed(3)
+    model = open_clip.CLIP(**cfg)
+    from safetensors.torch import save_file
+
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    return out
+
+
+def test_clip_text_tower_puts_captions_in_the_image_space(tmp_path, images):
+    folder = _text_clip(tmp_path)
+    enc = get_encoder(f"clip@{folder}", device="cpu")
+    texts = ["a red bicycle", "two cats on a sofa", "a red bicycle"]
+    vec = enc.embed_text(texts)
+    assert vec.shape == (3, enc.dim) and vec.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(vec[0], vec[2])
+    assert np.abs(vec[0] - vec[1]).max() > 1e-4
+    model, _, _ = open_clip.create_model_and_transforms(model_name=f"local-dir:{folder}")
+    tokens = open_clip.get_tokenizer(f"local-dir:{folder}")(texts[:1])
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1).numpy()
+    np.testing.assert_allclose(vec[0], ref[0], atol=1e-5)
+
+
+def test_text_query_searches_a_clip_column(tmp_path, capsys):
+    from engine_helpers import make_collection, run_cli
+
+    folder = _text_clip(tmp_path)
+    root, idx = tmp_path / "col", tmp_path / "idx"
+    paths = make_collection(root, 8)
+    assert run_cli("build-index", str(root), "--index", str(idx), "--encoders", f"clip@{folder}") == 0
+    capsys.readouterr()
+    assert run_cli("query", "--text", "a red bicycle", "--index", str(idx), "-k", "3", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    hits = data["results"]["clip"]
+    enc = get_encoder(f"clip@{folder}", device="cpu")
+    from PIL import Image
+
+    scores = enc.embed([Image.open(p).convert("RGB") for p in paths]) @ enc.embed_text(["a red bicycle"])[0]
+    assert [h["path"] for h in hits] == [str(paths[i]) for i in np.argsort(-scores)[:3]]
+    assert hits[0]["score"] == pytest.approx(float(scores.max()), abs=1e-4)

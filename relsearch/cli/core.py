@@ -162,7 +162,7 @@ def query_cmd(
     index: IndexOpt = None,
     encoders: ColumnsOpt = None,
     text: Annotated[str | None, typer.Option(
-        "--text", help="Search the relational columns with an anonymous caption.")] = None,
+        "--text", help="Search with a caption: anonymous in relational columns, free text in clip.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page of the result.")] = None,
     sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write a PNG contact sheet of the result.")]
     = None,
@@ -201,8 +201,8 @@ def query_cmd(
     are one hit (+N copies); an indexed copy of the query is shown as the query, not a match.
 
     Several queries are combined per column: the weighted sum of their vectors minus the
-    --not ones, normalised. A text:CAPTION is left out of columns without a text tower
-    (attribute columns), and the output says so.
+    --not ones, normalised. A text:CAPTION searches the columns with a text tower (relsim-mini,
+    relsim: an anonymous caption; clip: free text) and is left out of the others, saying so.
     """
     from relsearch.cli.query_output import check_output_options, search_k
     from relsearch.modes import Modes

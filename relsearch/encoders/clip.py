@@ -41,7 +41,8 @@ class ClipEncoder:
     name = "clip"
     kind = "attribute"
 
-    def __init__(self, model: Any, transform: Any, device: str, identity: str, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, transform: Any, device: str, identity: str, batch_size: int = 32,
+                 tokenizer_name: str | None = None) -> None:
         import torch
 
         self.model = frozen(model, device)
@@ -49,6 +50,9 @@ class ClipEncoder:
         self.device = device
         self.batch_size = batch_size
         self.identity = identity
+        #: open_clip model name the text tokenizer is built from (None: no text tower)
+        self.tokenizer_name = tokenizer_name
+        self._tokenizer: Any = None
         with torch.inference_mode():
             probe = self.transform(_blank())[None].to(device)
             self.dim = int(self.model.encode_image(probe).shape[-1])
@@ -71,6 +75,32 @@ class ClipEncoder:
 
         return embed_in_batches(images, self.dim, self.batch_size, forward)
 
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """CLIP's text tower: ``[len(texts), dim]`` unit rows in the image space (free-text search)."""
+        import torch
+
+        if self._tokenizer is None:
+            self._tokenizer = self._make_tokenizer()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self._tokenizer(texts[start : start + self.batch_size]).to(self.device)
+                vec = self.model.encode_text(tokens).float()
+                vec = vec / vec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                out[start : start + len(vec)] = vec.cpu().numpy()
+        return out
+
+    def _make_tokenizer(self) -> Any:
+        import open_clip
+
+        if self.tokenizer_name is None or not hasattr(self.model, "encode_text"):
+            raise RelsearchError(f"clip ({self.identity}) has no text tower to search with a caption")
+        try:
+            return open_clip.get_tokenizer(self.tokenizer_name, context_length=self.model.context_length)
+        except (OSError, ValueError, RuntimeError) as exc:  # a hub tokenizer missing from the local cache
+            raise RelsearchError(f"clip ({self.identity}): cannot build its text tokenizer offline: "
+                                 f"{' '.join(str(exc).split())[:200]}") from exc
+
 
 def load(source: str | None = None, device: str | None = None) -> ClipEncoder:
     """Build the CLIP encoder for ``source`` (see the module docstring)."""
@@ -84,7 +114,7 @@ def load(source: str | None = None, device: str | None = None) -> ClipEncoder:
         model, _, transform = open_clip.create_model_and_transforms(**kwargs)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise RelsearchError(f"clip: cannot build {identity}: {' '.join(str(exc).split())[:300]}") from exc
-    return ClipEncoder(model, transform, pick_device(device), identity)
+    return ClipEncoder(model, transform, pick_device(device), identity, tokenizer_name=kwargs["model_name"])
 
 
 def _resolve(source: str, open_clip: Any) -> tuple[dict[str, Any], str]:
