@@ -64,6 +64,22 @@ main(sys.argv[1:])
 """
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Run each test with Python's own SIGINT / SIGTERM handling, whatever the runner set.
+
+    A test run started in the background of a script inherits SIGINT ignored, and a build
+    keeps an ignored signal ignored (as ``nohup`` or ``cmd &`` ask); the tests here are about
+    the handled case, and children started by them get the default disposition at exec.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RELSEARCH_FAULT"}
     env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", RELSEARCH_HOME=str(tmp_path / "home"),
