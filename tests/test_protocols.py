@@ -56,9 +56,10 @@ def test_pipelined_split_matches_embed(shipped) -> None:
         np.testing.assert_allclose(enc.embed_batch(enc.preprocess_batch(images)), enc.embed(images), atol=1e-5)
 
 
-def test_clip_is_a_plain_encoder(tmp_path) -> None:
+def test_clip_is_an_encoder_with_a_text_tower(tmp_path) -> None:
     pytest.importorskip("open_clip")
     from relsearch.encoders.clip import load as load_clip
 
     enc = load_clip(str(tm.make_tiny_clip(tmp_path / "c")), device="cpu")
-    assert _caps(enc) == {"Encoder"} and callable(enc.transform)
+    # free-text search (embed_text); not pipelined, not trainable
+    assert _caps(enc) == {"Encoder", "TextEncoder"} and callable(enc.transform)
