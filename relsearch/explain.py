@@ -91,19 +91,13 @@ def mean_direction(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def read_bank(path: str | os.PathLike[str]) -> tuple[list[str], list[str | None]]:
     """Captions (first occurrence kept) and families of a ``.jsonl`` bank; one-line errors."""
+    from relsearch.safe_io import jsonl_lines
+
     p = Path(path)
-    if not p.is_file():
-        raise RelsearchError(f"caption bank {p} does not exist")
     captions: list[str] = []
     families: list[str | None] = []
     seen: set[str] = set()
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RelsearchError(f"cannot read caption bank {p}: {exc}") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(p, "caption bank"):
         try:
             row = json.loads(line)
             text = row["caption"]

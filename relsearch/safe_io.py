@@ -17,6 +17,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from relsearch.errors import RelsearchError
 
 #: Small text files (ignore files, manifests, stored exclusions) never need more.
 SMALL_FILE_LIMIT = 16 << 20
@@ -100,3 +104,16 @@ def read_regular(path: str | os.PathLike[str], limit: int | None = SMALL_FILE_LI
         return read_fd(fd, st.st_size, os.fspath(path), limit)
     finally:
         os.close(fd)
+
+
+def jsonl_lines(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of every non-blank line of a UTF-8 ``.jsonl`` file; a missing or
+    unreadable file is a one-line error naming it as ``what`` ("labels file", "caption bank")."""
+    p = Path(path)
+    if not p.is_file():
+        raise RelsearchError(f"{what} {p} does not exist")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RelsearchError(f"cannot read {what} {p}: {exc}") from exc
+    return ((n, line) for n, line in enumerate(lines, 1) if line.strip())

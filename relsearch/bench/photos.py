@@ -33,17 +33,11 @@ class Label:
 
 def read_labels(labels: str | os.PathLike[str]) -> list[Label]:
     """Parse a labels ``.jsonl``; one-line errors for a missing file or a bad line."""
+    from relsearch.safe_io import jsonl_lines
+
     p = Path(labels)
-    if not p.is_file():
-        raise RelsearchError(f"labels file {p} does not exist")
     out: list[Label] = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RelsearchError(f"cannot read labels file {p}: {exc}") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, line in jsonl_lines(p, "labels file"):
         try:
             row = json.loads(line)
             path, relation = str(row["path"]), str(row["relation"])

@@ -8,6 +8,7 @@ path); these commands parse, call them and print. Results go to ``--results-dir`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,9 +22,12 @@ ResultsOpt = Annotated[Path | None, typer.Option(
 KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, help="Neighbours per query.")]
 
 
-def _show(table: str, *written: str) -> None:
-    """A benchmark's table, then the files it wrote."""
-    typer.echo(table)
+def _show(report: dict, as_json: bool, table: Callable[[dict], str], *written: str) -> None:
+    """A benchmark's report as one JSON object, or its table (built only then) and the files it wrote."""
+    if as_json:
+        print_json(report)
+        return
+    typer.echo(table(report))
     typer.echo("wrote " + " ".join(str(w) for w in written))
 
 
@@ -95,10 +99,7 @@ def relational_cmd(
     report = rel.run_relational(collection, labels=labels, encoders=encoders, k=k, index=index, out=out,
                                 device=device, results_dir=results_dir or rel.RESULTS_DIR,
                                 analogy_weight=analogy_weight, captions=captions)
-    if as_json:
-        print_json(report)
-        return
-    _show(rel.format_table(report), report["json"], report["png"], *([report["out"]] if out else []))
+    _show(report, as_json, rel.format_table, report["json"], report["png"], *([report["out"]] if out else []))
 
 
 @bench_app.command("relsets")
@@ -120,10 +121,7 @@ def relsets_cmd(
     from relsearch.bench import relsets
 
     report = relsets.run_relsets(root, relsim_mini, sets, workers, baseline, results_dir)
-    if as_json:
-        print_json(report)
-        return
-    _show(relsets.format_table(report), report["json"])
+    _show(report, as_json, relsets.format_table, report["json"])
 
 
 @bench_app.command("throughput")
@@ -157,10 +155,7 @@ def throughput_cmd(
     report = tp.run_throughput(collection, encoders=encoders, n=n, batch_size=batch_size, queries=queries, k=k,
                                workers=workers, device=device, results_dir=results_dir or tp.RESULTS_DIR,
                                threads=threads, analogy=analogy, explain=explain, runtimes=runtimes)
-    if as_json:
-        print_json(report)
-        return
-    _show(tp.format_table(report), report["json"], report["png"])
+    _show(report, as_json, tp.format_table, report["json"], report["png"])
 
 
 @bench_app.command("dupes")
@@ -195,10 +190,7 @@ def dupes_cmd(
 
     report = bd.run(work, sizes=counts(sizes, "--sizes", 10), scale=tuple(x for x in counts(scale, "--scale", 0) if x),
                     threshold=threshold, results_dir=str(results_dir or bd.RESULTS_DIR), device=device, seed=seed)
-    if as_json:
-        print_json(report)
-        return
-    _show(bd.format_report(report), report["json"], *([report["png"]] if "png" in report else []))
+    _show(report, as_json, bd.format_report, report["json"], *([report["png"]] if "png" in report else []))
 
 
 @bench_app.command("scale")
@@ -369,10 +361,7 @@ def cold_cmd(
 
     report = cold.run_cold(str(image), str(index) if index else None, k=k, runs=runs,
                            results_dir=results_dir or RESULTS_DIR)
-    if as_json:
-        print_json(report)
-        return
-    _show(cold.format_report(report), report["json"])
+    _show(report, as_json, cold.format_report, report["json"])
 
 
 @bench_app.command("relsim")
@@ -461,10 +450,7 @@ def realphoto_cmd(
     from relsearch.bench import realphoto
 
     report = realphoto.run_realphoto(labels, encoders, relations, device, results_dir)
-    if as_json:
-        print_json(report)
-        return
-    _show(realphoto.format_table(report), report["json"], report["png"])
+    _show(report, as_json, realphoto.format_table, report["json"], report["png"])
 
 
 @bench_app.command("health")
@@ -484,8 +470,5 @@ def health_cmd(
     from relsearch.bench import health
 
     report = health.run_health(photos, encoders, limit, device, results_dir)
-    if as_json:
-        print_json(report)
-        return
-    _show(f"{report['images']} photographs from {report['photos']}\n" + health.format_health(report["encoders"]),
+    _show(report, as_json, lambda r: f"{r['images']} photographs from {r['photos']}\n" + health.format_health(r["encoders"]),
           report["json"])
