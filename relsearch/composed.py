@@ -358,7 +358,7 @@ def composed_query(
     terms = parse_terms(queries, weights, negatives)
     # a bad path fails before any model loads
     images = {t.query: load_query_image(t.query) for t in terms if t.is_file}
-    with Searcher(index, encoders=encoders, device=device) as searcher:
+    with Searcher(index, encoders=encoders, device=device, preload=bool(images)) as searcher:
         if here:
             from relsearch.scope import here as here_scope
 

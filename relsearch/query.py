@@ -9,6 +9,7 @@ searches with :meth:`Searcher.search_vectors`.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,14 @@ class Searcher:
     (and a build) may share an index in one process: the LMDB handle is shared.
     """
 
-    def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None) -> None:
+    def __init__(self, index: str | os.PathLike[str], encoders: str | None = None, device: str | None = None,
+                 preload: bool = False) -> None:
         self.opened: OpenIndex = open_index(index)
         self._asked = [e.strip().partition("@")[0] for e in encoders.split(",") if e.strip()] if encoders else None
+        self.device = device
+        self._pending: dict[str, tuple[tuple[str, str], Future[Any]]] = {}
+        if preload:
+            self._preload()
         try:
             self._snapshot = snapshot.load(self.opened.path, self.opened.store, self._asked)
         except BaseException:
@@ -39,7 +45,6 @@ class Searcher:
             raise
         self._sync_opened()
         self._loaded: dict[str, Any] = {}
-        self.device = device
         #: folders hits must lie under (``query --here``, :mod:`relsearch.scope`); None: the whole index
         self.scope: list[str] | None = None
 
@@ -69,11 +74,29 @@ class Searcher:
         self.opened.manifest = self._snapshot.manifest
         self.opened.generation = self._snapshot.generation
 
+    def _preload(self) -> None:
+        """Start loading the searched columns' encoders on threads, while this thread reads the
+        FAISS files and the query goes on: ONNX Runtime builds a session without holding the GIL,
+        so a cold query's model loads overlap its index load instead of following it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        entries = {n: e for n, e in self.opened.manifest.encoders.items() if self._asked is None or n in self._asked}
+        if not entries:
+            return
+        pool = ThreadPoolExecutor(max_workers=len(entries), thread_name_prefix="relsearch-load")
+        self._pending = {n: ((e.spec, e.fingerprint), pool.submit(get_encoder, e.spec, device=self.device))
+                         for n, e in entries.items()}
+        pool.shutdown(wait=False)  # the threads end with their loads; nothing waits for them here
+
     def encoder(self, name: str) -> Any:
         entry = self.opened.manifest.encoders[name]
         cached = self._loaded.get(name)
         if cached is None or cached[0] != (entry.spec, entry.fingerprint):
-            enc = get_encoder(entry.spec, device=self.device)
+            key, pending = self._pending.pop(name, (None, None))
+            if pending is not None and key == (entry.spec, entry.fingerprint):
+                enc = pending.result()  # its load error, if any, raises here as it would have below
+            else:
+                enc = get_encoder(entry.spec, device=self.device)
             check_fingerprint(entry, enc.fingerprint, self.opened.path)
             self._loaded[name] = ((entry.spec, entry.fingerprint), enc)
         return self._loaded[name][1]
@@ -81,6 +104,9 @@ class Searcher:
     def close(self) -> None:
         """Close the index and drop the loaded models (nothing else keeps them alive)."""
         self._loaded.clear()
+        for _, pending in self._pending.values():
+            pending.cancel()
+        self._pending.clear()
         self.opened.close()
 
     def __enter__(self) -> Searcher:

@@ -103,3 +103,21 @@ def test_verbose_build_logs_its_phases(tmp_path) -> None:
               if line.startswith("INFO relsearch.build: ")]
     assert [p for p in phases if p in {"scan", "diff", "embed", "index", "commit"}] == \
         ["scan", "diff", "embed", "index", "commit"], loud.stderr
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p], ids=" ".join)
+def test_a_run_that_names_its_command_builds_only_it_and_reads_the_same(path: tuple[str, ...]) -> None:
+    from relsearch.cli import app_for
+
+    lean = app_for(["-v", *path, "--help"])
+    built = typer.main.get_command(lean)
+    assert list(built.commands) == [path[0]]  # only the command named (a group keeps its subcommands)
+    env = {"COLUMNS": "80", "TERMINAL_WIDTH": "80"}
+    assert CliRunner().invoke(lean, [*path, "--help"], env=env).output == _help(*path)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["qeury"], ["-vx", "query"], ["--version"]])
+def test_anything_but_a_command_name_gets_the_whole_app(argv: list[str]) -> None:
+    from relsearch.cli import app_for
+
+    assert app_for(argv) is app

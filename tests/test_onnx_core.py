@@ -216,15 +216,18 @@ def test_bench_cold_reports_onnx_against_torch_in_one_run(tmp_path, monkeypatch)
 
     def fake_timed(cmd, env):
         kind = "import" if cmd[1] == "-c" else env[rt.RUNTIME_ENV]
+        assert "PYTHONDONTWRITEBYTECODE" not in env  # children keep bytecode, as an installed copy does
         seen.append(kind)
         return next(walls[kind]), 100 * 2**20, 0
 
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     monkeypatch.setattr(cold, "_timed", fake_timed)
     monkeypatch.setattr(cold, "heavy_imports", lambda args, env, python: [] if env[rt.RUNTIME_ENV] == "onnx" else ["x"])
     monkeypatch.setattr(extras, "missing", lambda extra: [])
     report = cold.run_cold(str(image), str(tmp_path / "idx"), runs=2, threads=False, results_dir=tmp_path / "out")
     assert seen == ["onnx", "torch", "import"] * 3  # a warm-up round, then alternating rounds
     assert report["onnx_query"]["wall_s"] == [0.6, 0.7] and report["torch_query"]["median_s"] == 1.3
+    assert report["onnx_query"]["first_run_s"] == 0.5 and report["caller_disabled_bytecode"]
     assert report["onnx_over_torch"] == pytest.approx(0.65 / 1.3)
     assert report["meets_target"] and report["heavy_imports"] == []
     assert json.loads((tmp_path / "out" / "cold_query.json").read_text())["onnx_over_torch"] == pytest.approx(0.5)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -33,6 +35,88 @@ _TYPE_METAVARS = {int: "N", float: "X"}
 _FOLDER_NAMES = {"index", "directory", "directories", "root", "out", "art", "collection"}
 
 
+class _LightCoercion:
+    """Typer's runtime coercion for the value types relsearch's parameters use, without pydantic.
+
+    Typer converts every parsed value through a pydantic ``TypeAdapter``; importing pydantic and
+    building the adapters is a tenth of a cold query. The parameters here are ``str``, ``Path``,
+    ``int`` / ``float`` (some with a minimum or maximum), ``bool`` and lists of ``str`` / ``Path``;
+    :func:`light_coercion` returns None for anything else, which typer then coerces itself.
+    """
+
+    def __init__(self, kind: type, low: float | None, high: float | None) -> None:
+        self.kind, self.low, self.high = kind, low, high
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        if param.multiple or param.nargs == -1:
+            if value is None:
+                return ()
+            if isinstance(value, str):
+                raise typer.BadParameter("Value must be an iterable.", ctx=ctx, param=param)
+            return [self.one(item, param, ctx) for item in value]
+        return None if value is None else self.one(value, param, ctx)
+
+    def one(self, value: Any, param: Any, ctx: Any) -> Any:
+        if self.kind is bool:
+            return _cli_bool(value, param, ctx)
+        if self.kind in (str, Path):
+            return self.kind(os.fsdecode(value) if isinstance(value, bytes) else value)
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            what = "an integer" if self.kind is int else "a number"
+            raise typer.BadParameter(f"Input should be {what}, not {value!r}", ctx=ctx, param=param) from None
+        if self.low is not None and number < self.low:
+            raise typer.BadParameter(f"Input should be greater than or equal to {_num(self.low)}",
+                                     ctx=ctx, param=param)
+        if self.high is not None and number > self.high:
+            raise typer.BadParameter(f"Input should be less than or equal to {_num(self.high)}",
+                                     ctx=ctx, param=param)
+        return number
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+_TRUE, _FALSE = {"1", "true", "t", "yes", "y", "on"}, {"0", "false", "f", "no", "n", "off", ""}
+
+
+def _cli_bool(value: Any, param: Any, ctx: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise typer.BadParameter(f"Input should be a boolean, not {value!r}", ctx=ctx, param=param)
+
+
+def light_coercion(descriptor: Any) -> _LightCoercion | None:
+    """The pydantic-free coercion of one parameter, or None where typer's own is needed."""
+    info = descriptor.parameter_info
+    kind = descriptor.annotation
+    if descriptor.is_list:
+        kind = (getattr(kind, "__args__", None) or (None,))[0]
+    plain = (info.parser is None and not info.clamp and not descriptor.is_file and not descriptor.is_choice
+             and not descriptor.is_tuple)
+    if not plain or kind not in (str, Path, int, float, bool):
+        return None
+    if kind is Path and (info.exists or not info.file_okay or not info.dir_okay or info.writable
+                         or not info.readable or info.resolve_path or info.allow_dash or info.path_type):
+        return None
+    if kind in (str, Path, bool) and (info.min is not None or info.max is not None):
+        return None
+    return _LightCoercion(kind, info.min, info.max)
+
+
+def _light_runtime_param(self: Any) -> Any:
+    """``get_runtime_param`` of relsearch's parameters: :func:`light_coercion` where it applies."""
+    if getattr(self, "_runtime_param", None) is None:
+        light = light_coercion(self.type_descriptor)
+        self._runtime_param = light if light is not None else type(self).__mro__[1].get_runtime_param(self)
+    return self._runtime_param
+
+
 class _PlainArgument(TyperArgument):
     """An argument shown as its metavar alone: ``DIR``, ``[QUERY...]``; no type column."""
 
@@ -50,12 +134,16 @@ class _PlainArgument(TyperArgument):
     def get_usage_pieces(self, ctx: Any) -> list[str]:
         return [] if self.hidden else [self._usage_display_name()]
 
+    get_runtime_param = _light_runtime_param
+
 
 class _PlainOption(TyperOption):
     """An option whose value reads ``N``, ``X``, ``DIR``, ``a|b``: no range notation beside it."""
 
     def _get_number_range_help_str(self) -> str | None:
         return None
+
+    get_runtime_param = _light_runtime_param
 
 
 def _plain_metavar(param: Any) -> str:

@@ -206,7 +206,38 @@ def source_mismatch(info: GraphInfo, source: str | None = None) -> str | None:
 
 
 def open_session(path: str | os.PathLike[str] | bytes) -> Any:
-    """An ONNX Runtime CPU session with the intra-op threads of :mod:`relsearch.threads`."""
+    """An ONNX Runtime CPU session with the intra-op threads of :mod:`relsearch.threads`.
+
+    A graph file opens from its optimised copy in the cache when there is one (see
+    :func:`optimised_copy`): ONNX Runtime's full graph optimisation is most of a session's
+    start-up, and a cold query opens two sessions.
+    """
+    import onnxruntime as ort
+
+    if isinstance(path, bytes):
+        return _session(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    cached = optimised_copy(path)
+    if cached is not None and cached.is_file():
+        try:
+            return _session(str(cached), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        except Exception as exc:  # a damaged cache file: drop it, optimise the graph again
+            log.debug("dropping the optimised graph %s: %s", cached, first_line(exc))
+            with contextlib.suppress(OSError):
+                cached.unlink()
+    if cached is None:
+        return _session(str(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    session = _session(str(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL, save_to=tmp)
+    try:  # written by ONNX Runtime under a private name, then renamed: never seen half-written
+        os.replace(tmp, cached)
+    except OSError as exc:
+        log.debug("cannot keep the optimised graph %s: %s", cached, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return session
+
+
+def _session(model: str | bytes, level: Any, save_to: Path | None = None) -> Any:
     import onnxruntime as ort
 
     from relsearch.threads import intra_op_threads
@@ -216,10 +247,49 @@ def open_session(path: str | os.PathLike[str] | bytes) -> Any:
     opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (the physical cores)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.graph_optimization_level = level
+    if save_to is not None:
+        opts.optimized_model_filepath = str(save_to)
     if threads != 1:  # idle pool threads spinning would take cores the decode workers need
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    model = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def optimised_copy(path: str | os.PathLike[str]) -> Path | None:
+    """Where ONNX Runtime's fully optimised form of the graph at ``path`` is cached for this machine.
+
+    The key holds the graph file's identity (path, inode, size, times), ONNX Runtime's version and
+    the CPU's instruction-set flags: a fully optimised graph may use kernels of this CPU and this
+    runtime only, so another machine or release optimises afresh. None where the cache folder
+    cannot be made (a read-only home): sessions then optimise in memory each time.
+    """
+    import onnxruntime as ort
+
+    from relsearch.home import cache_dir, file_identity
+
+    try:
+        key = "|".join((file_identity(path), ort.__version__, _cpu_flags()))
+        folder = cache_dir() / "onnx"
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.debug("no optimised-graph cache: %s", exc)
+        return None
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return folder / f"{Path(path).stem}.{digest}.onnx"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return hashlib.sha256(line.encode()).hexdigest()[:16]
+    except OSError:
+        pass
+    return f"{platform.machine()}-{platform.processor()}"
 
 
 def graph_info(session: Any) -> GraphInfo:
