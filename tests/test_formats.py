@@ -185,3 +185,22 @@ def test_every_format_turns_a_rotated_photograph_upright_once(tmp_path, orientat
         assert np.abs(got - ref).mean() < 25, (kind, orientation)
         wrong = np.asarray(d.image.transpose(Image.Transpose.ROTATE_180).resize((64, 64)), dtype=np.float32)
         assert np.abs(wrong - ref).mean() > np.abs(got - ref).mean() + 5, (kind, "not told from upside down")
+
+
+def test_a_raw_uploaded_on_the_page_decodes_by_its_file_name(made):
+    """The page sends the file's name with its bytes; a camera RAW without a preview Pillow could
+    read is told by its extension, as a file in a collection is."""
+    import threading
+    from types import SimpleNamespace
+
+    from relsearch.view.server import Refused, ViewApp
+
+    server = SimpleNamespace(decode_slots=threading.Semaphore(1))
+    data = made["dng_bare"].read_bytes()
+    img = ViewApp.decode_upload(server, data, name="IMG_0001.DNG")
+    assert _close_to(img, made["bare_src"]) < 20  # demosaicked, as decode_one does for the file
+    for name in ("upload", "../../camera.exe"):  # a name that says nothing (or lies): refused, not guessed
+        with pytest.raises(Refused):
+            ViewApp.decode_upload(server, data, name=name)
+    photo = ViewApp.decode_upload(server, made["dng"].read_bytes(), name="upload")
+    assert _close_to(photo, made["dng_src"]) < 12  # its JPEG preview is found without a name

@@ -189,14 +189,18 @@ class ViewApp:
             return None
         return indexed_thumbnail(rec, store.get_path, self.searcher.opened.manifest.collection_roots(), THUMB_PX)
 
-    def decode_upload(self, data: bytes, what: str = "the upload") -> Any:
+    def decode_upload(self, data: bytes, what: str = "the upload", name: str = "") -> Any:
         """An uploaded image, decoded as a query image is; at most DECODE_SLOTS at a time.
+
+        ``name`` is the file name the page sent: its extension, where it is an image format's
+        (a camera RAW is told by its extension), names the temporary file.
 
         Raises :class:`TooLarge` past the query pixel budget, :class:`Busy` when no decode
         slot frees up in time, :class:`Refused` for anything that is not an image.
         """
         from relsearch.collection import DecodeError, load_image
         from relsearch.collection.decode import TooManyPixels
+        from relsearch.collection.formats import IMAGE_EXTENSIONS
         from relsearch.query import QUERY_MAX_PIXELS
 
         if not self.decode_slots.acquire(timeout=REQUEST_TIMEOUT):
@@ -205,7 +209,8 @@ class ViewApp:
             # The decoder works on files (EXIF, modes, draft mode), so the upload takes a
             # short trip through a private temporary folder.
             with tempfile.TemporaryDirectory(prefix="relsearch-upload-") as tmp:
-                path = os.path.join(tmp, "query")
+                ext = os.path.splitext(name)[1].lower()
+                path = os.path.join(tmp, "query" + (ext if ext in IMAGE_EXTENSIONS else ""))
                 with open(path, "wb") as fh:
                     fh.write(data)
                 return load_image(path, max_side=512, max_pixels=QUERY_MAX_PIXELS)
@@ -221,7 +226,7 @@ class ViewApp:
         """Search with an uploaded image; the answer carries the rendered rows."""
         from relsearch.composed import search_image
 
-        image = self.decode_upload(data)
+        image = self.decode_upload(data, name=name)
         with self.lock:
             result = search_image(self.searcher, image, k, label=name)
             result, show = browse.finish(self.searcher, result, k, analogy, explain, self.captions)
