@@ -5,7 +5,18 @@
 # hundreds) are downloaded and only their picture folders unpacked, at their install paths.
 # Needs root (or prints what to install). `relsearch bench realphoto` reports any photo
 # that is missing or differs from its recorded sha256.
+#
+# --train-extra also puts the photographs of labels_train_extra.jsonl in place (training only,
+# about 500 MB of downloads): each package is downloaded and only its labelled files unpacked;
+# gcompris-qt-data's photographs live in Qt resource bundles, unpacked by tools/unpack_rcc.py.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+extra=0
+case "${1:-}" in
+  "") ;;
+  --train-extra) extra=1 ;;
+  *) echo "setup_realphoto: unknown option $1 (the only one is --train-extra)" >&2; exit 2 ;;
+esac
 
 install=(
   endless-sky-data lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 lxqt-themes mypaint-data-extras
@@ -50,6 +61,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 work=$(mktemp -d)
+chown _apt "$work" 2>/dev/null || true  # apt-get download writes as _apt where it can
 trap 'rm -rf "$work"' EXIT
 for entry in "${unpack[@]}"; do
   read -r pkg folders <<<"$entry"
@@ -61,4 +73,33 @@ for entry in "${unpack[@]}"; do
   dpkg-deb --fsys-tarfile "$work"/"${pkg}"_*.deb | tar -x -C / $folders
   rm -f "$work"/"${pkg}"_*.deb
 done
+if [ "$extra" = 1 ]; then
+  labels="$here/../benchmarks/realphoto/labels_train_extra.jsonl"
+  rcc_out=/usr/share/gcompris-qt/rcc-unpacked
+  for pkg in $(python3 -c 'import json, sys; print(" ".join(sorted({json.loads(l)["package"] for l in open(sys.argv[1])})))' "$labels"); do
+    # the package's labelled files, as tar members (./usr/...), that are not there yet
+    members=$(python3 - "$labels" "$pkg" "$rcc_out" <<'PY'
+import json, os, sys
+labels, pkg, rcc = sys.argv[1:]
+for line in open(labels):
+    row = json.loads(line)
+    if row["package"] == pkg and not row["path"].startswith(rcc + "/") and not os.path.exists(row["path"]):
+        print("." + row["path"])
+PY
+)
+    if [ "$pkg" = gcompris-qt-data ] && [ -d "$rcc_out" ]; then continue; fi
+    if [ "$pkg" != gcompris-qt-data ] && [ -z "$members" ]; then continue; fi
+    echo "setup_realphoto: unpacking the labelled pictures of $pkg"
+    (cd "$work" && apt-get download -qq "$pkg" >/dev/null)
+    if [ "$pkg" = gcompris-qt-data ]; then
+      mkdir -p "$work/gcompris"
+      dpkg-deb --fsys-tarfile "$work"/"${pkg}"_*.deb | tar -x -C "$work/gcompris" ./usr/share/gcompris-qt/rcc
+      python3 "$here/unpack_rcc.py" "$rcc_out" "$work"/gcompris/usr/share/gcompris-qt/rcc/*.rcc >/dev/null
+    else
+      # shellcheck disable=SC2086
+      dpkg-deb --fsys-tarfile "$work"/"${pkg}"_*.deb | tar -x -C / $members
+    fi
+    rm -rf "$work"/"${pkg}"_*.deb "$work/gcompris"
+  done
+fi
 echo "setup_realphoto: done"
