@@ -201,3 +201,68 @@ def test_agreement_counts_pairs_both_labellers_kept(tmp_path):
     got = agreement(labs, second)["blind"]
     # 4 pairs kept, 3 agree; expected agreement (2*1 + 2*3) / 16 = 0.5 -> kappa 0.5
     assert (got["photos"], got["agreement"], got["kappa"], got["left_out"]) == (4, 0.75, 0.5, 2)
+
+
+# -- the shipped label files ------------------------------------------------------------------
+LABELS = Path(__file__).resolve().parent.parent / "benchmarks" / "realphoto"
+
+
+def test_the_extra_training_labels_stay_out_of_both_splits():
+    relations = set(json.loads((LABELS / "relations.json").read_text()))
+    split = {name: read_labels(LABELS / f"labels_{name}.jsonl") for name in ("test", "train", "train_extra")}
+    assert len(split["train_extra"]) >= 500
+    assert {lab.split for lab in split["train_extra"]} == {"train"}
+    assert {lab.relation for lab in split["train_extra"]} <= relations
+    packages = {name: {lab.package for lab in labs} for name, labs in split.items()}
+    assert not packages["train_extra"] & (packages["test"] | packages["train"])  # split by package
+    hashes = {name: {lab.sha256 for lab in labs} for name, labs in split.items()}
+    assert all(len(h) == 64 for h in hashes["train_extra"])
+    assert not hashes["train_extra"] & (hashes["test"] | hashes["train"])  # no photograph twice
+    assert len(hashes["train_extra"]) == len(split["train_extra"])
+
+
+def test_unpack_rcc_writes_the_pictures_of_a_qt_resource_bundle(tmp_path):
+    """A bundle made here in Qt's format (version 1): a folder holding a zlib-compressed JPEG,
+    a stored PNG and a text file; the unpacker writes the two pictures, byte for byte."""
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    jpeg, png = b"\xff\xd8\xff jpeg bytes" * 40, b"\x89PNG stored bytes"
+    names, data = b"", b""
+
+    def name(text: str) -> int:
+        nonlocal names
+        at = len(names)
+        names += struct.pack(">HI", len(text), 0) + text.encode("utf-16-be")
+        return at
+
+    def blob(raw: bytes) -> int:
+        nonlocal data
+        at = len(data)
+        data += struct.pack(">I", len(raw)) + raw
+        return at
+
+    packed = struct.pack(">I", len(jpeg)) + zlib.compress(jpeg)
+    files = [("a.jpg", 1, blob(packed)), ("b.png", 0, blob(png)), ("c.txt", 0, blob(b"not a picture"))]
+    tree = struct.pack(">IHII", 0, 2, 1, 1)  # root: one child, node 1
+    tree += struct.pack(">IHII", name("images"), 2, len(files), 2)  # the folder: nodes 2..4
+    for fname, flags, at in files:
+        tree += struct.pack(">IHHHI", name(fname), flags, 0, 0, at)
+    header_size = 20
+    bundle = b"qres" + struct.pack(">IIII", 1, header_size, header_size + len(tree),
+                                   header_size + len(tree) + len(data)) + tree + data + names
+    src = tmp_path / "game.rcc"
+    src.write_bytes(bundle)
+    tool = Path(__file__).resolve().parent.parent / "tools" / "unpack_rcc.py"
+    out = subprocess.run([sys.executable, str(tool), str(tmp_path / "out"), str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "game" / "images" / "a.jpg").read_bytes() == jpeg
+    assert (tmp_path / "out" / "game" / "images" / "b.png").read_bytes() == png
+    assert not (tmp_path / "out" / "game" / "images" / "c.txt").exists()
+    (tmp_path / "bad.rcc").write_bytes(b"not a bundle")
+    bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "out"), str(tmp_path / "bad.rcc")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
