@@ -144,7 +144,8 @@ def run_cold(image: str, index: str | None = None, k: int = 20, runs: int = 7, p
                         "first_run_s": t["first_s"][0]}
     onnx_s = report["onnx_query"]["median_s"]
     report["onnx_over_torch"] = onnx_s / report["torch_query"]["median_s"] if has_torch else None
-    report.update(caller_disabled_bytecode="PYTHONDONTWRITEBYTECODE" in os.environ, load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, cpus=os.cpu_count(),
+    report.update(caller_disabled_bytecode="PYTHONDONTWRITEBYTECODE" in os.environ,
+                  load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None, cpus=os.cpu_count(),
                   query_threads=os.environ.get("RELSEARCH_QUERY_THREADS", "1 (default)"))
     if threads:
         from relsearch.home import choose_index

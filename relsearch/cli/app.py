@@ -109,12 +109,13 @@ def light_coercion(descriptor: Any) -> _LightCoercion | None:
     return _LightCoercion(kind, info.min, info.max)
 
 
-def _light_runtime_param(self: Any) -> Any:
-    """``get_runtime_param`` of relsearch's parameters: :func:`light_coercion` where it applies."""
-    if getattr(self, "_runtime_param", None) is None:
-        light = light_coercion(self.type_descriptor)
-        self._runtime_param = light if light is not None else type(self).__mro__[1].get_runtime_param(self)
-    return self._runtime_param
+def _light_runtime_param(param: Any, typer_own: Callable[[], Any]) -> Any:
+    """``get_runtime_param`` of relsearch's parameters: :func:`light_coercion` where it applies,
+    else ``typer_own`` (the pydantic coercion)."""
+    if getattr(param, "_runtime_param", None) is None:
+        light = light_coercion(param.type_descriptor)
+        param._runtime_param = light if light is not None else typer_own()
+    return param._runtime_param
 
 
 class _PlainArgument(TyperArgument):
@@ -134,7 +135,8 @@ class _PlainArgument(TyperArgument):
     def get_usage_pieces(self, ctx: Any) -> list[str]:
         return [] if self.hidden else [self._usage_display_name()]
 
-    get_runtime_param = _light_runtime_param
+    def get_runtime_param(self) -> Any:
+        return _light_runtime_param(self, super().get_runtime_param)
 
 
 class _PlainOption(TyperOption):
@@ -143,7 +145,8 @@ class _PlainOption(TyperOption):
     def _get_number_range_help_str(self) -> str | None:
         return None
 
-    get_runtime_param = _light_runtime_param
+    def get_runtime_param(self) -> Any:
+        return _light_runtime_param(self, super().get_runtime_param)
 
 
 def _plain_metavar(param: Any) -> str:
