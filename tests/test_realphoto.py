@@ -266,3 +266,51 @@ def test_unpack_rcc_writes_the_pictures_of_a_qt_resource_bundle(tmp_path):
     bad = subprocess.run([sys.executable, str(tool), str(tmp_path / "out"), str(tmp_path / "bad.rcc")],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
+
+
+def _load_tool(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_realphoto_rows_keep_a_symmetry_axis_and_write_copies(tmp_path):
+    """A left-right symmetric picture stays symmetric in every symmetry variant (crops stay centred);
+    a relation photograph becomes N captioned rows of distinct files, a `none` one a teacher row."""
+    import subprocess
+    import sys
+
+    from relsearch.corpus.captions import TEMPLATES
+
+    tool = _load_tool("realphoto_rows")
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 255, (20, 15, 3), dtype=np.uint8)).resize((90, 120), Image.BILINEAR)
+    half = np.asarray(coarse)  # smooth enough that JPEG re-encoding barely moves it
+    sym = Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    for _ in range(12):
+        a = np.asarray(tool.augment(sym, "symmetry", rng).convert("L"), dtype=np.float32)
+        assert np.abs(a - a[:, ::-1]).mean() < 4, "a symmetry variant lost its axis"
+    off = [np.asarray(tool.augment(sym, "repetition", rng).convert("L"), dtype=np.float32) for _ in range(12)]
+    assert max(np.abs(a - a[:, ::-1]).mean() for a in off) > 12  # uncentred crops do move the axis
+    sym.save(tmp_path / "sym.png")
+    Image.fromarray(half).save(tmp_path / "plain.png")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"path": str(tmp_path / "sym.png"), "relation": "symmetry", "package": "p"}) + "\n"
+                      + json.dumps({"path": str(tmp_path / "plain.png"), "relation": "none", "package": "q"}) + "\n")
+    script = Path(__file__).resolve().parent.parent / "tools" / "realphoto_rows.py"
+    out = subprocess.run([sys.executable, str(script), "--labels", str(labels), "--out", str(tmp_path / "o"),
+                          "--copies", "5", "--augment", "--seed", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in (tmp_path / "o" / "rows.jsonl").read_text().splitlines()]
+    rel = [r for r in rows if r["family"] == "symmetry"]
+    assert len(rel) == 5 and len({r["path"] for r in rel}) == 5 and rel[0]["path"] == str(tmp_path / "sym.png")
+    assert all(r["caption"] in TEMPLATES["symmetry"] and Path(r["path"]).is_file() for r in rel)
+    teacher = [r for r in rows if r.get("target") == "teacher"]
+    assert len(teacher) == 1 and teacher[0]["path"] == str(tmp_path / "plain.png")
+    bad = subprocess.run([sys.executable, str(script), "--labels", str(tmp_path / "missing.jsonl"), "--out",
+                          str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
