@@ -311,6 +311,14 @@ def test_realphoto_rows_keep_a_symmetry_axis_and_write_copies(tmp_path):
     assert all(r["caption"] in TEMPLATES["symmetry"] and Path(r["path"]).is_file() for r in rel)
     teacher = [r for r in rows if r.get("target") == "teacher"]
     assert len(teacher) == 1 and teacher[0]["path"] == str(tmp_path / "plain.png")
+    taught = subprocess.run([sys.executable, str(script), "--labels", str(labels), "--out", str(tmp_path / "t"),
+                             "--copies", "5", "--augment", "--seed", "1", "--teacher-relations", "symmetry"],
+                            capture_output=True, text=True, timeout=120)
+    assert taught.returncode == 0, taught.stderr
+    trows = [json.loads(x) for x in (tmp_path / "t" / "rows.jsonl").read_text().splitlines()]
+    assert len(trows) == 6 and all(r.get("target") == "teacher" for r in trows)
+    # the same files as without the option, so an earlier round's feature cache stays valid
+    assert [Path(r["path"]).name for r in trows[:5]] == [Path(r["path"]).name for r in rel]
     bad = subprocess.run([sys.executable, str(script), "--labels", str(tmp_path / "missing.jsonl"), "--out",
                           str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1

@@ -5,7 +5,8 @@ relation's templates (``relsearch.corpus.captions``); with ``--augment`` each co
 first is its own picture, written under ``OUT/images``: a crop, flip, colour change, blur and
 JPEG re-encoding that keep the relation (no crop off a symmetry axis or a radial centre, a
 quarter turn only for relations without an up). A ``none`` photograph becomes one teacher row
-(``"target": "teacher"``: trained toward its neighbourhood under the teacher encoder).
+(``"target": "teacher"``: trained toward its neighbourhood under the teacher encoder); so do the
+copies of a photograph whose relation is named in ``--teacher-relations``.
 
     python tools/realphoto_rows.py --labels benchmarks/realphoto/labels_train_extra.jsonl \
         --out runs/extra_rows --copies 20 --augment --seed 13
@@ -28,6 +29,7 @@ from relsearch.corpus.captions import sample_caption
 
 NONE = "none"
 SIDE = 448
+PLAIN = "a background with nothing arranged on it"
 #: relations with no up: a quarter turn keeps them
 TURNABLE = {"radial", "close_texture", "repetition"}
 #: relations whose axis or centre sits in the middle: crops stay centred
@@ -73,7 +75,8 @@ def fit(im: Image.Image, side: int = SIDE) -> Image.Image:
     return im
 
 
-def build(labels: Path, out: Path, copies: int, do_augment: bool, seed: int) -> list[dict]:
+def build(labels: Path, out: Path, copies: int, do_augment: bool, seed: int,
+          teacher: frozenset[str] = frozenset()) -> list[dict]:
     rows: list[dict] = []
     rng = np.random.default_rng(seed)
     images = out / "images"
@@ -84,7 +87,7 @@ def build(labels: Path, out: Path, copies: int, do_augment: bool, seed: int) -> 
         rel, path = lab["relation"], lab["path"]
         base = {"objects": [lab.get("package", "")], "split": "train"}
         if rel == NONE:
-            rows.append({**base, "caption": "a background with nothing arranged on it", "family": "photo",
+            rows.append({**base, "caption": PLAIN, "family": "photo",
                          "group": f"real{i}", "path": path, "target": "teacher"})
             continue
         src = fit(Image.open(path)) if do_augment else None
@@ -93,8 +96,10 @@ def build(labels: Path, out: Path, copies: int, do_augment: bool, seed: int) -> 
             if do_augment and c:
                 p = str((images / f"real{i:04d}_{c:02d}.jpg").resolve())
                 augment(src, rel, rng).save(p, "JPEG", quality=95)
-            rows.append({**base, "caption": sample_caption(rel, rng), "family": rel, "group": f"real{i}_{c}",
-                         "path": p})
+            row = {**base, "caption": sample_caption(rel, rng), "family": rel, "group": f"real{i}_{c}", "path": p}
+            if rel in teacher:  # same files (a feature cache stays valid), no caption target
+                row.update(caption=PLAIN, family="photo", target="teacher")
+            rows.append(row)
     return rows
 
 
@@ -105,13 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copies", type=int, default=20, help="rows per photograph with a relation")
     ap.add_argument("--augment", action="store_true", help="each copy after the first is its own variant")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--teacher-relations", default="",
+                    help="comma-separated relations whose photographs become teacher rows, like `none`")
     a = ap.parse_args(argv)
     if a.copies < 1:
         print("error: --copies must be >= 1", file=sys.stderr)
         return 2
     try:
         a.out.mkdir(parents=True, exist_ok=True)
-        rows = build(a.labels, a.out, a.copies, a.augment, a.seed)
+        rows = build(a.labels, a.out, a.copies, a.augment, a.seed,
+                     frozenset(x.strip() for x in a.teacher_relations.split(",") if x.strip()))
     except (OSError, ValueError, KeyError) as exc:  # a missing file, bad JSON or a row without a key
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
