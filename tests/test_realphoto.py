@@ -207,18 +207,23 @@ def test_agreement_counts_pairs_both_labellers_kept(tmp_path):
 LABELS = Path(__file__).resolve().parent.parent / "benchmarks" / "realphoto"
 
 
-def test_the_extra_training_labels_stay_out_of_both_splits():
+@pytest.mark.parametrize("extra, at_least", [("train_extra", 500), ("train_extra2", 150)])
+def test_the_extra_training_labels_stay_out_of_both_splits(extra, at_least):
     relations = set(json.loads((LABELS / "relations.json").read_text()))
-    split = {name: read_labels(LABELS / f"labels_{name}.jsonl") for name in ("test", "train", "train_extra")}
-    assert len(split["train_extra"]) >= 500
-    assert {lab.split for lab in split["train_extra"]} == {"train"}
-    assert {lab.relation for lab in split["train_extra"]} <= relations
+    names = ("test", "train", "train_extra", "train_extra2")
+    split = {name: read_labels(LABELS / f"labels_{name}.jsonl") for name in names}
+    others = [name for name in names if name != extra]
+    assert len(split[extra]) >= at_least
+    assert {lab.split for lab in split[extra]} == {"train"}
+    assert {lab.relation for lab in split[extra]} <= relations
     packages = {name: {lab.package for lab in labs} for name, labs in split.items()}
-    assert not packages["train_extra"] & (packages["test"] | packages["train"])  # split by package
+    for name in others:  # split by package: no package in two files
+        assert not packages[extra] & packages[name], name
     hashes = {name: {lab.sha256 for lab in labs} for name, labs in split.items()}
-    assert all(len(h) == 64 for h in hashes["train_extra"])
-    assert not hashes["train_extra"] & (hashes["test"] | hashes["train"])  # no photograph twice
-    assert len(hashes["train_extra"]) == len(split["train_extra"])
+    assert all(len(h) == 64 for h in hashes[extra])
+    for name in others:  # no photograph twice
+        assert not hashes[extra] & hashes[name], name
+    assert len(hashes[extra]) == len(split[extra])
 
 
 def test_unpack_rcc_writes_the_pictures_of_a_qt_resource_bundle(tmp_path):
@@ -322,3 +327,24 @@ def test_realphoto_rows_keep_a_symmetry_axis_and_write_copies(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--labels", str(tmp_path / "missing.jsonl"), "--out",
                           str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.splitlines()) == 1
+
+
+def _dhash(path: str) -> np.ndarray:
+    im = Image.open(path)
+    im.draft("L", (64, 64))
+    a = np.asarray(im.convert("L").resize((17, 16), Image.BILINEAR), dtype=np.int16)
+    return (a[:, 1:] > a[:, :-1]).ravel()
+
+
+@pytest.mark.parametrize("extra", ["train_extra", "train_extra2"])
+def test_no_extra_training_photograph_is_a_copy_of_a_benchmark_one(extra):
+    """The same picture re-encoded or resized in another package (same sha256 check misses it):
+    a 256-bit difference hash within 10 bits of a test or validation photograph (a copy cropped to
+    another shape measured 1; different dark space pictures 15 and more)."""
+    labs = {name: read_labels(LABELS / f"labels_{name}.jsonl") for name in ("test", "train", extra)}
+    if not all(Path(lab.path).is_file() for labs_ in labs.values() for lab in labs_):
+        pytest.skip("needs the photographs (tools/setup_realphoto.sh --train-extra)")
+    bench = np.array([_dhash(lab.path) for lab in labs["test"] + labs["train"]])
+    for lab in labs[extra]:
+        nearest = int((bench != _dhash(lab.path)).sum(1).min())
+        assert nearest > 10, f"{lab.path} is a copy of a benchmark photograph"

@@ -6,8 +6,8 @@
 # Needs root (or prints what to install). `relsearch bench realphoto` reports any photo
 # that is missing or differs from its recorded sha256.
 #
-# --train-extra also puts the photographs of labels_train_extra.jsonl in place (training only,
-# about 500 MB of downloads): each package is downloaded and only its labelled files unpacked;
+# --train-extra also puts the photographs of labels_train_extra.jsonl and labels_train_extra2.jsonl
+# in place (training only, about 1 GB of downloads): each package is downloaded and only its labelled files unpacked;
 # gcompris-qt-data's photographs live in Qt resource bundles, unpacked by tools/unpack_rcc.py.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -74,17 +74,18 @@ for entry in "${unpack[@]}"; do
   rm -f "$work"/"${pkg}"_*.deb
 done
 if [ "$extra" = 1 ]; then
-  labels="$here/../benchmarks/realphoto/labels_train_extra.jsonl"
+  labels=("$here/../benchmarks/realphoto/labels_train_extra.jsonl" "$here/../benchmarks/realphoto/labels_train_extra2.jsonl")
   rcc_out=/usr/share/gcompris-qt/rcc-unpacked
-  for pkg in $(python3 -c 'import json, sys; print(" ".join(sorted({json.loads(l)["package"] for l in open(sys.argv[1])})))' "$labels"); do
+  for pkg in $(python3 -c 'import json, sys; print(" ".join(sorted({json.loads(l)["package"] for f in sys.argv[1:] for l in open(f)})))' "${labels[@]}"); do
     # the package's labelled files, as tar members (./usr/...), that are not there yet
-    members=$(python3 - "$labels" "$pkg" "$rcc_out" <<'PY'
+    members=$(python3 - "$pkg" "$rcc_out" "${labels[@]}" <<'PY'
 import json, os, sys
-labels, pkg, rcc = sys.argv[1:]
-for line in open(labels):
-    row = json.loads(line)
-    if row["package"] == pkg and not row["path"].startswith(rcc + "/") and not os.path.exists(row["path"]):
-        print("." + row["path"])
+pkg, rcc, *files = sys.argv[1:]
+for labels in files:
+    for line in open(labels):
+        row = json.loads(line)
+        if row["package"] == pkg and not row["path"].startswith(rcc + "/") and not os.path.exists(row["path"]):
+            print("." + row["path"])
 PY
 )
     if [ "$pkg" = gcompris-qt-data ] && [ -d "$rcc_out" ]; then continue; fi
