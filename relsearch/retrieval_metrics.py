@@ -88,6 +88,23 @@ def precision_at_k(emb_or_nn: np.ndarray, families: Sequence[str], k: int = 10) 
     return _mean_over_queries(_per_query(nn, families, None)["precision"], families)
 
 
+def query_precisions(emb_or_nn: np.ndarray, families: Sequence[str], k: int = 10) -> np.ndarray:
+    """Precision@k of every query row (the rows ``precision_at_k`` averages), in row order."""
+    nn = _as_neighbours(emb_or_nn, k)
+    return _per_query(nn, families, None)["precision"][_queries(families)]
+
+
+def bootstrap_ci(values: np.ndarray, rounds: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (queries resampled with replacement)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(rounds, v.size))].mean(axis=1)
+    tail = (1.0 - level) / 2
+    return (float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail)))
+
+
 def recall_at_k(emb_or_nn: np.ndarray, families: Sequence[str], k: int = 10) -> float:
     """Mean share of each query's other family members found in its top k."""
     nn = _as_neighbours(emb_or_nn, k)

@@ -90,6 +90,27 @@ def test_score_encoder_precision_and_same_look_leakage():
     assert "none" not in res["per_relation"] and "text_to_image_precision_at_10" not in res
 
 
+def test_bootstrap_interval_and_paired_difference_of_p_at_10():
+    """Every query at precision 0.5 gives a point interval; a known spread gives an interval that
+    holds the mean; the paired difference of an encoder with itself is exactly 0."""
+    from relsearch.bench.realphoto import paired_differences
+    from relsearch.retrieval_metrics import bootstrap_ci, query_precisions
+
+    assert bootstrap_ci(np.full(30, 0.5)) == (0.5, 0.5)
+    vals = np.random.default_rng(1).uniform(0, 1, 200)
+    lo, hi = bootstrap_ci(vals)
+    assert lo < vals.mean() < hi and hi - lo < 0.2
+    fams = ["a", "a", "b", "b", "none"]
+    vecs = _unit(np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.1], [0, 0, 1]], dtype=np.float32))
+    per = query_precisions(vecs, fams, k=1)
+    assert per.tolist() == [1.0, 1.0, 1.0, 1.0]  # the none row is not a query
+    shuffled = query_precisions(vecs[[0, 2, 1, 3, 4]], fams, k=1)
+    assert shuffled.tolist() == [0.0, 0.0, 0.0, 0.0]
+    pair = paired_differences({"x": per, "y": shuffled, "x2": per})
+    assert pair["x - y"]["precision_at_10"] == 1.0 and pair["x - y"]["ci95"] == [1.0, 1.0]
+    assert pair["x - x2"] == {"precision_at_10": 0.0, "ci95": [0.0, 0.0]}
+
+
 def test_a_relation_of_one_photograph_is_a_distractor_not_a_query():
     labels = [Label(f"p{i}", "pkg", rel, "", "") for i, rel in enumerate(["a", "a", "b", "b", "c"])]
     vecs = _unit(np.random.default_rng(4).standard_normal((5, 8)))
@@ -157,6 +178,11 @@ def test_bench_realphoto_reports_metrics_health_and_sheet(fixture_labels, tmp_pa
     assert mini["queries"] == 4 and set(mini["per_relation"]) == {"vanishing_point", "small_in_vast"}
     assert rep["singletons"] == ["repetition"]
     assert 0.0 <= mini["precision_at_10"] <= 1.0 and 0.0 <= mini["leakage_at_10"] <= 1.0
+    lo, hi = mini["precision_at_10_ci95"]
+    assert lo <= mini["precision_at_10"] <= hi
+    pair = rep["paired"]["relsim-mini - tinycolor"]
+    assert pair["precision_at_10"] == pytest.approx(mini["precision_at_10"] - tiny["precision_at_10"], abs=2e-4)
+    assert pair["ci95"][0] <= pair["precision_at_10"] <= pair["ci95"][1]
     assert "text_to_image_precision_at_10" in mini and "text_to_image_precision_at_10" not in tiny
     kn = mini["relation_known"]
     assert 0.0 <= kn["relation_photos"] <= 1.0 and "relation_known" not in tiny

@@ -34,7 +34,14 @@ import numpy as np
 
 from relsearch.bench.photos import Label, embed_paths, encoder_specs, read_labels
 from relsearch.errors import RelsearchError
-from relsearch.retrieval_metrics import NONE_FAMILY, neighbours, retrieval_report, text_to_image_precision
+from relsearch.retrieval_metrics import (
+    NONE_FAMILY,
+    bootstrap_ci,
+    neighbours,
+    query_precisions,
+    retrieval_report,
+    text_to_image_precision,
+)
 
 K = 10
 DEFAULT_LABELS = os.path.join("benchmarks", "realphoto", "labels_test.jsonl")
@@ -87,12 +94,12 @@ def score_encoder(encoder: Any, vecs: np.ndarray, labels: list[Label], relations
 
     rels = [lab.relation for lab in labels]
     looks = [[lab.look] if lab.look else [] for lab in labels]
-    lonely = singletons(labels)
-    # a photograph alone in its relation has nothing to find: a distractor, not a query
-    rep = retrieval_report(vecs, [NONE_FAMILY if r in lonely else r for r in rels], looks, k=K)
+    rep = retrieval_report(vecs, query_relations(labels), looks, k=K)
+    lo, hi = bootstrap_ci(query_precisions(vecs, query_relations(labels), K))
     out: dict[str, Any] = {
         "queries": rep["queries"], "k": rep["k"],
-        "precision_at_10": round(rep["precision_at_k"], 4), "map_at_10": round(rep["map_at_k"], 4),
+        "precision_at_10": round(rep["precision_at_k"], 4), "precision_at_10_ci95": [round(lo, 4), round(hi, 4)],
+        "map_at_10": round(rep["map_at_k"], 4),
         "leakage_at_10": round(rep["leakage_at_k"], 4),
         "per_relation": {r: {"images": rels.count(r), "precision_at_10": round(v["precision_at_k"], 4),
                              "map_at_10": round(v["map_at_k"], 4), "leakage_at_10": round(v["leakage_at_k"], 4)}
@@ -104,6 +111,26 @@ def score_encoder(encoder: Any, vecs: np.ndarray, labels: list[Label], relations
         out["text_to_image_precision_at_10"] = round(t2i["precision_at_k"], 4)
         for r, v in t2i["per_family"].items():
             out["per_relation"][r]["text_to_image_precision_at_10"] = round(v, 4)
+    return out
+
+
+def query_relations(labels: list[Label]) -> list[str]:
+    """Each photograph's relation, ``none`` for a relation of one photograph: alone in its relation
+    it has nothing to find, so it is a distractor, not a query."""
+    lonely = singletons(labels)
+    return [NONE_FAMILY if lab.relation in lonely else lab.relation for lab in labels]
+
+
+def paired_differences(per_query: dict[str, np.ndarray]) -> dict[str, Any]:
+    """P@10 of every other encoder against the first, query by query: mean difference and its
+    bootstrap 95 % interval (the queries are the same photographs, so the pairing removes their spread)."""
+    names = list(per_query)
+    out: dict[str, Any] = {}
+    for other in names[1:]:
+        diff = per_query[names[0]] - per_query[other]
+        lo, hi = bootstrap_ci(diff)
+        out[f"{names[0]} - {other}"] = {"precision_at_10": round(float(diff.mean()), 4),
+                                        "ci95": [round(lo, 4), round(hi, 4)]}
     return out
 
 
@@ -219,15 +246,20 @@ def run_realphoto(labels: str | os.PathLike[str] | None = None, encoders: str = 
     paths = [lab.path for lab in present]
     queries = sheet_queries(present)
     top: dict[str, np.ndarray] = {}
+    per_query: dict[str, np.ndarray] = {}
     for spec, enc in loaded:
+        name = enc.name
         vecs = embed_paths(enc, paths)
-        report["encoders"][enc.name] = score_encoder(enc, vecs, present, captions)
-        report["health"][enc.name] = encoder_health(enc, spec, vecs, device)
+        report["encoders"][name] = score_encoder(enc, vecs, present, captions)
+        per_query[name] = query_precisions(vecs, query_relations(present), K)
+        report["health"][name] = encoder_health(enc, spec, vecs, device)
         verdicts = known_shares(spec, vecs, present, device)
         if verdicts:
-            report["encoders"][enc.name]["relation_known"] = verdicts
-        top[enc.name] = neighbours(vecs, SHEET_TOP)[queries]
+            report["encoders"][name]["relation_known"] = verdicts
+        top[name] = neighbours(vecs, SHEET_TOP)[queries]
         del enc
+    if len(per_query) > 1:
+        report["paired"] = paired_differences(per_query)
     out = Path(results_dir or RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "realphoto.png"
@@ -288,12 +320,17 @@ def format_table(report: dict[str, Any]) -> str:
     ph = report["photos"]
     lines = [f"{ph['present']} of {ph['labelled']} labelled photographs ({ph['missing']} missing, "
              f"{ph['changed']} changed)" + (f"; missing ones: {ph['install']}" if "install" in ph else "")]
-    lines += ["", "| encoder | queries | P@10 | mAP@10 | leakage@10 | caption -> image P@10 |",
+    lines += ["", "| encoder | queries | P@10 (95 % interval) | mAP@10 | leakage@10 | caption -> image P@10 |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, e in report["encoders"].items():
         t2i = e.get("text_to_image_precision_at_10")
-        lines.append(f"| {name} | {e['queries']} | {e['precision_at_10']:.3f} | {e['map_at_10']:.3f} | "
+        ci = e.get("precision_at_10_ci95")
+        p10 = f"{e['precision_at_10']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        lines.append(f"| {name} | {e['queries']} | {p10} | {e['map_at_10']:.3f} | "
                      f"{e['leakage_at_10']:.3f} | {'-' if t2i is None else f'{t2i:.3f}'} |")
+    for pair, d in report.get("paired", {}).items():
+        lines.append(f"P@10 {pair}: {d['precision_at_10']:+.3f} (95 % bootstrap interval over the same queries "
+                     f"{d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})")
     for name, e in report["encoders"].items():
         if e.get("relation_known"):
             kn = e["relation_known"]
