@@ -88,14 +88,19 @@ def check_photos(labels: list[Label]) -> tuple[list[Label], dict[str, Any]]:
     return present, check
 
 
-def score_encoder(encoder: Any, vecs: np.ndarray, labels: list[Label], relations: dict[str, str]) -> dict[str, Any]:
-    """P@10, mAP@10 and leakage@10 overall and per relation; caption -> image P@10 with a text tower."""
+def score_encoder(encoder: Any, vecs: np.ndarray, labels: list[Label], relations: dict[str, str],
+                  per_query: np.ndarray | None = None) -> dict[str, Any]:
+    """P@10, mAP@10 and leakage@10 overall and per relation; caption -> image P@10 with a text tower.
+
+    ``per_query``: the queries' P@10 when the caller already has them (no second search).
+    """
     from relsearch.encoders.base import TextEncoder
 
     rels = [lab.relation for lab in labels]
     looks = [[lab.look] if lab.look else [] for lab in labels]
-    rep = retrieval_report(vecs, query_relations(labels), looks, k=K)
-    lo, hi = bootstrap_ci(query_precisions(vecs, query_relations(labels), K))
+    qrels = query_relations(labels)
+    rep = retrieval_report(vecs, qrels, looks, k=K)
+    lo, hi = bootstrap_ci(query_precisions(vecs, qrels, K) if per_query is None else per_query)
     out: dict[str, Any] = {
         "queries": rep["queries"], "k": rep["k"],
         "precision_at_10": round(rep["precision_at_k"], 4), "precision_at_10_ci95": [round(lo, 4), round(hi, 4)],
@@ -247,16 +252,16 @@ def run_realphoto(labels: str | os.PathLike[str] | None = None, encoders: str = 
     queries = sheet_queries(present)
     top: dict[str, np.ndarray] = {}
     per_query: dict[str, np.ndarray] = {}
+    qrels = query_relations(present)
     for spec, enc in loaded:
-        name = enc.name
         vecs = embed_paths(enc, paths)
-        report["encoders"][name] = score_encoder(enc, vecs, present, captions)
-        per_query[name] = query_precisions(vecs, query_relations(present), K)
-        report["health"][name] = encoder_health(enc, spec, vecs, device)
+        per_query[enc.name] = query_precisions(vecs, qrels, K)
+        report["encoders"][enc.name] = score_encoder(enc, vecs, present, captions, per_query[enc.name])
+        report["health"][enc.name] = encoder_health(enc, spec, vecs, device)
         verdicts = known_shares(spec, vecs, present, device)
         if verdicts:
-            report["encoders"][name]["relation_known"] = verdicts
-        top[name] = neighbours(vecs, SHEET_TOP)[queries]
+            report["encoders"][enc.name]["relation_known"] = verdicts
+        top[enc.name] = neighbours(vecs, SHEET_TOP)[queries]
         del enc
     if len(per_query) > 1:
         report["paired"] = paired_differences(per_query)
